@@ -1,0 +1,103 @@
+// Backend: the handful of primitives the model needs. The model is written once against this
+// interface; core/cpu implements it with BLAS and loops, core/cuda with cuBLAS and kernels.
+// All matrices are row-major; pointers are in the backend's memory (host or device).
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <span>
+#include <string>
+#include <utility>
+
+#include "core/elementwise.h"
+#include "core/philox.h"
+
+namespace elbo {
+
+enum class Trans { No, Yes };
+
+class Backend {
+ public:
+  virtual ~Backend() = default;
+  virtual std::string name() const = 0;
+
+  // Memory.
+  virtual float* allocate(size_t n) = 0;
+  virtual void deallocate(float* p) noexcept = 0;
+  virtual void upload(float* dst, const float* host_src, size_t n) = 0;
+  virtual void download(float* host_dst, const float* src, size_t n) = 0;
+  virtual void fill_zero(float* p, size_t n) = 0;
+
+  // C[M,N] = alpha op(A)[M,K] op(B)[K,N] + beta C.
+  virtual void gemm(Trans ta, Trans tb, int M, int N, int K, float alpha, const float* A, int lda,
+                    const float* B, int ldb, float beta, float* C, int ldc) = 0;
+
+  // y[B,N] = act(y + bias) in place.
+  virtual void bias_activation(float* y, const float* bias, int B, int N, Activation act) = 0;
+  // dy[B,N] *= act'(y) in place, then dbias[N] = column sums of dy (overwritten).
+  virtual void activation_backward(float* dy, const float* y, float* dbias, int B, int N,
+                                   Activation act) = 0;
+
+  // head[B, 2L] = [mu | logvar]; writes z[B,L] and kl[B] (per-sample KL).
+  virtual void reparameterize(const float* head, const float* eps, float* z, float* kl, int B,
+                              int L) = 0;
+  // dhead[B, 2L] from dz[B,L]; kl_weight = beta times the objective's scale.
+  virtual void reparameterize_backward(const float* head, const float* eps, const float* dz,
+                                       float* dhead, int B, int L, float kl_weight) = 0;
+
+  // Reconstruction term per sample (recon[B]) and, when dout is not null, its gradient w.r.t. the
+  // decoder output times grad_scale, in the same pass.
+  virtual void reconstruction_loss(const float* out, const float* x, float* dout, float* recon,
+                                   int B, int D, Likelihood lik, float grad_scale) = 0;
+
+  // eps[B,L]: noise for samples with the given ids (host array) at counter word c2 (the epoch).
+  virtual void fill_noise(float* eps, std::span<const uint32_t> sample_ids, int L, RngKey key,
+                          uint32_t c2, RngStream stream) = 0;
+
+  // Reductions return to the host (a synchronisation point on devices).
+  virtual double sum(const float* v, size_t n) = 0;
+  virtual double sum_of_squares(const float* v, size_t n) = 0;
+  // False when any element is NaN or infinite.
+  virtual bool all_finite(const float* v, size_t n) = 0;
+  virtual void scale(float* v, size_t n, float s) = 0;
+
+  virtual void adam_step(float* params, const float* grads, float* m, float* v, size_t n,
+                         const AdamConstants& c) = 0;
+};
+
+// Owning array in a backend's memory.
+class DeviceArray {
+ public:
+  DeviceArray() = default;
+  DeviceArray(Backend& b, size_t n) : backend_(&b), data_(n ? b.allocate(n) : nullptr), size_(n) {}
+  DeviceArray(DeviceArray&& o) noexcept { swap(o); }
+  DeviceArray& operator=(DeviceArray&& o) noexcept {
+    DeviceArray tmp(std::move(o));
+    swap(tmp);
+    return *this;
+  }
+  DeviceArray(const DeviceArray&) = delete;
+  DeviceArray& operator=(const DeviceArray&) = delete;
+  ~DeviceArray() {
+    if (data_) backend_->deallocate(data_);
+  }
+  float* data() { return data_; }
+  const float* data() const { return data_; }
+  size_t size() const { return size_; }
+
+ private:
+  void swap(DeviceArray& o) noexcept {
+    std::swap(backend_, o.backend_);
+    std::swap(data_, o.data_);
+    std::swap(size_, o.size_);
+  }
+  Backend* backend_ = nullptr;
+  float* data_ = nullptr;
+  size_t size_ = 0;
+};
+
+// The CPU backend; always available.
+std::unique_ptr<Backend> make_cpu_backend();
+
+}  // namespace elbo

@@ -1,0 +1,38 @@
+// Adam and AdamW (PyTorch's update rules) over the flat parameter buffer, and global-norm clipping.
+#pragma once
+
+#include <cstdint>
+
+#include "core/backend.h"
+
+namespace elbo {
+
+struct AdamConfig {
+  float lr = 1e-3f, beta1 = 0.9f, beta2 = 0.999f, eps = 1e-8f, weight_decay = 0.0f;
+  bool decoupled_weight_decay = false;  // true: AdamW
+};
+
+class Adam {
+ public:
+  Adam(Backend& backend, size_t n, const AdamConfig& config);
+  // One update of params from grads; increments the step count first, as PyTorch does.
+  void step(float* params, const float* grads);
+  int64_t steps_taken() const { return steps_; }
+  void set_steps_taken(int64_t s) { steps_ = s; }
+  float* exp_avg() { return m_.data(); }
+  float* exp_avg_sq() { return v_.data(); }
+  size_t size() const { return m_.size(); }
+  const AdamConfig& config() const { return config_; }
+
+ private:
+  Backend& backend_;
+  AdamConfig config_;
+  DeviceArray m_, v_;
+  int64_t steps_ = 0;
+};
+
+// PyTorch's clip_grad_norm_: when the global L2 norm exceeds max_norm, scale every gradient by
+// max_norm / (norm + 1e-6). Returns the norm before clipping.
+double clip_grad_norm(Backend& backend, float* grads, size_t n, double max_norm);
+
+}  // namespace elbo

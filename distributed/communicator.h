@@ -1,0 +1,31 @@
+// Communicator: the collectives data-parallel training needs, behind one interface. This file has
+// the single-process implementation; MPI and NCCL implementations plug in beside it.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <string>
+
+namespace elbo {
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+  virtual std::string name() const = 0;
+  virtual int rank() const = 0;
+  virtual int size() const = 0;
+  virtual int local_rank() const = 0;
+  // In-place sum across ranks of n floats / doubles in the communicator's memory space.
+  virtual void allreduce_sum(float* data, size_t n) = 0;
+  virtual void allreduce_sum(double* data, size_t n) = 0;
+  // Copies root's n floats to every rank.
+  virtual void broadcast(float* data, size_t n, int root) = 0;
+  virtual void barrier() = 0;
+  // Ends every rank of the job; never returns.
+  [[noreturn]] virtual void abort(int exit_code) = 0;
+};
+
+// One process: every collective is the identity.
+std::unique_ptr<Communicator> make_single_process_communicator();
+
+}  // namespace elbo

@@ -1,0 +1,93 @@
+// The experiment config: a strict YAML file (unknown keys, wrong types, missing required keys and
+// out-of-range values are errors naming the key and line) mapped onto typed structs, with
+// `key.path=value` overrides applied before validation.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "core/model.h"
+#include "core/optimizer.h"
+
+namespace elbo {
+
+enum class Binarize { None, Dynamic };
+enum class DeviceChoice { Auto, Cpu, Cuda };
+enum class CommBackend { Auto, Nccl, Mpi, None };
+
+struct DataConfig {
+  std::string train;  // required: a directory or glob of HDF5 shards
+  std::string test;   // optional: empty means no evaluation
+  Binarize binarize = Binarize::None;
+};
+
+struct ModelConfig {
+  std::vector<int> encoder{400};
+  int latent = 20;
+  std::vector<int> decoder{400};
+  Activation activation = Activation::Relu;
+  Likelihood likelihood = Likelihood::Bernoulli;
+};
+
+struct OptimizerConfig {
+  std::string name = "adam";  // adam | adamw
+  double lr = 1e-3;
+  double beta1 = 0.9, beta2 = 0.999;
+  double eps = 1e-8;
+  double weight_decay = 0.0;
+};
+
+struct TrainConfig {
+  int epochs = 10;
+  int batch_size = 128;  // global batch
+  OptimizerConfig optimizer;
+  double grad_clip = 0.0;  // 0 = off
+  double beta = 1.0;
+  int64_t kl_warmup_steps = 0;
+  int threads = 0;            // BLAS threads per process; 0 = the library's default
+  int64_t max_steps = 0;      // 0 = no limit; otherwise stop after this many steps in total
+};
+
+struct DistributedConfig {
+  CommBackend backend = CommBackend::Auto;
+  double timeout_s = 300;
+};
+
+struct CheckpointConfig {
+  int64_t every_steps = 0;
+  int keep = 3;
+};
+
+struct OutputConfig {
+  std::string dir;  // default: runs/<name>
+  int log_every = 50;
+};
+
+struct Config {
+  std::string name = "vae";
+  uint64_t seed = 1;
+  DataConfig data;
+  ModelConfig model;
+  TrainConfig train;
+  DeviceChoice device = DeviceChoice::Auto;
+  DistributedConfig distributed;
+  CheckpointConfig checkpoint;
+  OutputConfig output;
+};
+
+// Parses `path`, applies overrides ("train.epochs=3"; the value is parsed as YAML), validates.
+// Throws Error(BadInput) with "<what> (<file>:<line>, key <key.path>)" style messages.
+Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});
+// Same, from YAML text (`origin` names it in messages).
+Config parse_config(const std::string& yaml_text, const std::string& origin,
+                    const std::vector<std::string>& overrides = {});
+
+// The fully resolved config as YAML (every key, defaults filled in); parse_config of it round-trips.
+std::string to_yaml(const Config& c);
+
+// The model and optimizer parts, in core's terms.
+ModelSpec model_spec(const Config& c, int input_dim);
+AdamConfig adam_config(const Config& c);
+
+}  // namespace elbo

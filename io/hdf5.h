@@ -1,0 +1,74 @@
+// Small RAII wrappers over the HDF5 C API: every hid_t is owned by exactly one object, every call
+// is checked, and failures throw Error with the file, the object and the failing call.
+#pragma once
+
+#include <hdf5.h>
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+namespace elbo::h5 {
+
+// Owns one hid_t and closes it with the right H5*close.
+class Handle {
+ public:
+  enum class Type { File, Group, Dataset, Dataspace, Datatype, Attribute, PropList };
+  Handle() = default;
+  Handle(hid_t id, Type t) : id_(id), type_(t) {}
+  Handle(Handle&& o) noexcept : id_(o.id_), type_(o.type_) { o.id_ = H5I_INVALID_HID; }
+  Handle& operator=(Handle&& o) noexcept;
+  Handle(const Handle&) = delete;
+  Handle& operator=(const Handle&) = delete;
+  ~Handle();
+  hid_t get() const { return id_; }
+  bool valid() const { return id_ >= 0; }
+
+ private:
+  hid_t id_ = H5I_INVALID_HID;
+  Type type_ = Type::File;
+};
+
+// A float array with its shape, as read from a dataset (converted to float by HDF5).
+struct FloatArray {
+  std::vector<int64_t> shape;
+  std::vector<float> data;
+};
+
+class File {
+ public:
+  // Open an existing file read-only; a missing file or one that is not HDF5 is a BadInput error.
+  static File open_read(const std::string& path);
+  // Create (truncate) a file for writing.
+  static File create(const std::string& path);
+
+  const std::string& path() const { return path_; }
+  hid_t id() const { return handle_.get(); }
+
+  bool exists(const std::string& object_path) const;  // dataset or group, e.g. "/params/x"
+  std::vector<int64_t> dataset_shape(const std::string& dataset) const;
+  FloatArray read_floats(const std::string& dataset) const;
+  void write_floats(const std::string& dataset, const std::vector<int64_t>& shape,
+                    const float* data);  // creates intermediate groups
+
+  // Scalar attributes on an object ("/" for the file).
+  bool has_attribute(const std::string& object, const std::string& name) const;
+  int64_t read_int_attribute(const std::string& object, const std::string& name) const;
+  double read_double_attribute(const std::string& object, const std::string& name) const;
+  std::string read_string_attribute(const std::string& object, const std::string& name) const;
+  std::vector<double> read_double_array_attribute(const std::string& object,
+                                                  const std::string& name) const;
+  void write_int_attribute(const std::string& object, const std::string& name, int64_t v);
+  void write_double_attribute(const std::string& object, const std::string& name, double v);
+  void write_string_attribute(const std::string& object, const std::string& name,
+                              const std::string& v);
+
+  void flush();
+
+ private:
+  File(Handle h, std::string path) : handle_(std::move(h)), path_(std::move(path)) {}
+  Handle handle_;
+  std::string path_;
+};
+
+}  // namespace elbo::h5

@@ -1,0 +1,62 @@
+// A data set of HDF5 shards: a directory (every *.h5 / *.hdf5 file in it, in name order) or a glob.
+// Each shard holds `/x` [N, ...] (uint8, scaled by 1/255, or float32) and optionally `/y` [N]
+// (integer labels). Every shard is validated when the set is opened.
+#pragma once
+
+#include <cstdint>
+#include <span>
+#include <string>
+#include <vector>
+
+namespace elbo {
+
+enum class SampleType { U8, F32 };
+
+struct ShardInfo {
+  std::string path;
+  int64_t rows = 0;
+  int64_t first_row = 0;  // global index of its first row
+};
+
+class ShardedDataset {
+ public:
+  // Opens and validates every shard: `/x` present, rank >= 2, N > 0, uint8 or float32, all shards
+  // agreeing on sample shape, type and on the presence of `/y` (with N rows). Errors are BadInput
+  // and name the shard file.
+  static ShardedDataset open(const std::string& dir_or_glob);
+
+  int64_t size() const { return total_rows_; }
+  int64_t features() const { return features_; }                    // product of sample dims
+  const std::vector<int64_t>& sample_shape() const { return sample_shape_; }
+  SampleType sample_type() const { return type_; }
+  bool has_labels() const { return has_labels_; }
+  const std::vector<ShardInfo>& shards() const { return shards_; }
+
+  // Reads every row into memory once (uint8 stays uint8); later reads come from memory.
+  void cache_in_memory();
+  bool cached() const;
+
+  // out[i, :] = sample rows[i] as float (uint8 / 255 or the float32 value); rows are global indices
+  // in any order. Reads only the needed rows (hyperslabs) when not cached.
+  void read_rows(std::span<const int64_t> rows, float* out) const;
+  // Labels of the given rows; requires has_labels().
+  void read_labels(std::span<const int64_t> rows, int64_t* out) const;
+
+ private:
+  std::vector<ShardInfo> shards_;
+  std::vector<int64_t> sample_shape_;
+  int64_t features_ = 0, total_rows_ = 0;
+  SampleType type_ = SampleType::U8;
+  bool has_labels_ = false;
+  std::vector<uint8_t> cache_u8_;
+  std::vector<float> cache_f32_;
+};
+
+// Writes one shard file: x [n, sample_shape...] uint8, optional labels [n].
+void write_shard_u8(const std::string& path, const std::vector<int64_t>& sample_shape,
+                    std::span<const uint8_t> x, std::span<const int64_t> labels);
+// Same for float32 samples.
+void write_shard_f32(const std::string& path, const std::vector<int64_t>& sample_shape,
+                     std::span<const float> x, std::span<const int64_t> labels);
+
+}  // namespace elbo
