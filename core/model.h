@@ -65,7 +65,8 @@ struct LossSums {
 
 class Vae {
  public:
-  Vae(Backend& backend, const ModelSpec& spec, int max_batch);
+  // Parameters start from initial_parameters(layout(), seed).
+  Vae(Backend& backend, const ModelSpec& spec, int max_batch, uint64_t seed);
 
   const ModelSpec& spec() const { return spec_; }
   const ParameterLayout& layout() const { return layout_; }
@@ -90,6 +91,8 @@ class Vae {
 
  private:
   const float* layer_input(size_t i, const float* x) const;
+  // Forward pass; when dout is given the loss pass also writes grad_scale * d(recon)/d(output).
+  void run_forward(const float* x, const float* eps, int B, float* dout, float grad_scale);
 
   Backend& backend_;
   ModelSpec spec_;

@@ -49,9 +49,10 @@ ELBO_HD Philox4 philox_draw(RngKey key, uint32_t c0, uint32_t c1, uint32_t c2, R
   return philox4x32_10(Philox4{{c0, c1, c2, static_cast<uint32_t>(s)}}, key.k0, key.k1);
 }
 
-// Uniform in (0, 1): the top 24 bits, centred in their interval, so neither 0 nor 1 occurs.
+// Uniform in (0, 1): the top 23 bits, centred in their interval, so neither 0 nor 1 occurs (with
+// 24 bits the largest value would round to 1.0f).
 ELBO_HD float uniform_open01(uint32_t u) {
-  return static_cast<float>(u >> 8) * (1.0f / 16777216.0f) + (0.5f / 16777216.0f);
+  return static_cast<float>(u >> 9) * (1.0f / 8388608.0f) + (0.5f / 8388608.0f);
 }
 
 // Standard normal number `which` (0..3) of a draw, by Box-Muller on words (0,1) and (2,3).

@@ -1,1 +1,162 @@
-// (being written)
+// Checkpoint files in the layout documented in checkpoint.h: written under a temporary name,
+// synced and renamed so that a crash at any moment leaves the previous checkpoint intact.
+#include "io/checkpoint.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
+#include <ctime>
+#include <filesystem>
+
+#include "core/error.h"
+#include "io/hdf5.h"
+
+namespace elbo {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+constexpr int64_t kFormatVersion = 1;
+
+std::vector<int64_t> tensor_shape(const TensorView& t) {
+  if (t.is_bias) return {t.rows};
+  return {t.rows, t.cols};
+}
+
+std::string shape_str(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+std::string iso8601_utc_now() {
+  std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&now, &tm);
+  char s[32];
+  std::strftime(s, sizeof s, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return s;
+}
+
+void write_tensors(h5::File& f, const std::string& group, const ParameterLayout& layout,
+                   const std::vector<float>& flat) {
+  f.create_group(group);
+  for (const TensorView& t : layout.tensors())
+    f.write_floats(group + "/" + t.name, tensor_shape(t), flat.data() + t.offset);
+}
+
+void write_contents(const std::string& path, const ParameterLayout& layout,
+                    const CheckpointData& d) {
+  h5::File f = h5::File::create(path);
+  f.write_int_attribute("/", "format_version", kFormatVersion);
+  f.write_int_attribute("/", "world_size", d.state.world_size);
+  f.write_string_attribute("/", "created", iso8601_utc_now());
+  f.write_string_attribute("/", "config", d.config_yaml);
+  write_tensors(f, "/params", layout, d.params);
+  f.create_group("/optimizer");
+  f.write_string_attribute("/optimizer", "name", d.optimizer_name);
+  f.write_int_attribute("/optimizer", "steps", d.optimizer_steps);
+  write_tensors(f, "/optimizer/exp_avg", layout, d.exp_avg);
+  write_tensors(f, "/optimizer/exp_avg_sq", layout, d.exp_avg_sq);
+  f.create_group("/state");
+  f.write_int_attribute("/state", "epoch", d.state.epoch);
+  f.write_int_attribute("/state", "step", d.state.step);
+  f.write_int_attribute("/state", "samples_seen", d.state.samples_seen);
+  // HDF5 attributes here are int64; the seed's bits survive the round trip.
+  f.write_int_attribute("/state", "seed", static_cast<int64_t>(d.state.seed));
+  f.flush();
+}  // the file closes here, before it is synced
+
+// fsync by path: the file's bytes (or a directory's entries) reach the disk before we go on.
+void fsync_path(const std::string& path, bool directory) {
+  int fd = ::open(path.c_str(), O_RDONLY | (directory ? O_DIRECTORY : 0));
+  ELBO_CHECK(fd >= 0, "open('" + path + "') for fsync: " + std::strerror(errno));
+  int rc = ::fsync(fd);
+  int err = errno;
+  ::close(fd);
+  // Some file systems cannot sync a directory (EINVAL); the rename itself has still happened.
+  ELBO_CHECK(rc == 0 || (directory && err == EINVAL),
+             "fsync('" + path + "'): " + std::strerror(err));
+}
+
+std::vector<float> read_tensors(const h5::File& f, const std::string& group,
+                                const ParameterLayout& layout) {
+  const std::string& path = f.path();
+  if (!f.exists(group)) throw_bad_input("checkpoint '" + path + "' has no group '" + group + "'");
+  for (const std::string& name : f.children(group))
+    if (!layout.find(name))
+      throw_bad_input("checkpoint '" + path + "' has tensor '" + group + "/" + name +
+                      "' that the model does not have (written for a different model?)");
+  std::vector<float> flat(layout.total_size());
+  for (const TensorView& t : layout.tensors()) {
+    std::string ds = group + "/" + t.name;
+    if (!f.exists(ds))
+      throw_bad_input("checkpoint '" + path + "' has no tensor '" + ds +
+                      "' (written for a different model?)");
+    std::vector<int64_t> want = tensor_shape(t), got = f.dataset_shape(ds);
+    if (got != want)
+      throw_bad_input("checkpoint '" + path + "': tensor '" + ds + "' has shape " +
+                      shape_str(got) + ", the model expects " + shape_str(want));
+    h5::FloatArray a = f.read_floats(ds);
+    std::copy(a.data.begin(), a.data.end(), flat.begin() + static_cast<ptrdiff_t>(t.offset));
+  }
+  return flat;
+}
+
+void check_format(const h5::File& f) {
+  if (!f.has_attribute("/", "format_version"))
+    throw_bad_input("'" + f.path() + "' is not an elbo checkpoint (no format_version attribute)");
+  int64_t v = f.read_int_attribute("/", "format_version");
+  if (v != kFormatVersion)
+    throw_bad_input("checkpoint '" + f.path() + "' has unsupported format version " +
+                    std::to_string(v) + " (this build reads version " +
+                    std::to_string(kFormatVersion) + ")");
+}
+
+}  // namespace
+
+void write_checkpoint_atomically(const std::string& path, const ParameterLayout& layout,
+                                 const CheckpointData& data) {
+  size_t P = layout.total_size();
+  ELBO_CHECK(data.params.size() == P && data.exp_avg.size() == P && data.exp_avg_sq.size() == P,
+             "checkpoint buffers do not match the parameter layout");
+  // The pid keeps two processes saving to one path (a misconfigured launch) from sharing a file.
+  std::string tmp = path + ".tmp." + std::to_string(::getpid());
+  try {
+    write_contents(tmp, layout, data);
+    fsync_path(tmp, false);
+    ELBO_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0,
+               "rename('" + tmp + "', '" + path + "'): " + std::strerror(errno));
+  } catch (...) {
+    std::error_code ec;
+    fs::remove(tmp, ec);
+    throw;
+  }
+  std::string dir = fs::path(path).parent_path().string();
+  fsync_path(dir.empty() ? "." : dir, true);  // makes the rename itself durable
+}
+
+CheckpointData read_checkpoint(const std::string& path, const ParameterLayout& layout) {
+  h5::File f = h5::File::open_read(path);
+  check_format(f);
+  CheckpointData d;
+  d.config_yaml = f.read_string_attribute("/", "config");
+  d.state.world_size = f.read_int_attribute("/", "world_size");
+  d.params = read_tensors(f, "/params", layout);
+  d.optimizer_name = f.read_string_attribute("/optimizer", "name");
+  d.optimizer_steps = f.read_int_attribute("/optimizer", "steps");
+  d.exp_avg = read_tensors(f, "/optimizer/exp_avg", layout);
+  d.exp_avg_sq = read_tensors(f, "/optimizer/exp_avg_sq", layout);
+  d.state.epoch = f.read_int_attribute("/state", "epoch");
+  d.state.step = f.read_int_attribute("/state", "step");
+  d.state.samples_seen = f.read_int_attribute("/state", "samples_seen");
+  d.state.seed = static_cast<uint64_t>(f.read_int_attribute("/state", "seed"));
+  return d;
+}
+
+}  // namespace elbo

@@ -1,1 +1,525 @@
-// (being written)
+// Strict YAML config: every value is read through one small reader that knows the key path and
+// where the value came from (file line or override), so every error is one line naming both.
+#include "io/config.h"
+
+#include <yaml-cpp/yaml.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <charconv>
+#include <cmath>
+#include <cstring>
+#include <fstream>
+#include <limits>
+#include <map>
+#include <optional>
+#include <span>
+#include <sstream>
+#include <type_traits>
+#include <utility>
+
+#include "core/error.h"
+
+namespace elbo {
+namespace {
+
+// ---- names of enum values, shared by parsing and to_yaml -----------------------------------------
+
+template <class E>
+using NameTable = std::span<const std::pair<const char*, E>>;
+
+constexpr std::pair<const char*, Binarize> kBinarize[] = {{"none", Binarize::None},
+                                                          {"dynamic", Binarize::Dynamic}};
+constexpr std::pair<const char*, Activation> kActivation[] = {{"relu", Activation::Relu},
+                                                              {"tanh", Activation::Tanh}};
+constexpr std::pair<const char*, Likelihood> kLikelihood[] = {{"bernoulli", Likelihood::Bernoulli},
+                                                              {"gaussian", Likelihood::Gaussian}};
+constexpr std::pair<const char*, DeviceChoice> kDevice[] = {
+    {"auto", DeviceChoice::Auto}, {"cpu", DeviceChoice::Cpu}, {"cuda", DeviceChoice::Cuda}};
+constexpr std::pair<const char*, CommBackend> kBackend[] = {{"auto", CommBackend::Auto},
+                                                            {"nccl", CommBackend::Nccl},
+                                                            {"mpi", CommBackend::Mpi},
+                                                            {"none", CommBackend::None}};
+constexpr std::pair<const char*, int> kOptimizer[] = {{"adam", 0}, {"adamw", 1}};
+
+template <class E>
+const char* name_of(NameTable<E> table, E value) {
+  for (const auto& [name, v] : table)
+    if (v == value) return name;
+  throw_internal("enum value without a name", __FILE__, __LINE__);
+}
+
+// ---- where values came from ----------------------------------------------------------------------
+
+// Overrides replace whole subtrees, so a value's origin is the latest override at its path or above
+// it; otherwise the line in the file.
+class Locator {
+ public:
+  explicit Locator(std::string origin) : origin_(std::move(origin)) {}
+
+  const std::string& origin() const { return origin_; }
+
+  void add_override(const std::string& path, const std::string& text) {
+    for (auto it = overrides_.begin(); it != overrides_.end();)
+      it = is_within(it->first, path) ? overrides_.erase(it) : std::next(it);
+    overrides_[path] = text;
+  }
+
+  std::string where(const std::string& path, const YAML::Node& node) const {
+    const std::string* best = nullptr;
+    size_t best_len = 0;
+    for (const auto& [p, text] : overrides_)
+      if (is_within(path, p) && p.size() >= best_len) best = &text, best_len = p.size();
+    if (best) return "override '" + *best + "'";
+    const YAML::Mark mark = node.Mark();
+    if (mark.is_null() || mark.line < 0) return origin_;
+    return origin_ + ":" + std::to_string(mark.line + 1);
+  }
+
+ private:
+  // True when `path` is `prefix` or lies below it (a child key or a list element).
+  static bool is_within(const std::string& path, const std::string& prefix) {
+    if (path.compare(0, prefix.size(), prefix) != 0) return false;
+    return path.size() == prefix.size() || path[prefix.size()] == '.' || path[prefix.size()] == '[';
+  }
+
+  std::string origin_;
+  std::map<std::string, std::string> overrides_;  // key path -> override text
+};
+
+// ---- one value and the checks on it -------------------------------------------------------------
+
+struct Field {
+  YAML::Node node;
+  std::string path;   // e.g. "train.optimizer.lr" or "model.encoder[1]"
+  std::string where;  // e.g. "cfg.yaml:7" or "override 'train.epochs=3'"
+};
+
+[[noreturn]] void fail(const Field& f, const std::string& what) {
+  throw_bad_input("key '" + f.path + "' " + what + " (" + f.where + ")");
+}
+
+std::string describe(const YAML::Node& node) {
+  if (node.IsScalar()) return "'" + node.Scalar() + "'";
+  if (node.IsSequence()) return "a list";
+  if (node.IsMap()) return "a map";
+  return "null";
+}
+
+void check(const Field& f, bool ok, const std::string& rule) {
+  if (!ok) fail(f, "must be " + rule + ", got " + f.node.Scalar());
+}
+
+std::string text(const Field& f, bool allow_empty = false) {
+  if (!f.node.IsScalar()) fail(f, "must be a string, got " + describe(f.node));
+  if (f.node.Scalar().empty() && !allow_empty) fail(f, "must not be empty");
+  return f.node.Scalar();
+}
+
+// Decimal only: yaml-cpp's own conversion reads "010" as octal 8.
+template <class T>
+T integer(const Field& f) {
+  const char* kind = std::is_signed_v<T> ? "an integer" : "a non-negative integer";
+  if (!f.node.IsScalar()) fail(f, std::string("must be ") + kind + ", got " + describe(f.node));
+  const std::string& s = f.node.Scalar();
+  T value{};
+  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), value);
+  if (ec == std::errc::result_out_of_range)
+    fail(f, "must be between " + std::to_string(std::numeric_limits<T>::min()) + " and " +
+                std::to_string(std::numeric_limits<T>::max()) + ", got " + s);
+  if (ec != std::errc() || end != s.data() + s.size())
+    fail(f, std::string("must be ") + kind + ", got '" + s + "'");
+  return value;
+}
+
+double number(const Field& f) {
+  if (!f.node.IsScalar()) fail(f, "must be a number, got " + describe(f.node));
+  const std::string& s = f.node.Scalar();
+  double value = 0;
+  const auto [end, ec] = std::from_chars(s.data(), s.data() + s.size(), value);
+  if (ec != std::errc() || end != s.data() + s.size() || !std::isfinite(value))
+    fail(f, "must be a finite number, got '" + s + "'");
+  return value;
+}
+
+template <class T>
+T integer_at_least(const Field& f, T lo) {
+  const T value = integer<T>(f);
+  check(f, value >= lo, ">= " + std::to_string(lo));
+  return value;
+}
+
+double non_negative(const Field& f) {
+  const double value = number(f);
+  check(f, value >= 0, ">= 0");
+  return value;
+}
+
+double positive(const Field& f) {
+  const double value = number(f);
+  check(f, value > 0, "> 0");
+  return value;
+}
+
+template <class E>
+E choice(const Field& f, NameTable<E> table) {
+  std::string names;
+  for (const auto& [name, v] : table) names += (names.empty() ? "" : "|") + std::string(name);
+  if (f.node.IsScalar())
+    for (const auto& [name, v] : table)
+      if (f.node.Scalar() == name) return v;
+  fail(f, "must be one of " + names + ", got " + describe(f.node));
+}
+
+// ---- maps: every key must be read, so anything left over is unknown --------------------------------
+
+class MapReader {
+ public:
+  MapReader(const Field& f, const Locator& loc) : node_(f.node), path_(f.path), loc_(loc) {
+    if (!node_.IsMap()) fail(f, "must be a map, got " + describe(node_));
+  }
+
+  // The value at `key`, if present; remembers that the key is known.
+  std::optional<Field> take(const std::string& key) {
+    known_.push_back(key);
+    for (const auto& kv : node_) {
+      if (!kv.first.IsScalar() || kv.first.Scalar() != key) continue;
+      const std::string path = child_path(key);
+      // An empty value has no line of its own (yaml-cpp marks the next token), so use the key's.
+      const YAML::Node& located = kv.second.IsNull() ? kv.first : kv.second;
+      return Field{kv.second, path, loc_.where(path, located)};
+    }
+    return std::nullopt;
+  }
+
+  std::optional<MapReader> section(const std::string& key) {
+    if (auto f = take(key)) return MapReader(*f, loc_);
+    return std::nullopt;
+  }
+
+  // Call after every take(): unknown and repeated keys are errors.
+  void finish() const {
+    std::vector<std::string> seen;
+    for (const auto& kv : node_) {
+      const std::string key = kv.first.IsScalar() ? kv.first.Scalar() : describe(kv.first);
+      const std::string path = child_path(key);
+      const std::string where = loc_.where(path, kv.first);
+      if (std::find(known_.begin(), known_.end(), key) == known_.end())
+        throw_bad_input("unknown key '" + path + "' (" + where + ")");
+      if (std::find(seen.begin(), seen.end(), key) != seen.end())
+        throw_bad_input("duplicate key '" + path + "' (" + where + ")");
+      seen.push_back(key);
+    }
+  }
+
+ private:
+  std::string child_path(const std::string& key) const {
+    return path_.empty() ? key : path_ + "." + key;
+  }
+
+  YAML::Node node_;
+  std::string path_;
+  const Locator& loc_;
+  std::vector<std::string> known_;
+};
+
+std::vector<Field> list(const Field& f, const Locator& loc) {
+  if (!f.node.IsSequence()) fail(f, "must be a list, got " + describe(f.node));
+  std::vector<Field> items;
+  for (size_t i = 0; i < f.node.size(); ++i) {
+    const std::string path = f.path + "[" + std::to_string(i) + "]";
+    items.push_back(Field{f.node[i], path, loc.where(path, f.node[i])});
+  }
+  return items;
+}
+
+std::vector<int> widths(const Field& f, const Locator& loc) {
+  std::vector<int> out;
+  for (const Field& item : list(f, loc)) out.push_back(integer_at_least(item, 1));
+  return out;
+}
+
+// ---- sections -----------------------------------------------------------------------------------
+
+DataConfig read_data(MapReader m, const Locator& loc) {
+  DataConfig d;
+  auto train = m.take("train");
+  if (!train) throw_bad_input("missing required key 'data.train' (" + loc.origin() + ")");
+  d.train = text(*train);
+  if (auto f = m.take("test")) d.test = text(*f, /*allow_empty=*/true);  // empty: no evaluation
+  if (auto f = m.take("binarize")) d.binarize = choice<Binarize>(*f, kBinarize);
+  m.finish();
+  return d;
+}
+
+ModelConfig read_model(MapReader m, const Locator& loc) {
+  ModelConfig c;
+  if (auto f = m.take("encoder")) c.encoder = widths(*f, loc);
+  if (auto f = m.take("latent")) c.latent = integer_at_least(*f, 1);
+  if (auto f = m.take("decoder")) c.decoder = widths(*f, loc);
+  if (auto f = m.take("activation")) c.activation = choice<Activation>(*f, kActivation);
+  if (auto f = m.take("likelihood")) c.likelihood = choice<Likelihood>(*f, kLikelihood);
+  m.finish();
+  return c;
+}
+
+OptimizerConfig read_optimizer(MapReader m, const Locator& loc) {
+  OptimizerConfig o;
+  if (auto f = m.take("name")) o.name = name_of<int>(kOptimizer, choice<int>(*f, kOptimizer));
+  if (auto f = m.take("lr")) o.lr = positive(*f);
+  if (auto f = m.take("betas")) {
+    const std::vector<Field> b = list(*f, loc);
+    if (b.size() != 2) fail(*f, "must be a list of two numbers, got " + std::to_string(b.size()));
+    for (const Field& item : b) {
+      const double beta = number(item);
+      check(item, beta >= 0 && beta < 1, ">= 0 and < 1");
+    }
+    o.beta1 = number(b[0]);
+    o.beta2 = number(b[1]);
+  }
+  if (auto f = m.take("eps")) o.eps = positive(*f);
+  if (auto f = m.take("weight_decay")) o.weight_decay = non_negative(*f);
+  m.finish();
+  return o;
+}
+
+TrainConfig read_train(MapReader m, const Locator& loc) {
+  TrainConfig t;
+  if (auto f = m.take("epochs")) t.epochs = integer_at_least(*f, 1);
+  if (auto f = m.take("batch_size")) t.batch_size = integer_at_least(*f, 1);
+  if (auto s = m.section("optimizer")) t.optimizer = read_optimizer(*s, loc);
+  if (auto f = m.take("grad_clip")) t.grad_clip = non_negative(*f);
+  if (auto f = m.take("beta")) t.beta = non_negative(*f);
+  if (auto f = m.take("kl_warmup_steps")) t.kl_warmup_steps = integer_at_least<int64_t>(*f, 0);
+  if (auto f = m.take("threads")) t.threads = integer_at_least(*f, 0);
+  if (auto f = m.take("max_steps")) t.max_steps = integer_at_least<int64_t>(*f, 0);
+  m.finish();
+  return t;
+}
+
+DistributedConfig read_distributed(MapReader m) {
+  DistributedConfig d;
+  if (auto f = m.take("backend")) d.backend = choice<CommBackend>(*f, kBackend);
+  if (auto f = m.take("timeout_s")) d.timeout_s = positive(*f);
+  m.finish();
+  return d;
+}
+
+CheckpointConfig read_checkpoint(MapReader m) {
+  CheckpointConfig c;
+  if (auto f = m.take("every_steps")) c.every_steps = integer_at_least<int64_t>(*f, 0);
+  if (auto f = m.take("keep")) c.keep = integer_at_least(*f, 1);
+  m.finish();
+  return c;
+}
+
+OutputConfig read_output(MapReader m) {
+  OutputConfig o;
+  if (auto f = m.take("dir")) o.dir = text(*f);
+  if (auto f = m.take("log_every")) o.log_every = integer_at_least(*f, 1);
+  m.finish();
+  return o;
+}
+
+Config read_config(const YAML::Node& root, const Locator& loc) {
+  MapReader m(Field{root, "", loc.where("", root)}, loc);
+  Config c;
+  if (auto f = m.take("name")) c.name = text(*f);
+  if (auto f = m.take("seed")) c.seed = integer<uint64_t>(*f);
+  auto data = m.section("data");
+  if (!data) throw_bad_input("missing required key 'data.train' (" + loc.origin() + ")");
+  c.data = read_data(*data, loc);
+  if (auto s = m.section("model")) c.model = read_model(*s, loc);
+  if (auto s = m.section("train")) c.train = read_train(*s, loc);
+  if (auto f = m.take("device")) c.device = choice<DeviceChoice>(*f, kDevice);
+  if (auto s = m.section("distributed")) c.distributed = read_distributed(*s);
+  if (auto s = m.section("checkpoint")) c.checkpoint = read_checkpoint(*s);
+  if (auto s = m.section("output")) c.output = read_output(*s);
+  m.finish();
+  if (c.output.dir.empty()) c.output.dir = "runs/" + c.name;
+  return c;
+}
+
+// ---- YAML text and overrides ------------------------------------------------------------------------
+
+std::string one_line(std::string s) {
+  for (char& ch : s)
+    if (ch == '\n' || ch == '\r') ch = ' ';
+  return s;
+}
+
+// `where` names the text in messages; `line_numbers` says whether its lines mean anything there.
+YAML::Node load_yaml(const std::string& text, const std::string& where, bool line_numbers) {
+  try {
+    return YAML::Load(text);
+  } catch (const YAML::ParserException& e) {
+    const bool has_line = line_numbers && !e.mark.is_null();
+    const std::string line = has_line ? ":" + std::to_string(e.mark.line + 1) : "";
+    throw_bad_input("YAML syntax error: " + one_line(e.msg) + " (" + where + line + ")");
+  }
+}
+
+std::vector<std::string> split_path(const std::string& path) {
+  std::vector<std::string> keys;
+  size_t start = 0;
+  for (size_t dot; (dot = path.find('.', start)) != std::string::npos; start = dot + 1)
+    keys.push_back(path.substr(start, dot - start));
+  keys.push_back(path.substr(start));
+  return keys;
+}
+
+bool has_path(const YAML::Node& node, std::span<const std::string> keys) {
+  if (keys.empty()) return true;
+  if (!node.IsMap()) return false;
+  const YAML::Node child = node[keys[0]];
+  return child.IsDefined() && has_path(child, keys.subspan(1));
+}
+
+// The known key paths are exactly those of a fully resolved default config.
+bool is_known_key(std::span<const std::string> keys) {
+  static const YAML::Node defaults = YAML::Load(to_yaml(Config{}));
+  return has_path(defaults, keys);
+}
+
+// Sets `map`.keys = value, creating the maps on the way; a non-map on the way is the file's error.
+void set_path(YAML::Node map, std::span<const std::string> keys, const std::string& walked,
+              const YAML::Node& value, const Locator& loc) {
+  if (keys.size() == 1) {
+    map[keys[0]] = value;
+    return;
+  }
+  if (!map[keys[0]].IsDefined()) map[keys[0]] = YAML::Node(YAML::NodeType::Map);
+  YAML::Node child = map[keys[0]];
+  const std::string path = walked.empty() ? keys[0] : walked + "." + keys[0];
+  if (!child.IsMap())
+    fail(Field{child, path, loc.where(path, child)}, "must be a map, got " + describe(child));
+  set_path(child, keys.subspan(1), path, value, loc);
+}
+
+void apply_override(YAML::Node& root, const std::string& override_text, Locator& loc) {
+  const size_t eq = override_text.find('=');
+  if (eq == std::string::npos || eq == 0)
+    throw_bad_input("bad override '" + override_text + "': expected key=value");
+  const std::string path = override_text.substr(0, eq);
+  const std::vector<std::string> keys = split_path(path);
+  const std::string where = "override '" + override_text + "'";
+  if (!is_known_key(keys)) throw_bad_input("unknown key '" + path + "' (" + where + ")");
+  const YAML::Node value = load_yaml(override_text.substr(eq + 1), where, false);
+  set_path(root, keys, "", value, loc);
+  loc.add_override(path, override_text);
+}
+
+// Shortest text that reads back as exactly the same double.
+std::string number_text(double v) {
+  char buf[64];
+  const auto [end, ec] = std::to_chars(buf, buf + sizeof buf, v);
+  ELBO_CHECK(ec == std::errc(), "to_chars failed");
+  return std::string(buf, end);
+}
+
+YAML::Emitter& emit_widths(YAML::Emitter& out, const std::vector<int>& widths) {
+  out << YAML::Flow << YAML::BeginSeq;
+  for (int w : widths) out << w;
+  return out << YAML::EndSeq;
+}
+
+}  // namespace
+
+Config parse_config(const std::string& yaml_text, const std::string& origin,
+                    const std::vector<std::string>& overrides) {
+  Locator loc(origin);
+  YAML::Node root = load_yaml(yaml_text, origin, true);
+  if (root.IsNull()) root = YAML::Node(YAML::NodeType::Map);  // an empty file
+  if (!root.IsMap())
+    throw_bad_input("config must be a map, got " + describe(root) + " (" + loc.where("", root) + ")");
+  for (const std::string& o : overrides) apply_override(root, o, loc);
+  return read_config(root, loc);
+}
+
+Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
+  std::ifstream in(path);
+  if (!in) throw_bad_input("cannot read config file '" + path + "': " + std::strerror(errno));
+  std::stringstream text;
+  text << in.rdbuf();
+  if (in.bad()) throw_bad_input("cannot read config file '" + path + "': " + std::strerror(errno));
+  return parse_config(text.str(), path, overrides);
+}
+
+std::string to_yaml(const Config& c) {
+  using YAML::BeginMap, YAML::EndMap, YAML::Key, YAML::Value;
+  YAML::Emitter out;
+  out << BeginMap;
+  out << Key << "name" << Value << c.name;
+  out << Key << "seed" << Value << c.seed;
+  out << Key << "data" << Value << BeginMap;
+  out << Key << "train" << Value << c.data.train;
+  out << Key << "test" << Value << c.data.test;
+  out << Key << "binarize" << Value << name_of<Binarize>(kBinarize, c.data.binarize);
+  out << EndMap;
+  out << Key << "model" << Value << BeginMap;
+  emit_widths(out << Key << "encoder" << Value, c.model.encoder);
+  out << Key << "latent" << Value << c.model.latent;
+  emit_widths(out << Key << "decoder" << Value, c.model.decoder);
+  out << Key << "activation" << Value << name_of<Activation>(kActivation, c.model.activation);
+  out << Key << "likelihood" << Value << name_of<Likelihood>(kLikelihood, c.model.likelihood);
+  out << EndMap;
+  const TrainConfig& t = c.train;
+  out << Key << "train" << Value << BeginMap;
+  out << Key << "epochs" << Value << t.epochs;
+  out << Key << "batch_size" << Value << t.batch_size;
+  out << Key << "optimizer" << Value << BeginMap;
+  out << Key << "name" << Value << t.optimizer.name;
+  out << Key << "lr" << Value << number_text(t.optimizer.lr);
+  out << Key << "betas" << Value << YAML::Flow << YAML::BeginSeq;
+  out << number_text(t.optimizer.beta1) << number_text(t.optimizer.beta2) << YAML::EndSeq;
+  out << Key << "eps" << Value << number_text(t.optimizer.eps);
+  out << Key << "weight_decay" << Value << number_text(t.optimizer.weight_decay);
+  out << EndMap;
+  out << Key << "grad_clip" << Value << number_text(t.grad_clip);
+  out << Key << "beta" << Value << number_text(t.beta);
+  out << Key << "kl_warmup_steps" << Value << t.kl_warmup_steps;
+  out << Key << "threads" << Value << t.threads;
+  out << Key << "max_steps" << Value << t.max_steps;
+  out << EndMap;
+  out << Key << "device" << Value << name_of<DeviceChoice>(kDevice, c.device);
+  out << Key << "distributed" << Value << BeginMap;
+  out << Key << "backend" << Value << name_of<CommBackend>(kBackend, c.distributed.backend);
+  out << Key << "timeout_s" << Value << number_text(c.distributed.timeout_s);
+  out << EndMap;
+  out << Key << "checkpoint" << Value << BeginMap;
+  out << Key << "every_steps" << Value << c.checkpoint.every_steps;
+  out << Key << "keep" << Value << c.checkpoint.keep;
+  out << EndMap;
+  out << Key << "output" << Value << BeginMap;
+  out << Key << "dir" << Value << c.output.dir;
+  out << Key << "log_every" << Value << c.output.log_every;
+  out << EndMap;
+  out << EndMap;
+  ELBO_CHECK(out.good(), "YAML emitter: " + out.GetLastError());
+  return std::string(out.c_str()) + "\n";
+}
+
+ModelSpec model_spec(const Config& c, int input_dim) {
+  ModelSpec spec;
+  spec.input_dim = input_dim;
+  spec.encoder = c.model.encoder;
+  spec.latent = c.model.latent;
+  spec.decoder = c.model.decoder;
+  spec.activation = c.model.activation;
+  spec.likelihood = c.model.likelihood;
+  return spec;
+}
+
+AdamConfig adam_config(const Config& c) {
+  const OptimizerConfig& o = c.train.optimizer;
+  AdamConfig a;
+  a.lr = static_cast<float>(o.lr);
+  a.beta1 = static_cast<float>(o.beta1);
+  a.beta2 = static_cast<float>(o.beta2);
+  a.eps = static_cast<float>(o.eps);
+  a.weight_decay = static_cast<float>(o.weight_decay);
+  a.decoupled_weight_decay = o.name == "adamw";
+  return a;
+}
+
+}  // namespace elbo

@@ -77,7 +77,8 @@ struct Config {
 };
 
 // Parses `path`, applies overrides ("train.epochs=3"; the value is parsed as YAML), validates.
-// Throws Error(BadInput) with "<what> (<file>:<line>, key <key.path>)" style messages.
+// Throws Error(BadInput) with one-line messages naming the key and where it came from, e.g.
+// "key 'train.epochs' must be an integer, got 'ten' (cfg.yaml:5)" or "... (override 'train.epochs=ten')".
 Config load_config(const std::string& path, const std::vector<std::string>& overrides = {});
 // Same, from YAML text (`origin` names it in messages).
 Config parse_config(const std::string& yaml_text, const std::string& origin,

@@ -1,1 +1,323 @@
-// (being written)
+// RAII wrappers over the HDF5 C API. User-file problems (missing, not HDF5, truncated, missing
+// object) are BadInput errors; an HDF5 call failing on a file we opened fine is Internal.
+#include "io/hdf5.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+
+#include "core/error.h"
+
+// Checks an HDF5 return value (hid_t or herr_t) and names the failing call and the object.
+#define ELBO_H5_CHECK(call, what) ELBO_CHECK((call) >= 0, std::string(#call) + " on " + (what))
+
+namespace elbo::h5 {
+
+void silence_error_printing() {
+  thread_local bool silenced = false;
+  if (!silenced) {
+    H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
+    silenced = true;
+  }
+}
+
+namespace {
+
+// The main thread is silenced before main(); other threads call silence_error_printing().
+[[maybe_unused]] const bool main_thread_silenced = (silence_error_printing(), true);
+
+std::string where(const std::string& path, const std::string& object) {
+  return "'" + path + ":" + object + "'";
+}
+
+std::vector<hsize_t> to_dims(const std::vector<int64_t>& shape) {
+  return std::vector<hsize_t>(shape.begin(), shape.end());
+}
+
+Handle make_space(const std::vector<int64_t>& shape) {
+  if (shape.empty()) return Handle(H5Screate(H5S_SCALAR), Handle::Type::Dataspace);
+  std::vector<hsize_t> dims = to_dims(shape);
+  return Handle(H5Screate_simple(static_cast<int>(dims.size()), dims.data(), nullptr),
+                Handle::Type::Dataspace);
+}
+
+// Link-creation properties that make missing parent groups on the way.
+Handle intermediate_groups() {
+  Handle lcpl(H5Pcreate(H5P_LINK_CREATE), Handle::Type::PropList);
+  ELBO_CHECK(lcpl.valid(), "H5Pcreate(H5P_LINK_CREATE)");
+  ELBO_H5_CHECK(H5Pset_create_intermediate_group(lcpl.get(), 1), std::string("lcpl"));
+  return lcpl;
+}
+
+std::vector<int64_t> space_shape(hid_t space) {
+  int rank = H5Sget_simple_extent_ndims(space);
+  ELBO_CHECK(rank >= 0, "H5Sget_simple_extent_ndims");
+  std::vector<hsize_t> dims(static_cast<size_t>(rank));
+  if (rank > 0) ELBO_CHECK(H5Sget_simple_extent_dims(space, dims.data(), nullptr) == rank,
+                           "H5Sget_simple_extent_dims");
+  return std::vector<int64_t>(dims.begin(), dims.end());
+}
+
+}  // namespace
+
+Handle& Handle::operator=(Handle&& o) noexcept {
+  if (this != &o) {
+    Handle dead(id_, type_);  // closes the old id on scope exit
+    id_ = o.id_;
+    type_ = o.type_;
+    o.id_ = H5I_INVALID_HID;
+  }
+  return *this;
+}
+
+Handle::~Handle() {
+  if (id_ < 0) return;
+  switch (type_) {  // a failed close cannot be reported from a destructor
+    case Type::File: H5Fclose(id_); break;
+    case Type::Group: H5Gclose(id_); break;
+    case Type::Dataset: H5Dclose(id_); break;
+    case Type::Dataspace: H5Sclose(id_); break;
+    case Type::Datatype: H5Tclose(id_); break;
+    case Type::Attribute: H5Aclose(id_); break;
+    case Type::PropList: H5Pclose(id_); break;
+  }
+}
+
+File File::open_read(const std::string& path) {
+  silence_error_printing();
+  namespace fs = std::filesystem;
+  std::error_code ec;
+  if (!fs::exists(path, ec)) throw_bad_input("cannot open '" + path + "': no such file");
+  if (fs::is_directory(path, ec)) throw_bad_input("cannot open '" + path + "': is a directory");
+  if (!std::ifstream(path, std::ios::binary))
+    throw_bad_input("cannot open '" + path + "': " + std::strerror(errno));
+  if (H5Fis_hdf5(path.c_str()) <= 0) throw_bad_input("'" + path + "' is not an HDF5 file");
+  hid_t id = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
+  if (id < 0) throw_bad_input("cannot open '" + path + "': truncated or corrupt HDF5 file");
+  return File(Handle(id, Handle::Type::File), path);
+}
+
+File File::create(const std::string& path) {
+  silence_error_printing();
+  // Strong close: closing the file closes everything in it, so after close the bytes are on disk
+  // for the checkpoint's fsync.
+  Handle fapl(H5Pcreate(H5P_FILE_ACCESS), Handle::Type::PropList);
+  ELBO_CHECK(fapl.valid(), "H5Pcreate(H5P_FILE_ACCESS)");
+  ELBO_H5_CHECK(H5Pset_fclose_degree(fapl.get(), H5F_CLOSE_STRONG), path);
+  hid_t id = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get());
+  if (id < 0) throw_bad_input("cannot create '" + path + "': " + std::strerror(errno));
+  return File(Handle(id, Handle::Type::File), path);
+}
+
+bool File::exists(const std::string& object_path) const {
+  silence_error_printing();
+  // H5Lexists fails (rather than answering no) when a parent is missing, so walk the path.
+  size_t pos = 0;
+  while (pos != std::string::npos) {
+    pos = object_path.find('/', pos + 1);
+    std::string prefix = object_path.substr(0, pos);
+    if (prefix.empty() || prefix == "/") continue;
+    if (H5Lexists(id(), prefix.c_str(), H5P_DEFAULT) <= 0) return false;
+  }
+  return true;
+}
+
+std::vector<std::string> File::children(const std::string& group) const {
+  silence_error_printing();
+  std::vector<std::string> names;
+  auto add = [](hid_t, const char* name, const H5L_info_t*, void* out) -> herr_t {
+    static_cast<std::vector<std::string>*>(out)->emplace_back(name);
+    return 0;
+  };
+  ELBO_H5_CHECK(H5Literate_by_name(id(), group.c_str(), H5_INDEX_NAME, H5_ITER_INC, nullptr, add,
+                                   &names, H5P_DEFAULT),
+                where(path_, group));
+  return names;
+}
+
+Handle File::open_dataset(const std::string& dataset) const {
+  silence_error_printing();
+  if (!exists(dataset)) throw_bad_input("'" + path_ + "' has no dataset '" + dataset + "'");
+  hid_t id = H5Dopen2(this->id(), dataset.c_str(), H5P_DEFAULT);
+  if (id < 0) throw_bad_input(where(path_, dataset) + " is not a dataset");
+  return Handle(id, Handle::Type::Dataset);
+}
+
+std::vector<int64_t> File::dataset_shape(const std::string& dataset) const {
+  Handle ds = open_dataset(dataset);
+  Handle space(H5Dget_space(ds.get()), Handle::Type::Dataspace);
+  ELBO_H5_CHECK(space.get(), where(path_, dataset));
+  return space_shape(space.get());
+}
+
+FloatArray File::read_floats(const std::string& dataset) const {
+  Handle ds = open_dataset(dataset);
+  Handle space(H5Dget_space(ds.get()), Handle::Type::Dataspace);
+  ELBO_H5_CHECK(space.get(), where(path_, dataset));
+  FloatArray a;
+  a.shape = space_shape(space.get());
+  hssize_t n = H5Sget_simple_extent_npoints(space.get());
+  ELBO_H5_CHECK(n, where(path_, dataset));
+  a.data.resize(static_cast<size_t>(n));
+  if (n > 0)  // HDF5 converts any numeric type to float
+    ELBO_H5_CHECK(H5Dread(ds.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, a.data.data()),
+                  where(path_, dataset));
+  return a;
+}
+
+void File::write_floats(const std::string& dataset, const std::vector<int64_t>& shape,
+                        const float* data) {
+  write_dataset(dataset, shape, H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, data);
+}
+
+void File::write_dataset(const std::string& dataset, const std::vector<int64_t>& shape,
+                         hid_t file_type, hid_t mem_type, const void* data) {
+  silence_error_printing();
+  Handle space = make_space(shape);
+  ELBO_H5_CHECK(space.get(), where(path_, dataset));
+  Handle lcpl = intermediate_groups();
+  Handle ds(H5Dcreate2(id(), dataset.c_str(), file_type, space.get(), lcpl.get(), H5P_DEFAULT,
+                       H5P_DEFAULT),
+            Handle::Type::Dataset);
+  ELBO_H5_CHECK(ds.get(), where(path_, dataset));
+  if (H5Sget_simple_extent_npoints(space.get()) > 0)
+    ELBO_H5_CHECK(H5Dwrite(ds.get(), mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, data),
+                  where(path_, dataset));
+}
+
+void File::create_group(const std::string& group) {
+  silence_error_printing();
+  if (exists(group)) return;
+  Handle lcpl = intermediate_groups();
+  Handle g(H5Gcreate2(id(), group.c_str(), lcpl.get(), H5P_DEFAULT, H5P_DEFAULT),
+           Handle::Type::Group);
+  ELBO_H5_CHECK(g.get(), where(path_, group));
+}
+
+// ---- attributes ---------------------------------------------------------------------------------
+
+namespace {
+
+// Opens attribute `name` on `object`; a missing one is a BadInput error naming the file.
+Handle open_attribute(const File& f, const std::string& object, const std::string& name) {
+  if (!f.has_attribute(object, name))
+    throw_bad_input("'" + f.path() + "' has no attribute '" + name + "' on '" + object + "'");
+  Handle a(H5Aopen_by_name(f.id(), object.c_str(), name.c_str(), H5P_DEFAULT, H5P_DEFAULT),
+           Handle::Type::Attribute);
+  ELBO_H5_CHECK(a.get(), where(f.path(), object) + " attribute " + name);
+  return a;
+}
+
+H5T_class_t attribute_class(const Handle& a) {
+  Handle t(H5Aget_type(a.get()), Handle::Type::Datatype);
+  ELBO_H5_CHECK(t.get(), std::string("attribute"));
+  return H5Tget_class(t.get());
+}
+
+hssize_t attribute_points(const Handle& a) {
+  Handle space(H5Aget_space(a.get()), Handle::Type::Dataspace);
+  ELBO_H5_CHECK(space.get(), std::string("attribute"));
+  return H5Sget_simple_extent_npoints(space.get());
+}
+
+// Reads a numeric attribute with exactly `n` elements (n < 0: any count) as `mem_type`.
+template <typename T>
+std::vector<T> read_numeric(const File& f, const std::string& object, const std::string& name,
+                            hid_t mem_type, bool integer_only, hssize_t n) {
+  Handle a = open_attribute(f, object, name);
+  H5T_class_t c = attribute_class(a);
+  bool ok = c == H5T_INTEGER || (!integer_only && c == H5T_FLOAT);
+  hssize_t points = attribute_points(a);
+  if (!ok || (n >= 0 && points != n))
+    throw_bad_input("attribute '" + name + "' on " + where(f.path(), object) + " is not " +
+                    (n == 1 ? "a scalar " : "an array of ") + (integer_only ? "integer" : "number"));
+  std::vector<T> v(static_cast<size_t>(points));
+  if (points > 0) ELBO_H5_CHECK(H5Aread(a.get(), mem_type, v.data()), where(f.path(), object));
+  return v;
+}
+
+Handle create_attribute(File& f, const std::string& object, const std::string& name,
+                        hid_t type, hid_t space) {
+  if (f.has_attribute(object, name))
+    ELBO_H5_CHECK(H5Adelete_by_name(f.id(), object.c_str(), name.c_str(), H5P_DEFAULT),
+                  where(f.path(), object));
+  Handle a(H5Acreate_by_name(f.id(), object.c_str(), name.c_str(), type, space, H5P_DEFAULT,
+                             H5P_DEFAULT, H5P_DEFAULT),
+           Handle::Type::Attribute);
+  ELBO_H5_CHECK(a.get(), where(f.path(), object) + " attribute " + name);
+  return a;
+}
+
+}  // namespace
+
+bool File::has_attribute(const std::string& object, const std::string& name) const {
+  silence_error_printing();
+  if (!exists(object)) return false;
+  return H5Aexists_by_name(id(), object.c_str(), name.c_str(), H5P_DEFAULT) > 0;
+}
+
+int64_t File::read_int_attribute(const std::string& object, const std::string& name) const {
+  return read_numeric<int64_t>(*this, object, name, H5T_NATIVE_INT64, true, 1)[0];
+}
+
+double File::read_double_attribute(const std::string& object, const std::string& name) const {
+  return read_numeric<double>(*this, object, name, H5T_NATIVE_DOUBLE, false, 1)[0];
+}
+
+std::vector<double> File::read_double_array_attribute(const std::string& object,
+                                                      const std::string& name) const {
+  return read_numeric<double>(*this, object, name, H5T_NATIVE_DOUBLE, false, -1);
+}
+
+std::string File::read_string_attribute(const std::string& object, const std::string& name) const {
+  Handle a = open_attribute(*this, object, name);
+  Handle type(H5Aget_type(a.get()), Handle::Type::Datatype);
+  ELBO_H5_CHECK(type.get(), where(path_, object));
+  if (H5Tget_class(type.get()) != H5T_STRING || attribute_points(a) != 1)
+    throw_bad_input("attribute '" + name + "' on " + where(path_, object) + " is not a string");
+  Handle mem(H5Tcopy(H5T_C_S1), Handle::Type::Datatype);
+  ELBO_H5_CHECK(mem.get(), std::string("H5T_C_S1"));
+  if (H5Tis_variable_str(type.get()) > 0) {  // h5py's default for str
+    ELBO_H5_CHECK(H5Tset_size(mem.get(), H5T_VARIABLE), std::string("string type"));
+    char* s = nullptr;
+    ELBO_H5_CHECK(H5Aread(a.get(), mem.get(), &s), where(path_, object));
+    std::string out = s ? s : "";
+    H5free_memory(s);
+    return out;
+  }
+  size_t size = H5Tget_size(type.get());
+  ELBO_H5_CHECK(H5Tset_size(mem.get(), size), std::string("string type"));
+  std::string out(size, '\0');
+  ELBO_H5_CHECK(H5Aread(a.get(), mem.get(), out.data()), where(path_, object));
+  return out.substr(0, out.find('\0'));  // fixed-length strings may be null-padded
+}
+
+void File::write_int_attribute(const std::string& object, const std::string& name, int64_t v) {
+  Handle space = make_space({});
+  Handle a = create_attribute(*this, object, name, H5T_STD_I64LE, space.get());
+  ELBO_H5_CHECK(H5Awrite(a.get(), H5T_NATIVE_INT64, &v), where(path_, object));
+}
+
+void File::write_double_attribute(const std::string& object, const std::string& name, double v) {
+  Handle space = make_space({});
+  Handle a = create_attribute(*this, object, name, H5T_IEEE_F64LE, space.get());
+  ELBO_H5_CHECK(H5Awrite(a.get(), H5T_NATIVE_DOUBLE, &v), where(path_, object));
+}
+
+void File::write_string_attribute(const std::string& object, const std::string& name,
+                                  const std::string& v) {
+  // Variable-length UTF-8, as h5py writes str, so h5py reads it back as str (not bytes).
+  Handle type(H5Tcopy(H5T_C_S1), Handle::Type::Datatype);
+  ELBO_H5_CHECK(type.get(), std::string("H5T_C_S1"));
+  ELBO_H5_CHECK(H5Tset_size(type.get(), H5T_VARIABLE), std::string("string type"));
+  ELBO_H5_CHECK(H5Tset_cset(type.get(), H5T_CSET_UTF8), std::string("string type"));
+  Handle space = make_space({});
+  Handle a = create_attribute(*this, object, name, type.get(), space.get());
+  const char* s = v.c_str();
+  ELBO_H5_CHECK(H5Awrite(a.get(), type.get(), &s), where(path_, object));
+}
+
+void File::flush() { ELBO_H5_CHECK(H5Fflush(id(), H5F_SCOPE_GLOBAL), "'" + path_ + "'"); }
+
+}  // namespace elbo::h5

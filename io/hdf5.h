@@ -10,6 +10,10 @@
 
 namespace elbo::h5 {
 
+// Turns off HDF5's own error-stack printing for the calling thread (thread-safe HDF5 keeps this
+// setting per thread), so a user sees only our one-line error. Cheap to call repeatedly.
+void silence_error_printing();
+
 // Owns one hid_t and closes it with the right H5*close.
 class Handle {
  public:
@@ -46,10 +50,17 @@ class File {
   hid_t id() const { return handle_.get(); }
 
   bool exists(const std::string& object_path) const;  // dataset or group, e.g. "/params/x"
+  std::vector<std::string> children(const std::string& group) const;  // link names, sorted
+  // A missing dataset is a BadInput error naming the file and the dataset.
+  Handle open_dataset(const std::string& dataset) const;
   std::vector<int64_t> dataset_shape(const std::string& dataset) const;
   FloatArray read_floats(const std::string& dataset) const;
   void write_floats(const std::string& dataset, const std::vector<int64_t>& shape,
                     const float* data);  // creates intermediate groups
+  // Any element type: `file_type` as stored (e.g. H5T_STD_U8LE), `mem_type` as `data` holds it.
+  void write_dataset(const std::string& dataset, const std::vector<int64_t>& shape,
+                     hid_t file_type, hid_t mem_type, const void* data);
+  void create_group(const std::string& group);  // with intermediate groups; no-op if present
 
   // Scalar attributes on an object ("/" for the file).
   bool has_attribute(const std::string& object, const std::string& name) const;

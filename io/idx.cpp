@@ -1,1 +1,189 @@
-// (being written)
+// IDX import (MNIST / Fashion-MNIST, raw or gzipped) and its conversion into HDF5 shards for
+// `elbo prepare`.
+#include "io/idx.h"
+
+#include <zlib.h>
+
+#include <array>
+#include <cstdio>
+#include <filesystem>
+
+#include "core/error.h"
+#include "io/shards.h"
+
+namespace elbo {
+
+namespace {
+
+namespace fs = std::filesystem;
+
+// Owns a gzFile; gzopen reads uncompressed files as they are, so one path serves both.
+class GzReader {
+ public:
+  explicit GzReader(const std::string& path) : path_(path) {
+    std::error_code ec;
+    if (!fs::is_regular_file(path, ec)) throw_bad_input("cannot open '" + path + "': no such file");
+    f_ = gzopen(path.c_str(), "rb");
+    if (!f_) throw_bad_input("cannot open '" + path + "'");
+  }
+  GzReader(const GzReader&) = delete;
+  GzReader& operator=(const GzReader&) = delete;
+  ~GzReader() { gzclose(f_); }
+
+  // Reads up to n bytes; returns how many were read (short only at end of data).
+  size_t read(uint8_t* dst, size_t n) {
+    size_t got = 0;
+    while (got < n) {
+      unsigned chunk = static_cast<unsigned>(std::min<size_t>(n - got, 1u << 20));
+      int r = gzread(f_, dst + got, chunk);
+      if (r < 0) {
+        int errnum = 0;
+        const char* msg = gzerror(f_, &errnum);
+        throw_bad_input("'" + path_ + "' is corrupt: " + (msg ? msg : "gzip error"));
+      }
+      if (r == 0) break;
+      got += static_cast<size_t>(r);
+    }
+    return got;
+  }
+
+ private:
+  std::string path_;
+  gzFile f_ = nullptr;
+};
+
+uint32_t big_endian_u32(const uint8_t* b) {
+  return (uint32_t{b[0]} << 24) | (uint32_t{b[1]} << 16) | (uint32_t{b[2]} << 8) | uint32_t{b[3]};
+}
+
+std::string hex_byte(uint8_t v) {
+  char s[8];
+  std::snprintf(s, sizeof s, "0x%02X", v);
+  return s;
+}
+
+// Header: two zero bytes, the element type (0x08 = unsigned byte), the rank, then each dimension
+// as a big-endian uint32.
+std::vector<int64_t> read_idx_header(GzReader& in, const std::string& path) {
+  std::array<uint8_t, 4> magic{};
+  if (in.read(magic.data(), 4) != 4) throw_bad_input("'" + path + "' is not an IDX file (too short)");
+  if (magic[0] != 0 || magic[1] != 0 || magic[3] == 0)
+    throw_bad_input("'" + path + "' is not an IDX file (bad magic number)");
+  if (magic[2] != 0x08)
+    throw_bad_input("'" + path + "' has IDX element type " + hex_byte(magic[2]) +
+                    "; only unsigned bytes (0x08) are supported");
+  std::vector<int64_t> shape;
+  for (int d = 0; d < magic[3]; ++d) {
+    std::array<uint8_t, 4> b{};
+    if (in.read(b.data(), 4) != 4) throw_bad_input("'" + path + "' is truncated (in the header)");
+    shape.push_back(big_endian_u32(b.data()));
+  }
+  return shape;
+}
+
+}  // namespace
+
+IdxArray read_idx(const std::string& path) {
+  GzReader in(path);
+  IdxArray a;
+  a.shape = read_idx_header(in, path);
+  constexpr int64_t kMaxBytes = int64_t{1} << 40;  // also keeps the product from overflowing
+  int64_t total = 1;
+  for (int64_t d : a.shape) {
+    if (d != 0 && total > kMaxBytes / d)
+      throw_bad_input("'" + path + "' has an implausibly large shape (corrupt header?)");
+    total *= d;
+  }
+  a.data.resize(static_cast<size_t>(total));
+  size_t got = in.read(a.data.data(), a.data.size());
+  if (got != a.data.size())
+    throw_bad_input("'" + path + "' is truncated: the header promises " + std::to_string(total) +
+                    " bytes of data, the file has " + std::to_string(got));
+  uint8_t extra = 0;
+  if (in.read(&extra, 1) != 0)
+    throw_bad_input("'" + path + "' has data past the " + std::to_string(total) +
+                    " bytes its header describes");
+  return a;
+}
+
+namespace {
+
+std::string shard_name(int i, int n) {
+  char s[64];
+  std::snprintf(s, sizeof s, "shard-%05d-of-%05d.h5", i, n);
+  return s;
+}
+
+// Deletes a temporary file unless released: a failed write leaves nothing behind.
+struct TempFile {
+  std::string path;
+  bool keep = false;
+  ~TempFile() {
+    std::error_code ec;
+    if (!keep) fs::remove(path, ec);
+  }
+};
+
+void check_inputs(const IdxArray& x, const IdxArray* y, const std::string& images,
+                  const std::string& labels, int num_shards) {
+  if (x.shape.size() < 2)
+    throw_bad_input("'" + images + "' holds an array of rank " + std::to_string(x.shape.size()) +
+                    "; expected images [N, rows, cols]");
+  if (y && (y->shape.size() != 1 || y->shape[0] != x.shape[0]))
+    throw_bad_input("'" + images + "' has " + std::to_string(x.shape[0]) + " images but '" +
+                    labels + "' has " + std::to_string(y->data.size()) + " labels");
+  if (num_shards < 1 || num_shards > x.shape[0])
+    throw_bad_input("cannot split " + std::to_string(x.shape[0]) + " images from '" + images +
+                    "' into " + std::to_string(num_shards) + " shards");
+}
+
+// A data set is every shard file in the directory, so any existing one would mix into it.
+void check_no_shards_in(const std::string& out_dir) {
+  std::error_code ec;
+  fs::create_directories(out_dir, ec);
+  if (ec) throw_bad_input("cannot create directory '" + out_dir + "': " + ec.message());
+  for (const auto& e : fs::directory_iterator(out_dir, ec)) {
+    std::string ext = e.path().extension().string();
+    if (ext == ".h5" || ext == ".hdf5")
+      throw_bad_input("refusing to overwrite: '" + out_dir + "' already holds shard file '" +
+                      e.path().string() + "'");
+  }
+  if (ec) throw_bad_input("cannot list '" + out_dir + "': " + ec.message());
+}
+
+}  // namespace
+
+PrepareResult prepare_from_idx(const std::string& images, const std::string& labels,
+                               const std::string& out_dir, int num_shards) {
+  IdxArray x = read_idx(images);
+  IdxArray y;
+  if (!labels.empty()) y = read_idx(labels);
+  check_inputs(x, labels.empty() ? nullptr : &y, images, labels, num_shards);
+  check_no_shards_in(out_dir);
+
+  PrepareResult r;
+  r.rows = x.shape[0];
+  std::vector<int64_t> sample_shape(x.shape.begin() + 1, x.shape.end());
+  size_t F = x.data.size() / static_cast<size_t>(r.rows);
+  int64_t base = r.rows / num_shards, extra = r.rows % num_shards;
+  int64_t begin = 0;
+  for (int s = 0; s < num_shards; ++s) {
+    int64_t n = base + (s < extra ? 1 : 0);
+    std::vector<int64_t> shard_labels;
+    if (!labels.empty()) shard_labels.assign(y.data.begin() + begin, y.data.begin() + begin + n);
+    std::string path = (fs::path(out_dir) / shard_name(s, num_shards)).string();
+    TempFile tmp{path + ".tmp"};
+    std::span<const uint8_t> rows(x.data.data() + static_cast<size_t>(begin) * F,
+                                  static_cast<size_t>(n) * F);
+    write_shard_u8(tmp.path, sample_shape, rows, shard_labels);
+    std::error_code ec;
+    fs::rename(tmp.path, path, ec);
+    if (ec) throw_bad_input("cannot rename '" + tmp.path + "' to '" + path + "': " + ec.message());
+    tmp.keep = true;
+    r.shard_paths.push_back(path);
+    begin += n;
+  }
+  return r;
+}
+
+}  // namespace elbo

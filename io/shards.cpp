@@ -1,1 +1,349 @@
-// (being written)
+// Sharded HDF5 data sets: every shard validated on open, then rows read by global index, either as
+// hyperslab selections of only the needed rows or as copies from the in-memory cache.
+#include "io/shards.h"
+
+#include <glob.h>
+
+#include <algorithm>
+#include <filesystem>
+#include <functional>
+#include <numeric>
+
+#include "core/error.h"
+#include "io/hdf5.h"
+
+namespace elbo {
+
+struct OpenShards {
+  std::vector<h5::File> files;
+  std::vector<h5::Handle> x, y;  // one per shard; y empty without labels
+};
+
+namespace {
+
+namespace fs = std::filesystem;
+
+std::string shape_str(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+std::string type_name(hid_t type) {
+  std::string bits = std::to_string(H5Tget_size(type) * 8);
+  switch (H5Tget_class(type)) {
+    case H5T_INTEGER: return (H5Tget_sign(type) == H5T_SGN_NONE ? "uint" : "int") + bits;
+    case H5T_FLOAT: return "float" + bits;
+    case H5T_STRING: return "string";
+    default: return "a non-numeric type";
+  }
+}
+
+const char* type_name(SampleType t) { return t == SampleType::U8 ? "uint8" : "float32"; }
+
+std::vector<std::string> list_directory(const std::string& dir) {
+  std::vector<std::string> paths;
+  try {
+    for (const auto& e : fs::directory_iterator(dir)) {
+      std::string ext = e.path().extension().string();
+      if (e.is_regular_file() && (ext == ".h5" || ext == ".hdf5")) paths.push_back(e.path().string());
+    }
+  } catch (const fs::filesystem_error& e) {
+    throw_bad_input("cannot list '" + dir + "': " + e.code().message());
+  }
+  if (paths.empty()) throw_bad_input("no shards (*.h5, *.hdf5) in directory '" + dir + "'");
+  std::sort(paths.begin(), paths.end());
+  return paths;
+}
+
+std::vector<std::string> list_shards(const std::string& dir_or_glob) {
+  std::error_code ec;
+  if (fs::is_directory(dir_or_glob, ec)) return list_directory(dir_or_glob);
+  std::vector<std::string> paths;
+  glob_t g{};
+  if (glob(dir_or_glob.c_str(), 0, nullptr, &g) == 0) {
+    for (size_t i = 0; i < g.gl_pathc; ++i)  // glob(3) returns them sorted
+      if (fs::is_regular_file(g.gl_pathv[i], ec)) paths.emplace_back(g.gl_pathv[i]);
+  }
+  globfree(&g);
+  if (paths.empty()) throw_bad_input("no shards match '" + dir_or_glob + "'");
+  return paths;
+}
+
+// What one shard holds, after checking it on its own.
+struct ShardMeta {
+  std::vector<int64_t> sample_shape;
+  SampleType type = SampleType::U8;
+  int64_t rows = 0;
+  bool labels = false;
+};
+
+SampleType sample_type_of(const std::string& path, const h5::Handle& x) {
+  h5::Handle t(H5Dget_type(x.get()), h5::Handle::Type::Datatype);
+  ELBO_CHECK(t.valid(), "H5Dget_type on '" + path + ":/x'");
+  // Class and size rather than H5Tequal: a big-endian float32 is fine, HDF5 converts on read.
+  H5T_class_t c = H5Tget_class(t.get());
+  size_t size = H5Tget_size(t.get());
+  if (c == H5T_INTEGER && size == 1 && H5Tget_sign(t.get()) == H5T_SGN_NONE) return SampleType::U8;
+  if (c == H5T_FLOAT && size == 4) return SampleType::F32;
+  throw_bad_input("shard '" + path + "' dataset '/x' has type " + type_name(t.get()) +
+                  "; expected uint8 or float32");
+}
+
+void check_labels(const h5::File& f, const h5::Handle& y, int64_t rows) {
+  std::vector<int64_t> shape = f.dataset_shape("/y");
+  if (shape.size() != 1 || shape[0] != rows)
+    throw_bad_input("shard '" + f.path() + "' dataset '/y' has shape " + shape_str(shape) +
+                    "; expected [" + std::to_string(rows) + "] to match '/x'");
+  h5::Handle t(H5Dget_type(y.get()), h5::Handle::Type::Datatype);
+  ELBO_CHECK(t.valid(), "H5Dget_type on '" + f.path() + ":/y'");
+  if (H5Tget_class(t.get()) != H5T_INTEGER)
+    throw_bad_input("shard '" + f.path() + "' dataset '/y' has type " + type_name(t.get()) +
+                    "; expected integer labels");
+}
+
+// Opens one shard, checks it on its own, and keeps its handles in `open`.
+ShardMeta open_shard(const std::string& path, OpenShards& open) {
+  h5::File f = h5::File::open_read(path);
+  if (!f.exists("/x")) throw_bad_input("shard '" + path + "' has no dataset '/x'");
+  h5::Handle x = f.open_dataset("/x");
+  std::vector<int64_t> shape = f.dataset_shape("/x");
+  if (shape.size() < 2)
+    throw_bad_input("shard '" + path + "' dataset '/x' has shape " + shape_str(shape) +
+                    "; expected [rows, sample dims...]");
+  ShardMeta m;
+  m.rows = shape[0];
+  m.sample_shape.assign(shape.begin() + 1, shape.end());
+  if (m.rows == 0) throw_bad_input("shard '" + path + "' is empty (0 rows)");
+  for (int64_t d : m.sample_shape)
+    if (d == 0) throw_bad_input("shard '" + path + "' has empty samples: /x is " + shape_str(shape));
+  m.type = sample_type_of(path, x);
+  m.labels = f.exists("/y");
+  if (m.labels) {
+    h5::Handle y = f.open_dataset("/y");
+    check_labels(f, y, m.rows);
+    open.y.push_back(std::move(y));
+  }
+  open.x.push_back(std::move(x));
+  open.files.push_back(std::move(f));
+  return m;
+}
+
+void check_agrees(const ShardMeta& a, const std::string& a_path, const ShardMeta& b,
+                  const std::string& b_path) {
+  auto both = [&](const std::string& va, const std::string& vb) {
+    return ": '" + a_path + "' has " + va + ", '" + b_path + "' has " + vb;
+  };
+  if (a.sample_shape != b.sample_shape)
+    throw_bad_input("shards disagree on sample shape" +
+                    both(shape_str(a.sample_shape), shape_str(b.sample_shape)));
+  if (a.type != b.type)
+    throw_bad_input("shards disagree on sample type" + both(type_name(a.type), type_name(b.type)));
+  if (a.labels != b.labels)
+    throw_bad_input("shards disagree on labels" + both(a.labels ? "'/y'" : "no '/y'",
+                                                       b.labels ? "'/y'" : "no '/y'"));
+}
+
+// The requested rows that fall in one shard: its sorted distinct local rows, and for each
+// requested position i the index k of its row among them.
+struct ShardRead {
+  size_t shard = 0;
+  std::vector<int64_t> local;
+  std::vector<std::pair<size_t, size_t>> dest;  // (i, k)
+};
+
+std::vector<ShardRead> plan_reads(std::span<const int64_t> rows, const std::vector<ShardInfo>& shards,
+                                  int64_t total) {
+  std::vector<size_t> order(rows.size());
+  std::iota(order.begin(), order.end(), size_t{0});
+  std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return rows[a] < rows[b]; });
+  std::vector<ShardRead> plan;
+  for (size_t i : order) {
+    int64_t r = rows[i];
+    ELBO_CHECK(r >= 0 && r < total, "row " + std::to_string(r) + " out of range [0, " +
+                                        std::to_string(total) + ")");
+    auto it = std::upper_bound(shards.begin(), shards.end(), r,
+                               [](int64_t v, const ShardInfo& s) { return v < s.first_row; });
+    size_t s = static_cast<size_t>(it - shards.begin()) - 1;
+    if (plan.empty() || plan.back().shard != s) plan.push_back({s, {}, {}});
+    ShardRead& p = plan.back();
+    int64_t local = r - shards[s].first_row;
+    if (p.local.empty() || p.local.back() != local) p.local.push_back(local);
+    p.dest.emplace_back(i, p.local.size() - 1);
+  }
+  return plan;
+}
+
+// Reads the given sorted distinct rows of dataset `ds` (rows of `features` elements) into one
+// buffer, in row order: one hyperslab per run of consecutive rows, OR-ed into one selection.
+template <typename T>
+std::vector<T> read_selected(hid_t ds, hid_t mem_type, const std::vector<int64_t>& local,
+                             int64_t features, const std::string& path) {
+  h5::Handle space(H5Dget_space(ds), h5::Handle::Type::Dataspace);
+  ELBO_CHECK(space.valid(), "H5Dget_space on '" + path + "'");
+  int rank = H5Sget_simple_extent_ndims(space.get());
+  std::vector<hsize_t> dims(static_cast<size_t>(rank)), start(dims.size(), 0);
+  H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr);
+  std::vector<hsize_t> count = dims;
+  H5S_seloper_t op = H5S_SELECT_SET;
+  for (size_t a = 0; a < local.size();) {
+    size_t b = a + 1;
+    while (b < local.size() && local[b] == local[b - 1] + 1) ++b;
+    start[0] = static_cast<hsize_t>(local[a]);
+    count[0] = b - a;
+    ELBO_CHECK(H5Sselect_hyperslab(space.get(), op, start.data(), nullptr, count.data(), nullptr) >= 0,
+               "H5Sselect_hyperslab on '" + path + "'");
+    op = H5S_SELECT_OR;
+    a = b;
+  }
+  std::vector<T> buf(local.size() * static_cast<size_t>(features));
+  hsize_t n = buf.size();
+  h5::Handle mem(H5Screate_simple(1, &n, nullptr), h5::Handle::Type::Dataspace);
+  ELBO_CHECK(mem.valid(), "H5Screate_simple");
+  ELBO_CHECK(H5Dread(ds, mem_type, mem.get(), space.get(), H5P_DEFAULT, buf.data()) >= 0,
+             "H5Dread on '" + path + "'");
+  return buf;
+}
+
+// Whole dataset into `dst` (already sized).
+void read_all(hid_t ds, hid_t mem_type, void* dst, const std::string& path) {
+  ELBO_CHECK(H5Dread(ds, mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, dst) >= 0,
+             "H5Dread on '" + path + "'");
+}
+
+// One row to float: uint8 divided by 255 (as torchvision's ToTensor does), float32 copied.
+void to_float(const uint8_t* src, int64_t n, float* dst) {
+  for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<float>(src[j]) / 255.0f;
+}
+void to_float(const float* src, int64_t n, float* dst) { std::copy(src, src + n, dst); }
+
+template <typename T>
+void read_rows_uncached(const std::vector<ShardRead>& plan, const OpenShards& open,
+                        const std::vector<ShardInfo>& shards, hid_t mem_type, int64_t F,
+                        float* out) {
+  for (const ShardRead& p : plan) {
+    std::vector<T> buf = read_selected<T>(open.x[p.shard].get(), mem_type, p.local, F,
+                                          shards[p.shard].path + ":/x");
+    for (auto [i, k] : p.dest)
+      to_float(buf.data() + k * static_cast<size_t>(F), F, out + i * static_cast<size_t>(F));
+  }
+}
+
+}  // namespace
+
+ShardedDataset ShardedDataset::open(const std::string& dir_or_glob) {
+  std::vector<std::string> paths = list_shards(dir_or_glob);
+  ShardedDataset d;
+  d.open_ = std::make_shared<OpenShards>();
+  ShardMeta first;
+  for (size_t i = 0; i < paths.size(); ++i) {
+    ShardMeta m = open_shard(paths[i], *d.open_);
+    if (i == 0) first = m;
+    check_agrees(first, paths[0], m, paths[i]);
+    d.shards_.push_back({paths[i], m.rows, d.total_rows_});
+    d.total_rows_ += m.rows;
+  }
+  d.sample_shape_ = first.sample_shape;
+  d.features_ = std::accumulate(first.sample_shape.begin(), first.sample_shape.end(), int64_t{1},
+                                std::multiplies<>());
+  d.type_ = first.type;
+  d.has_labels_ = first.labels;
+  return d;
+}
+
+bool ShardedDataset::cached() const { return cached_; }
+
+void ShardedDataset::cache_in_memory() {
+  if (cached_) return;
+  h5::silence_error_printing();
+  size_t total = static_cast<size_t>(total_rows_ * features_);
+  if (type_ == SampleType::U8) cache_u8_.resize(total);
+  else cache_f32_.resize(total);
+  if (has_labels_) cache_labels_.resize(static_cast<size_t>(total_rows_));
+  for (size_t s = 0; s < shards_.size(); ++s) {
+    size_t at = static_cast<size_t>(shards_[s].first_row * features_);
+    if (type_ == SampleType::U8)
+      read_all(open_->x[s].get(), H5T_NATIVE_UINT8, cache_u8_.data() + at, shards_[s].path);
+    else
+      read_all(open_->x[s].get(), H5T_NATIVE_FLOAT, cache_f32_.data() + at, shards_[s].path);
+    if (has_labels_)
+      read_all(open_->y[s].get(), H5T_NATIVE_INT64,
+               cache_labels_.data() + shards_[s].first_row, shards_[s].path);
+  }
+  cached_ = true;
+}
+
+void ShardedDataset::read_rows(std::span<const int64_t> rows, float* out) const {
+  const size_t F = static_cast<size_t>(features_);
+  if (cached_) {
+    for (size_t i = 0; i < rows.size(); ++i) {
+      ELBO_CHECK(rows[i] >= 0 && rows[i] < total_rows_, "row " + std::to_string(rows[i]) +
+                                                            " out of range");
+      size_t at = static_cast<size_t>(rows[i]) * F;
+      if (type_ == SampleType::U8) to_float(cache_u8_.data() + at, features_, out + i * F);
+      else to_float(cache_f32_.data() + at, features_, out + i * F);
+    }
+    return;
+  }
+  h5::silence_error_printing();  // this may run on a loader thread
+  std::vector<ShardRead> plan = plan_reads(rows, shards_, total_rows_);
+  if (type_ == SampleType::U8)
+    read_rows_uncached<uint8_t>(plan, *open_, shards_, H5T_NATIVE_UINT8, features_, out);
+  else
+    read_rows_uncached<float>(plan, *open_, shards_, H5T_NATIVE_FLOAT, features_, out);
+}
+
+void ShardedDataset::read_labels(std::span<const int64_t> rows, int64_t* out) const {
+  ELBO_CHECK(has_labels_, "read_labels on a data set without '/y'");
+  if (cached_) {
+    for (size_t i = 0; i < rows.size(); ++i) {
+      ELBO_CHECK(rows[i] >= 0 && rows[i] < total_rows_, "row " + std::to_string(rows[i]) +
+                                                            " out of range");
+      out[i] = cache_labels_[static_cast<size_t>(rows[i])];
+    }
+    return;
+  }
+  h5::silence_error_printing();
+  for (const ShardRead& p : plan_reads(rows, shards_, total_rows_)) {
+    std::vector<int64_t> buf = read_selected<int64_t>(open_->y[p.shard].get(), H5T_NATIVE_INT64,
+                                                      p.local, 1, shards_[p.shard].path + ":/y");
+    for (auto [i, k] : p.dest) out[i] = buf[k];
+  }
+}
+
+// ---- writing --------------------------------------------------------------------------------------
+
+namespace {
+
+void write_shard(const std::string& path, const std::vector<int64_t>& sample_shape,
+                 hid_t file_type, hid_t mem_type, const void* x, size_t x_count,
+                 std::span<const int64_t> labels) {
+  ELBO_CHECK(!sample_shape.empty(), "write_shard: empty sample shape");
+  size_t F = static_cast<size_t>(std::accumulate(sample_shape.begin(), sample_shape.end(),
+                                                 int64_t{1}, std::multiplies<>()));
+  ELBO_CHECK(F > 0 && x_count % F == 0, "write_shard: data size is not a multiple of the sample");
+  size_t n = x_count / F;
+  ELBO_CHECK(labels.empty() || labels.size() == n, "write_shard: label count != row count");
+  std::vector<int64_t> shape{static_cast<int64_t>(n)};
+  shape.insert(shape.end(), sample_shape.begin(), sample_shape.end());
+  h5::File f = h5::File::create(path);
+  f.write_dataset("/x", shape, file_type, mem_type, x);
+  if (!labels.empty())
+    f.write_dataset("/y", {static_cast<int64_t>(n)}, H5T_STD_I64LE, H5T_NATIVE_INT64,
+                    labels.data());
+  f.flush();
+}
+
+}  // namespace
+
+void write_shard_u8(const std::string& path, const std::vector<int64_t>& sample_shape,
+                    std::span<const uint8_t> x, std::span<const int64_t> labels) {
+  write_shard(path, sample_shape, H5T_STD_U8LE, H5T_NATIVE_UINT8, x.data(), x.size(), labels);
+}
+
+void write_shard_f32(const std::string& path, const std::vector<int64_t>& sample_shape,
+                     std::span<const float> x, std::span<const int64_t> labels) {
+  write_shard(path, sample_shape, H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, x.data(), x.size(), labels);
+}
+
+}  // namespace elbo

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <span>
 #include <string>
 #include <vector>
@@ -11,6 +12,8 @@
 namespace elbo {
 
 enum class SampleType { U8, F32 };
+
+struct OpenShards;  // the open file and dataset handles (shards.cpp)
 
 struct ShardInfo {
   std::string path;
@@ -50,6 +53,10 @@ class ShardedDataset {
   bool has_labels_ = false;
   std::vector<uint8_t> cache_u8_;
   std::vector<float> cache_f32_;
+  std::vector<int64_t> cache_labels_;
+  bool cached_ = false;
+  // Kept open between reads so a batch costs no file opens; shared by copies of this object.
+  std::shared_ptr<OpenShards> open_;
 };
 
 // Writes one shard file: x [n, sample_shape...] uint8, optional labels [n].

@@ -1,1 +1,61 @@
-// (being written)
+// The `elbo` executable: subcommands, and the one place where errors become a message and an exit
+// code (2 for bad input, 1 for anything else).
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <exception>
+
+#include "core/error.h"
+#include "launch/prepare.h"
+#include "launch/train.h"
+
+namespace {
+
+int fail(const std::string& message, int code) {
+  std::fprintf(stderr, "elbo: error: %s\n", message.c_str());
+  return code;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"elbo: data-parallel Variational Autoencoder training"};
+  app.set_version_flag("--version", "elbo 0.1.0");
+  app.require_subcommand(1);
+
+  elbo::TrainOptions train;
+  CLI::App* train_cmd = app.add_subcommand("train", "Train a VAE from a YAML config");
+  train_cmd->add_option("config", train.config_path, "YAML experiment config")->required();
+  train_cmd->add_option("overrides", train.overrides, "key.path=value overrides, e.g. train.epochs=3");
+
+  elbo::PrepareOptions prepare;
+  CLI::App* prepare_cmd = app.add_subcommand("prepare", "Write HDF5 shards from IDX files");
+  prepare_cmd->add_option("--from", prepare.from, "source format (idx)")->capture_default_str();
+  prepare_cmd->add_option("--images", prepare.images, "IDX image file (gzip or raw)")->required();
+  prepare_cmd->add_option("--labels", prepare.labels, "IDX label file (optional)");
+  prepare_cmd->add_option("--out", prepare.out, "output directory for the shards")->required();
+  prepare_cmd->add_option("--shards", prepare.shards, "number of shards")
+      ->capture_default_str()->check(CLI::PositiveNumber);
+
+  try {
+    app.parse(argc, argv);
+  } catch (const CLI::CallForHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForAllHelp& e) {
+    return app.exit(e);
+  } catch (const CLI::CallForVersion& e) {
+    return app.exit(e);
+  } catch (const CLI::ParseError& e) {
+    return fail(std::string(e.what()) + " (command line; see elbo --help)", 2);
+  }
+
+  try {
+    if (*train_cmd) return elbo::run_train(train);
+    if (*prepare_cmd) return elbo::run_prepare(prepare);
+  } catch (const elbo::Error& e) {
+    return fail(e.what(), e.exit_code());
+  } catch (const std::exception& e) {
+    return fail(e.what(), 1);
+  }
+  return 1;
+}

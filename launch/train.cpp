@@ -1,1 +1,266 @@
-// (being written)
+// The training loop. It reads like the textbook loop: next batch -> forward and backward ->
+// all-reduce -> optimizer step -> metrics and checkpoints; everything else is set-up.
+#include "launch/train.h"
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+
+#include "core/error.h"
+#include "core/model.h"
+#include "core/optimizer.h"
+#include "distributed/communicator.h"
+#include "io/checkpoint.h"
+#include "io/config.h"
+#include "io/metrics.h"
+#include "io/sampler.h"
+#include "io/shards.h"
+
+namespace elbo {
+namespace fs = std::filesystem;
+namespace {
+
+using Clock = std::chrono::steady_clock;
+double seconds_since(Clock::time_point t) {
+  return std::chrono::duration<double>(Clock::now() - t).count();
+}
+
+// Checks that need no side effects, so a bad start leaves the run directory untouched.
+void check_run_directory_is_free(const fs::path& dir) {
+  for (const char* finished : {"checkpoints/last.h5", "metrics.jsonl"}) {
+    if (fs::exists(dir / finished))
+      throw_bad_input("run directory '" + dir.string() + "' already holds a run ('" + finished +
+                      "' exists); choose another output.dir");
+  }
+  if (fs::exists(dir) && !fs::is_directory(dir))
+    throw_bad_input("output.dir '" + dir.string() + "' exists and is not a directory");
+}
+
+void write_text_file(const fs::path& path, const std::string& text) {
+  std::ofstream out(path);
+  out << text;
+  if (!out) throw_bad_input("cannot write '" + path.string() + "'");
+}
+
+// Dynamic binarization: each pixel becomes 1 with probability equal to its grey value, with the
+// random number keyed by (sample, epoch, feature) so that it does not depend on the rank.
+void binarize_rows(float* x, std::span<const uint32_t> ids, int64_t D, RngKey key, uint32_t epoch) {
+  for (size_t b = 0; b < ids.size(); ++b) {
+    float* row = x + b * static_cast<size_t>(D);
+    for (int64_t j0 = 0; j0 < D; j0 += 4) {
+      const Philox4 d =
+          philox_draw(key, static_cast<uint32_t>(j0 >> 2), ids[b], epoch, RngStream::Binarize);
+      for (int64_t k = 0; k < 4 && j0 + k < D; ++k)
+        row[j0 + k] = uniform_open01(d.v[k]) < row[j0 + k] ? 1.0f : 0.0f;
+    }
+  }
+}
+
+struct Sums {  // [recon, kl, objective, count]: one small buffer for one all-reduce
+  double v[4] = {0, 0, 0, 0};
+  void add(const LossSums& s, double beta, int B) {
+    v[0] += s.recon;
+    v[1] += s.kl;
+    v[2] += s.recon + beta * s.kl;
+    v[3] += B;
+  }
+  double per_sample(int i) const { return v[3] > 0 ? v[i] / v[3] : 0.0; }
+};
+
+class Trainer {
+ public:
+  Trainer(const Config& cfg, Communicator& comm, Backend& backend, const ShardedDataset& train,
+          const ShardedDataset* test)
+      : cfg_(cfg), comm_(comm), be_(backend), train_(train), test_(test),
+        D_(train.features()), batch_(cfg.train.batch_size),
+        vae_(backend, model_spec(cfg, static_cast<int>(train.features())), batch_, cfg.seed),
+        adam_(backend, vae_.num_params(), adam_config(cfg)), key_(rng_key(cfg.seed)),
+        x_host_(static_cast<size_t>(batch_ * D_)), x_(backend, x_host_.size()),
+        eps_(backend, static_cast<size_t>(batch_) * cfg.model.latent) {}
+
+  void run(const fs::path& run_dir, MetricsWriter& metrics) {
+    const int64_t steps_per_epoch = train_.size() / batch_;
+    std::printf("elbo: %zu parameters, %lld training samples, %lld steps per epoch\n",
+                vae_.num_params(), static_cast<long long>(train_.size()),
+                static_cast<long long>(steps_per_epoch));
+    for (int64_t epoch = 1; epoch <= cfg_.train.epochs && !done(); ++epoch) {
+      const auto t0 = Clock::now();
+      const Sums train_sums = train_epoch(epoch, steps_per_epoch, metrics);
+      const double epoch_s = seconds_since(t0);
+      const Sums test_sums = test_ ? evaluate(*test_) : Sums{};
+      JsonLine rec;
+      rec.add("type", std::string("epoch")).add("epoch", epoch).add("step", step_)
+          .add("train_loss", train_sums.per_sample(2)).add("train_recon", train_sums.per_sample(0))
+          .add("train_kl", train_sums.per_sample(1));
+      if (test_)
+        rec.add("test_neg_elbo", test_sums.per_sample(0) + test_sums.per_sample(1))
+            .add("test_recon", test_sums.per_sample(0)).add("test_kl", test_sums.per_sample(1));
+      rec.add("samples_per_s", train_sums.v[3] / epoch_s).add("epoch_s", epoch_s);
+      metrics.write(rec);
+      std::printf("epoch %lld  train_loss %.3f  test_neg_elbo %.3f  %.0f samples/s  %.2f s\n",
+                  static_cast<long long>(epoch), train_sums.per_sample(2),
+                  test_ ? test_sums.per_sample(0) + test_sums.per_sample(1) : NAN,
+                  train_sums.v[3] / epoch_s, epoch_s);
+      std::fflush(stdout);
+      epochs_done_ = epoch;
+      save_checkpoint(run_dir / "checkpoints" / "last.h5");
+    }
+  }
+
+ private:
+  bool done() const { return cfg_.train.max_steps > 0 && step_ >= cfg_.train.max_steps; }
+
+  Sums train_epoch(int64_t epoch, int64_t steps, MetricsWriter& metrics) {
+    const std::vector<int64_t> perm = epoch_permutation(cfg_.seed, epoch, train_.size());
+    Sums epoch_sums, log_sums;
+    auto log_t0 = Clock::now();
+    for (int64_t s = 0; s < steps && !done(); ++s) {
+      const std::span<const int64_t> rows(perm.data() + s * batch_, static_cast<size_t>(batch_));
+      load_batch(train_, rows, static_cast<uint32_t>(epoch), RngStream::Noise);
+      const double beta = kl_weight();
+      vae_.forward_backward(x_.data(), eps_.data(), batch_, static_cast<float>(beta),
+                            1.0f / static_cast<float>(cfg_.train.batch_size));
+      const LossSums ls = vae_.loss_sums(batch_);
+      if (!std::isfinite(ls.recon) || !std::isfinite(ls.kl))
+        throw_internal("loss is not finite at step " + std::to_string(step_ + 1) +
+                           " (recon " + std::to_string(ls.recon) + ", kl " + std::to_string(ls.kl) +
+                           "); stopping before it reaches a checkpoint",
+                       __FILE__, __LINE__);
+      comm_.allreduce_sum(vae_.grads(), vae_.num_params());
+      if (cfg_.train.grad_clip > 0) clip_grad_norm(be_, vae_.grads(), vae_.num_params(), cfg_.train.grad_clip);
+      adam_.step(vae_.params(), vae_.grads());
+      ++step_;
+      samples_seen_ += cfg_.train.batch_size;
+      epoch_sums.add(ls, beta, batch_);
+      log_sums.add(ls, beta, batch_);
+      if (step_ % cfg_.output.log_every == 0) {
+        const double dt = seconds_since(log_t0);
+        metrics.write(JsonLine().add("type", std::string("step")).add("epoch", epoch)
+                          .add("step", step_).add("loss", log_sums.per_sample(2))
+                          .add("recon", log_sums.per_sample(0)).add("kl", log_sums.per_sample(1))
+                          .add("beta", beta).add("samples_per_s", log_sums.v[3] / dt));
+        log_sums = Sums{};
+        log_t0 = Clock::now();
+      }
+    }
+    return epoch_sums;
+  }
+
+  // beta, ramped linearly from 0 over the warm-up steps when configured.
+  double kl_weight() const {
+    const double w = cfg_.train.kl_warmup_steps > 0
+                         ? std::min(1.0, static_cast<double>(step_ + 1) /
+                                             static_cast<double>(cfg_.train.kl_warmup_steps))
+                         : 1.0;
+    return cfg_.train.beta * w;
+  }
+
+  // Reads rows into the device batch buffer and draws their noise from (sample id, c2).
+  void load_batch(const ShardedDataset& data, std::span<const int64_t> rows, uint32_t c2,
+                  RngStream stream) {
+    ids_.resize(rows.size());
+    for (size_t i = 0; i < rows.size(); ++i) ids_[i] = static_cast<uint32_t>(rows[i]);
+    data.read_rows(rows, x_host_.data());
+    if (cfg_.data.binarize == Binarize::Dynamic) binarize_rows(x_host_.data(), ids_, D_, key_, c2);
+    be_.upload(x_.data(), x_host_.data(), rows.size() * static_cast<size_t>(D_));
+    be_.fill_noise(eps_.data(), ids_, cfg_.model.latent, key_, c2, stream);
+  }
+
+  // Negative ELBO (beta = 1) over every test sample once, with fixed evaluation noise.
+  Sums evaluate(const ShardedDataset& data) {
+    Sums sums;
+    std::vector<int64_t> rows;
+    for (int64_t start = 0; start < data.size(); start += batch_) {
+      const int64_t n = std::min<int64_t>(batch_, data.size() - start);
+      rows.resize(static_cast<size_t>(n));
+      for (int64_t i = 0; i < n; ++i) rows[static_cast<size_t>(i)] = start + i;
+      load_batch(data, rows, 0, RngStream::EvalNoise);
+      vae_.forward(x_.data(), eps_.data(), static_cast<int>(n));
+      sums.add(vae_.loss_sums(static_cast<int>(n)), 1.0, static_cast<int>(n));
+    }
+    comm_.allreduce_sum(sums.v, 4);
+    return sums;
+  }
+
+  void save_checkpoint(const fs::path& path) {
+    if (comm_.rank() != 0) return;
+    CheckpointData ck;
+    ck.state = TrainingState{epochs_done_, step_, samples_seen_, cfg_.seed, comm_.size()};
+    ck.config_yaml = to_yaml(cfg_);
+    ck.optimizer_name = cfg_.train.optimizer.name;
+    ck.optimizer_steps = adam_.steps_taken();
+    const size_t n = vae_.num_params();
+    ck.params.resize(n);
+    ck.exp_avg.resize(n);
+    ck.exp_avg_sq.resize(n);
+    be_.download(ck.params.data(), vae_.params(), n);
+    be_.download(ck.exp_avg.data(), adam_.exp_avg(), n);
+    be_.download(ck.exp_avg_sq.data(), adam_.exp_avg_sq(), n);
+    if (!be_.all_finite(vae_.params(), n))
+      throw_internal("parameters are not finite; checkpoint not written", __FILE__, __LINE__);
+    write_checkpoint_atomically(path.string(), vae_.layout(), ck);
+  }
+
+  const Config& cfg_;
+  Communicator& comm_;
+  Backend& be_;
+  const ShardedDataset& train_;
+  const ShardedDataset* test_;
+  int64_t D_;
+  int batch_;  // this rank's rows per step (the whole global batch in one process)
+  Vae vae_;
+  Adam adam_;
+  RngKey key_;
+  std::vector<float> x_host_;  // [batch, D] staging for reads
+  DeviceArray x_, eps_;        // [batch, D], [batch, L]
+  std::vector<uint32_t> ids_;  // global sample ids of the current batch
+  int64_t step_ = 0, samples_seen_ = 0, epochs_done_ = 0;
+};
+
+}  // namespace
+
+int run_train(const TrainOptions& options) {
+  const Config cfg = load_config(options.config_path, options.overrides);
+  if (cfg.device == DeviceChoice::Cuda)
+    throw_bad_input("device: cuda requested, but this build has no CUDA backend (config '" +
+                    options.config_path + "')");
+  if (cfg.distributed.backend == CommBackend::Mpi || cfg.distributed.backend == CommBackend::Nccl)
+    throw_bad_input("distributed.backend: only 'none' and 'auto' (one process) are supported so far");
+
+  // Validate all inputs before touching the run directory.
+  ShardedDataset train = ShardedDataset::open(cfg.data.train);
+  std::unique_ptr<ShardedDataset> test;
+  if (!cfg.data.test.empty()) {
+    test = std::make_unique<ShardedDataset>(ShardedDataset::open(cfg.data.test));
+    if (test->sample_shape() != train.sample_shape())
+      throw_bad_input("test data '" + cfg.data.test + "' has a different sample shape than '" +
+                      cfg.data.train + "'");
+  }
+  if (train.size() < cfg.train.batch_size)
+    throw_bad_input("train.batch_size " + std::to_string(cfg.train.batch_size) + " is larger than the " +
+                    std::to_string(train.size()) + " samples in '" + cfg.data.train + "'");
+  const fs::path run_dir = cfg.output.dir;
+  check_run_directory_is_free(run_dir);
+
+  set_cpu_threads(cfg.train.threads);
+  auto backend = make_cpu_backend();
+  auto comm = make_single_process_communicator();
+  std::printf("elbo: backend %s, communicator %s, %d rank(s)\n", backend->name().c_str(),
+              comm->name().c_str(), comm->size());
+  train.cache_in_memory();
+  if (test) test->cache_in_memory();
+
+  fs::create_directories(run_dir / "checkpoints");
+  write_text_file(run_dir / "config.yaml", to_yaml(cfg));
+  MetricsWriter metrics((run_dir / "metrics.jsonl").string());
+  Trainer trainer(cfg, *comm, *backend, train, test.get());
+  const auto t0 = Clock::now();
+  trainer.run(run_dir, metrics);
+  std::printf("elbo: done in %.1f s; run directory %s\n", seconds_since(t0), run_dir.c_str());
+  return 0;
+}
+
+}  // namespace elbo

@@ -1,1 +1,459 @@
-// (being written)
+// Strict YAML config: every error is a BadInput naming the key and where it came from; overrides,
+// defaults and the to_yaml round trip.
+#include <gtest/gtest.h>
+
+#include <cstdint>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+#include "io/config.h"
+
+namespace fs = std::filesystem;
+using elbo::Config;
+using elbo::Error;
+using elbo::ErrorKind;
+
+namespace {
+
+// The design document's example, line for line (line numbers matter to the tests below).
+const char* kFullConfig = R"(name: fashion_mnist_mlp
+seed: 7
+data:
+  train: data/fashion-mnist/train
+  test: data/fashion-mnist/test
+  binarize: dynamic
+model:
+  encoder: [512, 256]
+  latent: 16
+  decoder: [256, 512]
+  activation: tanh
+  likelihood: gaussian
+train:
+  epochs: 12
+  batch_size: 64
+  optimizer: {name: adamw, lr: 3.0e-4, betas: [0.8, 0.95], eps: 1.0e-6, weight_decay: 0.01}
+  grad_clip: 1.5
+  beta: 0.5
+  kl_warmup_steps: 1000
+  threads: 4
+  max_steps: 250
+device: cpu
+distributed:
+  backend: mpi
+  timeout_s: 60
+checkpoint:
+  every_steps: 100
+  keep: 2
+output:
+  dir: runs/custom
+  log_every: 10
+)";
+
+class ConfigTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    dir_ = fs::temp_directory_path() /
+           (std::string("elbo_test_config_") + info->test_suite_name() + "_" + info->name());
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+
+  std::string write(const std::string& text, const std::string& name = "cfg.yaml") {
+    const fs::path path = dir_ / name;
+    std::ofstream(path) << text;
+    return path.string();
+  }
+
+  Config load(const std::string& text, const std::vector<std::string>& overrides = {}) {
+    return elbo::load_config(write(text), overrides);
+  }
+
+  fs::path dir_;
+};
+
+// Runs `f`, expects a BadInput error on one line, and returns its message.
+std::string bad_input_message(const std::function<void()>& f) {
+  try {
+    f();
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::BadInput) << e.what();
+    EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos) << e.what();
+    return e.what();
+  }
+  ADD_FAILURE() << "no exception thrown";
+  return "";
+}
+
+// Expects a BadInput whose message ends with `tail` (the key and location are the point).
+#define EXPECT_BAD_INPUT(statement, tail)                                              \
+  do {                                                                                 \
+    const std::string msg_ = bad_input_message([&] { (void)(statement); });            \
+    EXPECT_TRUE(msg_.ends_with(tail)) << "message: " << msg_ << "\nexpected end: " << (tail); \
+  } while (0)
+
+void expect_same(const Config& a, const Config& b) {
+  EXPECT_EQ(a.name, b.name);
+  EXPECT_EQ(a.seed, b.seed);
+  EXPECT_EQ(a.data.train, b.data.train);
+  EXPECT_EQ(a.data.test, b.data.test);
+  EXPECT_EQ(a.data.binarize, b.data.binarize);
+  EXPECT_EQ(a.model.encoder, b.model.encoder);
+  EXPECT_EQ(a.model.latent, b.model.latent);
+  EXPECT_EQ(a.model.decoder, b.model.decoder);
+  EXPECT_EQ(a.model.activation, b.model.activation);
+  EXPECT_EQ(a.model.likelihood, b.model.likelihood);
+  EXPECT_EQ(a.train.epochs, b.train.epochs);
+  EXPECT_EQ(a.train.batch_size, b.train.batch_size);
+  EXPECT_EQ(a.train.optimizer.name, b.train.optimizer.name);
+  EXPECT_EQ(a.train.optimizer.lr, b.train.optimizer.lr);  // exact: doubles must round-trip
+  EXPECT_EQ(a.train.optimizer.beta1, b.train.optimizer.beta1);
+  EXPECT_EQ(a.train.optimizer.beta2, b.train.optimizer.beta2);
+  EXPECT_EQ(a.train.optimizer.eps, b.train.optimizer.eps);
+  EXPECT_EQ(a.train.optimizer.weight_decay, b.train.optimizer.weight_decay);
+  EXPECT_EQ(a.train.grad_clip, b.train.grad_clip);
+  EXPECT_EQ(a.train.beta, b.train.beta);
+  EXPECT_EQ(a.train.kl_warmup_steps, b.train.kl_warmup_steps);
+  EXPECT_EQ(a.train.threads, b.train.threads);
+  EXPECT_EQ(a.train.max_steps, b.train.max_steps);
+  EXPECT_EQ(a.device, b.device);
+  EXPECT_EQ(a.distributed.backend, b.distributed.backend);
+  EXPECT_EQ(a.distributed.timeout_s, b.distributed.timeout_s);
+  EXPECT_EQ(a.checkpoint.every_steps, b.checkpoint.every_steps);
+  EXPECT_EQ(a.checkpoint.keep, b.checkpoint.keep);
+  EXPECT_EQ(a.output.dir, b.output.dir);
+  EXPECT_EQ(a.output.log_every, b.output.log_every);
+}
+
+// ---- good configs ----------------------------------------------------------------------------------
+
+TEST_F(ConfigTest, ParsesEveryKey) {
+  const Config c = load(kFullConfig);
+  EXPECT_EQ(c.name, "fashion_mnist_mlp");
+  EXPECT_EQ(c.seed, 7u);
+  EXPECT_EQ(c.data.train, "data/fashion-mnist/train");
+  EXPECT_EQ(c.data.test, "data/fashion-mnist/test");
+  EXPECT_EQ(c.data.binarize, elbo::Binarize::Dynamic);
+  EXPECT_EQ(c.model.encoder, (std::vector<int>{512, 256}));
+  EXPECT_EQ(c.model.latent, 16);
+  EXPECT_EQ(c.model.decoder, (std::vector<int>{256, 512}));
+  EXPECT_EQ(c.model.activation, elbo::Activation::Tanh);
+  EXPECT_EQ(c.model.likelihood, elbo::Likelihood::Gaussian);
+  EXPECT_EQ(c.train.epochs, 12);
+  EXPECT_EQ(c.train.batch_size, 64);
+  EXPECT_EQ(c.train.optimizer.name, "adamw");
+  EXPECT_EQ(c.train.optimizer.lr, 3.0e-4);
+  EXPECT_EQ(c.train.optimizer.beta1, 0.8);
+  EXPECT_EQ(c.train.optimizer.beta2, 0.95);
+  EXPECT_EQ(c.train.optimizer.eps, 1.0e-6);
+  EXPECT_EQ(c.train.optimizer.weight_decay, 0.01);
+  EXPECT_EQ(c.train.grad_clip, 1.5);
+  EXPECT_EQ(c.train.beta, 0.5);
+  EXPECT_EQ(c.train.kl_warmup_steps, 1000);
+  EXPECT_EQ(c.train.threads, 4);
+  EXPECT_EQ(c.train.max_steps, 250);
+  EXPECT_EQ(c.device, elbo::DeviceChoice::Cpu);
+  EXPECT_EQ(c.distributed.backend, elbo::CommBackend::Mpi);
+  EXPECT_EQ(c.distributed.timeout_s, 60.0);
+  EXPECT_EQ(c.checkpoint.every_steps, 100);
+  EXPECT_EQ(c.checkpoint.keep, 2);
+  EXPECT_EQ(c.output.dir, "runs/custom");
+  EXPECT_EQ(c.output.log_every, 10);
+}
+
+TEST_F(ConfigTest, DefaultsFillEveryOptionalKey) {
+  const Config c = load("data:\n  train: shards/\n");
+  Config expected;
+  expected.data.train = "shards/";
+  expected.output.dir = "runs/vae";
+  expect_same(c, expected);
+}
+
+TEST_F(ConfigTest, OutputDirDefaultsToRunsSlashName) {
+  EXPECT_EQ(load("name: mnist_small\ndata: {train: x}\n").output.dir, "runs/mnist_small");
+  EXPECT_EQ(load("name: a\ndata: {train: x}\noutput: {log_every: 5}\n").output.dir, "runs/a");
+}
+
+TEST_F(ConfigTest, IntegersAreDecimalAndSeedSpansUint64) {
+  const Config c = load("seed: 18446744073709551615\ndata: {train: x}\ntrain: {epochs: 010}\n");
+  EXPECT_EQ(c.seed, std::numeric_limits<uint64_t>::max());
+  EXPECT_EQ(c.train.epochs, 10);  // not octal 8
+}
+
+TEST_F(ConfigTest, EmptyHiddenListIsAllowed) {
+  const Config c = load("data: {train: x}\nmodel: {encoder: [], decoder: []}\n");
+  EXPECT_TRUE(c.model.encoder.empty());
+  EXPECT_TRUE(c.model.decoder.empty());
+}
+
+// ---- errors in the file -----------------------------------------------------------------------------
+
+TEST_F(ConfigTest, UnknownTopLevelKey) {
+  EXPECT_BAD_INPUT(load("data: {train: x}\nepochs: 3\n"), "unknown key 'epochs' (" + dir_.string() +
+                                                              "/cfg.yaml:2)");
+}
+
+TEST_F(ConfigTest, UnknownNestedKey) {
+  EXPECT_BAD_INPUT(load("data: {train: x}\ntrain:\n  epochs: 3\n  epochz: 4\n"),
+                   "unknown key 'train.epochz' (" + dir_.string() + "/cfg.yaml:4)");
+  EXPECT_BAD_INPUT(load("data: {train: x}\ntrain:\n  optimizer:\n    name: adam\n    momentum: 0.9\n"),
+                   "unknown key 'train.optimizer.momentum' (" + dir_.string() + "/cfg.yaml:5)");
+}
+
+TEST_F(ConfigTest, DuplicateKey) {
+  EXPECT_BAD_INPUT(load("data: {train: x}\ntrain:\n  epochs: 3\n  epochs: 4\n"),
+                   "duplicate key 'train.epochs' (" + dir_.string() + "/cfg.yaml:4)");
+}
+
+TEST_F(ConfigTest, WrongType) {
+  EXPECT_BAD_INPUT(load("data: {train: x}\ntrain:\n  epochs: ten\n"),
+                   "key 'train.epochs' must be an integer, got 'ten' (" + dir_.string() +
+                       "/cfg.yaml:3)");
+  EXPECT_BAD_INPUT(load("data: {train: x}\ntrain:\n  epochs: 3.5\n"),
+                   "key 'train.epochs' must be an integer, got '3.5' (" + dir_.string() +
+                       "/cfg.yaml:3)");
+  EXPECT_BAD_INPUT(load("data: {train: x}\ntrain:\n  optimizer: {lr: fast}\n"),
+                   "key 'train.optimizer.lr' must be a finite number, got 'fast' (" +
+                       dir_.string() + "/cfg.yaml:3)");
+  EXPECT_BAD_INPUT(load("data: {train: x}\nmodel:\n  encoder: 400\n"),
+                   "key 'model.encoder' must be a list, got '400' (" + dir_.string() +
+                       "/cfg.yaml:3)");
+  EXPECT_BAD_INPUT(load("data: {train: x}\nmodel:\n  encoder: [400, wide]\n"),
+                   "key 'model.encoder[1]' must be an integer, got 'wide' (" + dir_.string() +
+                       "/cfg.yaml:3)");
+  EXPECT_BAD_INPUT(load("data: {train: x}\ntrain: 5\n"),
+                   "key 'train' must be a map, got '5' (" + dir_.string() + "/cfg.yaml:2)");
+  EXPECT_BAD_INPUT(load("data: {train: x}\ntrain:\n  optimizer:\n  epochs: 3\n"),
+                   "key 'train.optimizer' must be a map, got null (" + dir_.string() +
+                       "/cfg.yaml:3)");
+  EXPECT_BAD_INPUT(load("data:\n  train: [a, b]\n"),
+                   "key 'data.train' must be a string, got a list (" + dir_.string() +
+                       "/cfg.yaml:2)");
+}
+
+TEST_F(ConfigTest, IntegerOutOfRange) {
+  EXPECT_BAD_INPUT(load("data: {train: x}\ntrain: {epochs: 99999999999}\n"),
+                   "key 'train.epochs' must be between -2147483648 and 2147483647, got "
+                   "99999999999 (" + dir_.string() + "/cfg.yaml:2)");
+  EXPECT_BAD_INPUT(load("seed: -1\ndata: {train: x}\n"),
+                   "key 'seed' must be a non-negative integer, got '-1' (" + dir_.string() +
+                       "/cfg.yaml:1)");
+  EXPECT_BAD_INPUT(load("seed: 18446744073709551616\ndata: {train: x}\n"),
+                   "key 'seed' must be between 0 and 18446744073709551615, got "
+                   "18446744073709551616 (" + dir_.string() + "/cfg.yaml:1)");
+}
+
+TEST_F(ConfigTest, MissingRequiredKey) {
+  const std::string where = "(" + dir_.string() + "/cfg.yaml)";
+  EXPECT_BAD_INPUT(load("name: x\n"), "missing required key 'data.train' " + where);
+  EXPECT_BAD_INPUT(load("data:\n  test: y\n"), "missing required key 'data.train' " + where);
+  EXPECT_BAD_INPUT(load(""), "missing required key 'data.train' " + where);
+}
+
+TEST_F(ConfigTest, ValueOutOfRange) {
+  struct Case {
+    std::string line, key, rule, value;
+  };
+  const std::vector<Case> cases = {
+      {"train: {batch_size: 0}", "train.batch_size", ">= 1", "0"},
+      {"train: {epochs: 0}", "train.epochs", ">= 1", "0"},
+      {"model: {latent: 0}", "model.latent", ">= 1", "0"},
+      {"model: {decoder: [400, 0]}", "model.decoder[1]", ">= 1", "0"},
+      {"train: {optimizer: {lr: 0}}", "train.optimizer.lr", "> 0", "0"},
+      {"train: {optimizer: {betas: [0.9, 1.0]}}", "train.optimizer.betas[1]", ">= 0 and < 1", "1.0"},
+      {"train: {optimizer: {betas: [-0.1, 0.9]}}", "train.optimizer.betas[0]", ">= 0 and < 1", "-0.1"},
+      {"train: {optimizer: {eps: -1e-8}}", "train.optimizer.eps", "> 0", "-1e-8"},
+      {"train: {optimizer: {weight_decay: -1}}", "train.optimizer.weight_decay", ">= 0", "-1"},
+      {"train: {grad_clip: -0.5}", "train.grad_clip", ">= 0", "-0.5"},
+      {"train: {beta: -1}", "train.beta", ">= 0", "-1"},
+      {"train: {kl_warmup_steps: -1}", "train.kl_warmup_steps", ">= 0", "-1"},
+      {"train: {threads: -2}", "train.threads", ">= 0", "-2"},
+      {"train: {max_steps: -5}", "train.max_steps", ">= 0", "-5"},
+      {"distributed: {timeout_s: 0}", "distributed.timeout_s", "> 0", "0"},
+      {"checkpoint: {every_steps: -1}", "checkpoint.every_steps", ">= 0", "-1"},
+      {"checkpoint: {keep: 0}", "checkpoint.keep", ">= 1", "0"},
+      {"output: {log_every: 0}", "output.log_every", ">= 1", "0"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.line);
+    EXPECT_BAD_INPUT(load("data: {train: x}\n" + c.line + "\n"),
+                     "key '" + c.key + "' must be " + c.rule + ", got " + c.value + " (" +
+                         dir_.string() + "/cfg.yaml:2)");
+  }
+  EXPECT_BAD_INPUT(load("data: {train: x}\ntrain: {optimizer: {betas: [0.9]}}\n"),
+                   "key 'train.optimizer.betas' must be a list of two numbers, got 1 (" +
+                       dir_.string() + "/cfg.yaml:2)");
+}
+
+TEST_F(ConfigTest, BadEnum) {
+  EXPECT_BAD_INPUT(load("data: {train: x}\nmodel:\n  latent: 2\n  activation: sigmoid\n"),
+                   "key 'model.activation' must be one of relu|tanh, got 'sigmoid' (" +
+                       dir_.string() + "/cfg.yaml:4)");
+  EXPECT_BAD_INPUT(load("data: {train: x, binarize: static}\n"),
+                   "key 'data.binarize' must be one of none|dynamic, got 'static' (" +
+                       dir_.string() + "/cfg.yaml:1)");
+  EXPECT_BAD_INPUT(load("data: {train: x}\ndevice: tpu\n"),
+                   "key 'device' must be one of auto|cpu|cuda, got 'tpu' (" + dir_.string() +
+                       "/cfg.yaml:2)");
+  EXPECT_BAD_INPUT(load("data: {train: x}\ntrain: {optimizer: {name: sgd}}\n"),
+                   "key 'train.optimizer.name' must be one of adam|adamw, got 'sgd' (" +
+                       dir_.string() + "/cfg.yaml:2)");
+}
+
+TEST_F(ConfigTest, YamlSyntaxError) {
+  const std::string msg =
+      bad_input_message([&] { load("data:\n  train: x\nmodel:\n  encoder: [1, 2\n  latent: 3\n"); });
+  EXPECT_TRUE(msg.starts_with("YAML syntax error: ")) << msg;
+  EXPECT_NE(msg.find("cfg.yaml:"), std::string::npos) << msg;
+  EXPECT_BAD_INPUT(load("data:\n  train: x\n    test: y\n"),
+                   "YAML syntax error: illegal map value (" + dir_.string() + "/cfg.yaml:3)");
+}
+
+TEST_F(ConfigTest, TopLevelMustBeMap) {
+  EXPECT_BAD_INPUT(load("- a\n- b\n"),
+                   "config must be a map, got a list (" + dir_.string() + "/cfg.yaml:1)");
+}
+
+TEST_F(ConfigTest, MissingFile) {
+  const std::string path = (dir_ / "x.yaml").string();
+  const std::string msg = bad_input_message([&] { elbo::load_config(path); });
+  EXPECT_EQ(msg, "cannot read config file '" + path + "': No such file or directory");
+}
+
+// ---- overrides ---------------------------------------------------------------------------------------
+
+TEST_F(ConfigTest, OverrideScalarAndList) {
+  const Config c = load(kFullConfig, {"train.epochs=3", "model.encoder=[1024, 64, 8]",
+                                      "train.optimizer.lr=0.5", "name=other"});
+  EXPECT_EQ(c.train.epochs, 3);
+  EXPECT_EQ(c.model.encoder, (std::vector<int>{1024, 64, 8}));
+  EXPECT_EQ(c.train.optimizer.lr, 0.5);
+  EXPECT_EQ(c.train.optimizer.name, "adamw");  // siblings of an overridden key stay
+  EXPECT_EQ(c.name, "other");
+  EXPECT_EQ(c.output.dir, "runs/custom");
+}
+
+TEST_F(ConfigTest, OverrideCreatesAbsentKnownKeys) {
+  const Config c = load("data: {train: x}\n",
+                        {"train.max_steps=5", "output.log_every=7", "data.test=y", "seed=9"});
+  EXPECT_EQ(c.train.max_steps, 5);
+  EXPECT_EQ(c.output.log_every, 7);
+  EXPECT_EQ(c.data.test, "y");
+  EXPECT_EQ(c.seed, 9u);
+  EXPECT_EQ(c.output.dir, "runs/vae");
+}
+
+TEST_F(ConfigTest, LaterOverrideWins) {
+  const Config c = load("data: {train: x}\n", {"train.epochs=3", "train.epochs=4"});
+  EXPECT_EQ(c.train.epochs, 4);
+}
+
+TEST_F(ConfigTest, OverrideUnknownKey) {
+  EXPECT_BAD_INPUT(load(kFullConfig, {"train.epochz=3"}),
+                   "unknown key 'train.epochz' (override 'train.epochz=3')");
+  EXPECT_BAD_INPUT(load(kFullConfig, {"train.epochs.x=3"}),
+                   "unknown key 'train.epochs.x' (override 'train.epochs.x=3')");
+  EXPECT_BAD_INPUT(load(kFullConfig, {"model.encoder=[1]", "model.encoder.0=3"}),
+                   "unknown key 'model.encoder.0' (override 'model.encoder.0=3')");
+}
+
+TEST_F(ConfigTest, OverrideMalformed) {
+  EXPECT_BAD_INPUT(load(kFullConfig, {"xyz"}), "bad override 'xyz': expected key=value");
+  EXPECT_BAD_INPUT(load(kFullConfig, {"=3"}), "bad override '=3': expected key=value");
+  EXPECT_BAD_INPUT(load(kFullConfig, {"model.encoder=[1,"}),
+                   "(override 'model.encoder=[1,')");
+}
+
+TEST_F(ConfigTest, OverrideWrongType) {
+  EXPECT_BAD_INPUT(load(kFullConfig, {"train.epochs=ten"}),
+                   "key 'train.epochs' must be an integer, got 'ten' (override 'train.epochs=ten')");
+  EXPECT_BAD_INPUT(load(kFullConfig, {"model.encoder=[512,x]"}),
+                   "key 'model.encoder[1]' must be an integer, got 'x' (override "
+                   "'model.encoder=[512,x]')");
+  EXPECT_BAD_INPUT(load(kFullConfig, {"train.batch_size=0"}),
+                   "key 'train.batch_size' must be >= 1, got 0 (override 'train.batch_size=0')");
+  EXPECT_BAD_INPUT(load(kFullConfig, {"train={epochs: 3, epochz: 4}"}),
+                   "unknown key 'train.epochz' (override 'train={epochs: 3, epochz: 4}')");
+}
+
+TEST_F(ConfigTest, ErrorsOutsideOverridesKeepFileLines) {
+  EXPECT_BAD_INPUT(load("data: {train: x}\ntrain:\n  epochs: ten\n", {"train.batch_size=4"}),
+                   "key 'train.epochs' must be an integer, got 'ten' (" + dir_.string() +
+                       "/cfg.yaml:3)");
+  EXPECT_BAD_INPUT(load("data: {train: x}\ntrain: 5\n", {"train.epochs=3"}),
+                   "key 'train' must be a map, got '5' (" + dir_.string() + "/cfg.yaml:2)");
+}
+
+// ---- to_yaml and the core mappings -----------------------------------------------------------------
+
+TEST_F(ConfigTest, ToYamlRoundTrips) {
+  Config c;
+  c.name = "round trip: yes";
+  c.seed = std::numeric_limits<uint64_t>::max();
+  c.data.train = "/data/shards/*.h5";
+  c.data.test = "";
+  c.data.binarize = elbo::Binarize::Dynamic;
+  c.model.encoder = {};
+  c.model.latent = 3;
+  c.model.decoder = {7, 11};
+  c.model.activation = elbo::Activation::Tanh;
+  c.model.likelihood = elbo::Likelihood::Gaussian;
+  c.train.epochs = 2;
+  c.train.batch_size = 1;
+  c.train.optimizer = {"adamw", 0.1 + 0.2, 1.0 / 3.0, 0.999999, 1e-300, 5e-324};
+  c.train.grad_clip = 123456.789;
+  c.train.beta = 2.0 / 7.0;
+  c.train.kl_warmup_steps = std::numeric_limits<int64_t>::max();
+  c.train.threads = 3;
+  c.train.max_steps = 17;
+  c.device = elbo::DeviceChoice::Cuda;
+  c.distributed = {elbo::CommBackend::Nccl, 1e-3};
+  c.checkpoint = {5, 9};
+  c.output = {"out dir/with spaces", 1};
+
+  const std::string yaml = elbo::to_yaml(c);
+  const Config back = elbo::parse_config(yaml, "x");
+  expect_same(back, c);
+  EXPECT_EQ(elbo::to_yaml(back), yaml);
+}
+
+TEST_F(ConfigTest, ToYamlWritesEveryKeyAndRoundTripsAParsedFile) {
+  const Config c = load("data: {train: x}\n");
+  const std::string yaml = elbo::to_yaml(c);
+  for (const char* key : {"name:", "seed:", "binarize:", "encoder:", "likelihood:", "betas:",
+                          "weight_decay:", "kl_warmup_steps:", "threads:", "max_steps:",
+                          "device:", "timeout_s:", "every_steps:", "keep:", "dir:", "log_every:"})
+    EXPECT_NE(yaml.find(key), std::string::npos) << key << " missing from\n" << yaml;
+  expect_same(elbo::parse_config(yaml, "x"), c);
+  expect_same(elbo::parse_config(elbo::to_yaml(load(kFullConfig)), "x"), load(kFullConfig));
+}
+
+TEST_F(ConfigTest, ModelSpecAndAdamConfig) {
+  const Config c = load(kFullConfig);
+  const elbo::ModelSpec spec = elbo::model_spec(c, 784);
+  EXPECT_EQ(spec.input_dim, 784);
+  EXPECT_EQ(spec.encoder, (std::vector<int>{512, 256}));
+  EXPECT_EQ(spec.latent, 16);
+  EXPECT_EQ(spec.decoder, (std::vector<int>{256, 512}));
+  EXPECT_EQ(spec.activation, elbo::Activation::Tanh);
+  EXPECT_EQ(spec.likelihood, elbo::Likelihood::Gaussian);
+
+  const elbo::AdamConfig adamw = elbo::adam_config(c);
+  EXPECT_FLOAT_EQ(adamw.lr, 3.0e-4f);
+  EXPECT_FLOAT_EQ(adamw.beta1, 0.8f);
+  EXPECT_FLOAT_EQ(adamw.beta2, 0.95f);
+  EXPECT_FLOAT_EQ(adamw.eps, 1.0e-6f);
+  EXPECT_FLOAT_EQ(adamw.weight_decay, 0.01f);
+  EXPECT_TRUE(adamw.decoupled_weight_decay);
+
+  EXPECT_FALSE(elbo::adam_config(load(kFullConfig, {"train.optimizer.name=adam"}))
+                   .decoupled_weight_decay);
+}
+
+}  // namespace

@@ -1,1 +1,77 @@
-// (being written)
+// Adam and AdamW steps against values computed by hand from PyTorch's update rule, and clipping.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <vector>
+
+#include "core/optimizer.h"
+
+namespace elbo {
+namespace {
+
+TEST(Adam, TwoStepsMatchHandComputation) {
+  auto backend = make_cpu_backend();
+  AdamConfig cfg;
+  cfg.lr = 0.1f;
+  cfg.eps = 0.1f;  // large, so the step is not just lr * sign(g)
+  Adam adam(*backend, 2, cfg);
+  std::vector<float> p = {1.0f, -2.0f};
+  std::vector<float> g = {0.5f, -0.25f};
+  adam.step(p.data(), g.data());
+  // m = 0.1 g, v = 0.001 g^2; m_hat = g, sqrt(v_hat) = |g|: p -= 0.1 g / (|g| + 0.1)
+  EXPECT_NEAR(p[0], 1.0 - 0.1 * 0.5 / 0.6, 1e-6);
+  EXPECT_NEAR(p[1], -2.0 + 0.1 * 0.25 / 0.35, 1e-6);
+  // Second step with g' = (0.1, 0.3):
+  std::vector<float> g2 = {0.1f, 0.3f};
+  const double p0 = p[0], p1 = p[1];
+  adam.step(p.data(), g2.data());
+  auto expected = [](double p_prev, double ga, double gb) {
+    const double m = 0.9 * (0.1 * ga) + 0.1 * gb;
+    const double v = 0.999 * (0.001 * ga * ga) + 0.001 * gb * gb;
+    const double bc1 = 1 - 0.9 * 0.9, bc2 = 1 - 0.999 * 0.999;
+    return p_prev - (0.1 / bc1) * m / (std::sqrt(v) / std::sqrt(bc2) + 0.1);
+  };
+  EXPECT_NEAR(p[0], expected(p0, 0.5, 0.1), 1e-6);
+  EXPECT_NEAR(p[1], expected(p1, -0.25, 0.3), 1e-6);
+  EXPECT_EQ(adam.steps_taken(), 2);
+}
+
+TEST(Adam, L2WeightDecayAddsToTheGradient) {
+  auto backend = make_cpu_backend();
+  AdamConfig cfg;
+  cfg.lr = 0.1f;
+  cfg.eps = 0.1f;
+  cfg.weight_decay = 0.5f;
+  Adam adam(*backend, 1, cfg);
+  float p = 2.0f, g = 0.25f;
+  adam.step(&p, &g);
+  const double g_eff = 0.25 + 0.5 * 2.0;  // 1.25
+  EXPECT_NEAR(p, 2.0 - 0.1 * g_eff / (g_eff + 0.1), 1e-6);
+}
+
+TEST(AdamW, DecoupledDecayShrinksWeightsFirst) {
+  auto backend = make_cpu_backend();
+  AdamConfig cfg;
+  cfg.lr = 0.1f;
+  cfg.eps = 0.1f;
+  cfg.weight_decay = 0.5f;
+  cfg.decoupled_weight_decay = true;
+  Adam adam(*backend, 1, cfg);
+  float p = 2.0f, g = 0.25f;
+  adam.step(&p, &g);
+  EXPECT_NEAR(p, 2.0 * (1 - 0.1 * 0.5) - 0.1 * 0.25 / (0.25 + 0.1), 1e-6);
+}
+
+TEST(ClipGradNorm, ScalesOnlyWhenAboveTheLimit) {
+  auto backend = make_cpu_backend();
+  std::vector<float> g = {3.0f, 4.0f};
+  EXPECT_NEAR(clip_grad_norm(*backend, g.data(), 2, 10.0), 5.0, 1e-12);
+  EXPECT_FLOAT_EQ(g[0], 3.0f);
+  EXPECT_NEAR(clip_grad_norm(*backend, g.data(), 2, 1.0), 5.0, 1e-12);
+  EXPECT_NEAR(g[0], 3.0 / (5.0 + 1e-6), 1e-7);
+  EXPECT_NEAR(g[1], 4.0 / (5.0 + 1e-6), 1e-7);
+  EXPECT_NEAR(std::hypot(g[0], g[1]), 1.0, 1e-6);
+}
+
+}  // namespace
+}  // namespace elbo

@@ -1,0 +1,42 @@
+# Shared by the README's commands: install what is missing (Debian 12, apt-get, as root), then
+# configure and build into build/ (incrementally; nothing is redone when nothing changed).
+set -euo pipefail
+ELBO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+BUILD_DIR=${BUILD_DIR:-$ELBO_ROOT/build}
+
+elbo_packages=(build-essential cmake pkg-config libhdf5-dev libyaml-cpp-dev libopenblas-dev
+               libcli11-dev libgtest-dev libopenmpi-dev openmpi-bin zlib1g-dev
+               dataset-fashion-mnist)
+
+install_missing_packages() {
+  local missing=()
+  for p in "${elbo_packages[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
+  done
+  [ ${#missing[@]} -eq 0 ] && return 0
+  echo "elbo: installing ${missing[*]}"
+  local sudo=""
+  [ "$(id -u)" -ne 0 ] && sudo=sudo
+  $sudo apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq --no-install-recommends "${missing[@]}"
+}
+
+build_elbo() {
+  if [ ! -f "$BUILD_DIR/CMakeCache.txt" ]; then
+    cmake -S "$ELBO_ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release \
+      -DELBO_WERROR="${ELBO_WERROR:-OFF}" ${ELBO_CMAKE_ARGS:-}
+  fi
+  cmake --build "$BUILD_DIR" -j"$(nproc)"
+}
+
+# Fashion-MNIST shards under data/fashion-mnist/{train,test}, written once.
+prepare_fashion_mnist() {
+  local src=/usr/share/datasets/fashion-mnist out=$ELBO_ROOT/data/fashion-mnist
+  [ -f "$out/train/.complete" ] && [ -f "$out/test/.complete" ] && return 0
+  rm -rf "$out"
+  "$BUILD_DIR/elbo" prepare --from idx --images "$src/train-images-idx3-ubyte.gz" \
+    --labels "$src/train-labels-idx1-ubyte.gz" --out "$out/train" --shards 4
+  "$BUILD_DIR/elbo" prepare --from idx --images "$src/t10k-images-idx3-ubyte.gz" \
+    --labels "$src/t10k-labels-idx1-ubyte.gz" --out "$out/test" --shards 1
+  touch "$out/train/.complete" "$out/test/.complete"
+}
