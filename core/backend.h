@@ -99,8 +99,8 @@ class DeviceArray {
 
 // The CPU backend; always available.
 std::unique_ptr<Backend> make_cpu_backend();
-// Threads the CPU backend's BLAS may use; 0 leaves the library's default (for OpenBLAS: its
-// environment variables, else every core).
-void set_cpu_threads(int threads);
+// Prepares the calling thread for CPU training: BLAS threads (0 leaves the library's default, for
+// OpenBLAS its environment variables, else every core) and flush-to-zero for denormal floats.
+void configure_cpu_thread(int blas_threads);
 
 }  // namespace elbo

@@ -100,8 +100,8 @@ std::vector<float> read_tensors(const h5::File& f, const std::string& group,
                       "' (written for a different model?)");
     std::vector<int64_t> want = tensor_shape(t), got = f.dataset_shape(ds);
     if (got != want)
-      throw_bad_input("checkpoint '" + path + "': tensor '" + ds + "' has shape " +
-                      shape_str(got) + ", the model expects " + shape_str(want));
+      throw_bad_input("checkpoint '" + path + "': tensor '" + ds + "' has shape " + shape_str(got) +
+                      ", the model expects " + shape_str(want));
     h5::FloatArray a = f.read_floats(ds);
     std::copy(a.data.begin(), a.data.end(), flat.begin() + static_cast<ptrdiff_t>(t.offset));
   }

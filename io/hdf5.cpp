@@ -54,8 +54,9 @@ std::vector<int64_t> space_shape(hid_t space) {
   int rank = H5Sget_simple_extent_ndims(space);
   ELBO_CHECK(rank >= 0, "H5Sget_simple_extent_ndims");
   std::vector<hsize_t> dims(static_cast<size_t>(rank));
-  if (rank > 0) ELBO_CHECK(H5Sget_simple_extent_dims(space, dims.data(), nullptr) == rank,
-                           "H5Sget_simple_extent_dims");
+  if (rank > 0)
+    ELBO_CHECK(H5Sget_simple_extent_dims(space, dims.data(), nullptr) == rank,
+               "H5Sget_simple_extent_dims");
   return std::vector<int64_t>(dims.begin(), dims.end());
 }
 
@@ -74,13 +75,27 @@ Handle& Handle::operator=(Handle&& o) noexcept {
 Handle::~Handle() {
   if (id_ < 0) return;
   switch (type_) {  // a failed close cannot be reported from a destructor
-    case Type::File: H5Fclose(id_); break;
-    case Type::Group: H5Gclose(id_); break;
-    case Type::Dataset: H5Dclose(id_); break;
-    case Type::Dataspace: H5Sclose(id_); break;
-    case Type::Datatype: H5Tclose(id_); break;
-    case Type::Attribute: H5Aclose(id_); break;
-    case Type::PropList: H5Pclose(id_); break;
+    case Type::File:
+      H5Fclose(id_);
+      break;
+    case Type::Group:
+      H5Gclose(id_);
+      break;
+    case Type::Dataset:
+      H5Dclose(id_);
+      break;
+    case Type::Dataspace:
+      H5Sclose(id_);
+      break;
+    case Type::Datatype:
+      H5Tclose(id_);
+      break;
+    case Type::Attribute:
+      H5Aclose(id_);
+      break;
+    case Type::PropList:
+      H5Pclose(id_);
+      break;
   }
 }
 
@@ -231,14 +246,15 @@ std::vector<T> read_numeric(const File& f, const std::string& object, const std:
   hssize_t points = attribute_points(a);
   if (!ok || (n >= 0 && points != n))
     throw_bad_input("attribute '" + name + "' on " + where(f.path(), object) + " is not " +
-                    (n == 1 ? "a scalar " : "an array of ") + (integer_only ? "integer" : "number"));
+                    (n == 1 ? "a scalar " : "an array of ") +
+                    (integer_only ? "integer" : "number"));
   std::vector<T> v(static_cast<size_t>(points));
   if (points > 0) ELBO_H5_CHECK(H5Aread(a.get(), mem_type, v.data()), where(f.path(), object));
   return v;
 }
 
-Handle create_attribute(File& f, const std::string& object, const std::string& name,
-                        hid_t type, hid_t space) {
+Handle create_attribute(File& f, const std::string& object, const std::string& name, hid_t type,
+                        hid_t space) {
   if (f.has_attribute(object, name))
     ELBO_H5_CHECK(H5Adelete_by_name(f.id(), object.c_str(), name.c_str(), H5P_DEFAULT),
                   where(f.path(), object));
@@ -278,6 +294,8 @@ std::string File::read_string_attribute(const std::string& object, const std::st
     throw_bad_input("attribute '" + name + "' on " + where(path_, object) + " is not a string");
   Handle mem(H5Tcopy(H5T_C_S1), Handle::Type::Datatype);
   ELBO_H5_CHECK(mem.get(), std::string("H5T_C_S1"));
+  // HDF5 will not convert between ASCII and UTF-8, so read in the stored character set.
+  ELBO_H5_CHECK(H5Tset_cset(mem.get(), H5Tget_cset(type.get())), std::string("string type"));
   if (H5Tis_variable_str(type.get()) > 0) {  // h5py's default for str
     ELBO_H5_CHECK(H5Tset_size(mem.get(), H5T_VARIABLE), std::string("string type"));
     char* s = nullptr;

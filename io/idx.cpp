@@ -66,7 +66,8 @@ std::string hex_byte(uint8_t v) {
 // as a big-endian uint32.
 std::vector<int64_t> read_idx_header(GzReader& in, const std::string& path) {
   std::array<uint8_t, 4> magic{};
-  if (in.read(magic.data(), 4) != 4) throw_bad_input("'" + path + "' is not an IDX file (too short)");
+  if (in.read(magic.data(), 4) != 4)
+    throw_bad_input("'" + path + "' is not an IDX file (too short)");
   if (magic[0] != 0 || magic[1] != 0 || magic[3] == 0)
     throw_bad_input("'" + path + "' is not an IDX file (bad magic number)");
   if (magic[2] != 0x08)

@@ -32,10 +32,14 @@ std::string shape_str(const std::vector<int64_t>& shape) {
 std::string type_name(hid_t type) {
   std::string bits = std::to_string(H5Tget_size(type) * 8);
   switch (H5Tget_class(type)) {
-    case H5T_INTEGER: return (H5Tget_sign(type) == H5T_SGN_NONE ? "uint" : "int") + bits;
-    case H5T_FLOAT: return "float" + bits;
-    case H5T_STRING: return "string";
-    default: return "a non-numeric type";
+    case H5T_INTEGER:
+      return (H5Tget_sign(type) == H5T_SGN_NONE ? "uint" : "int") + bits;
+    case H5T_FLOAT:
+      return "float" + bits;
+    case H5T_STRING:
+      return "string";
+    default:
+      return "a non-numeric type";
   }
 }
 
@@ -46,7 +50,8 @@ std::vector<std::string> list_directory(const std::string& dir) {
   try {
     for (const auto& e : fs::directory_iterator(dir)) {
       std::string ext = e.path().extension().string();
-      if (e.is_regular_file() && (ext == ".h5" || ext == ".hdf5")) paths.push_back(e.path().string());
+      if (e.is_regular_file() && (ext == ".h5" || ext == ".hdf5"))
+        paths.push_back(e.path().string());
     }
   } catch (const fs::filesystem_error& e) {
     throw_bad_input("cannot list '" + dir + "': " + e.code().message());
@@ -116,7 +121,8 @@ ShardMeta open_shard(const std::string& path, OpenShards& open) {
   m.sample_shape.assign(shape.begin() + 1, shape.end());
   if (m.rows == 0) throw_bad_input("shard '" + path + "' is empty (0 rows)");
   for (int64_t d : m.sample_shape)
-    if (d == 0) throw_bad_input("shard '" + path + "' has empty samples: /x is " + shape_str(shape));
+    if (d == 0)
+      throw_bad_input("shard '" + path + "' has empty samples: /x is " + shape_str(shape));
   m.type = sample_type_of(path, x);
   m.labels = f.exists("/y");
   if (m.labels) {
@@ -140,8 +146,8 @@ void check_agrees(const ShardMeta& a, const std::string& a_path, const ShardMeta
   if (a.type != b.type)
     throw_bad_input("shards disagree on sample type" + both(type_name(a.type), type_name(b.type)));
   if (a.labels != b.labels)
-    throw_bad_input("shards disagree on labels" + both(a.labels ? "'/y'" : "no '/y'",
-                                                       b.labels ? "'/y'" : "no '/y'"));
+    throw_bad_input("shards disagree on labels" +
+                    both(a.labels ? "'/y'" : "no '/y'", b.labels ? "'/y'" : "no '/y'"));
 }
 
 // The requested rows that fall in one shard: its sorted distinct local rows, and for each
@@ -152,16 +158,16 @@ struct ShardRead {
   std::vector<std::pair<size_t, size_t>> dest;  // (i, k)
 };
 
-std::vector<ShardRead> plan_reads(std::span<const int64_t> rows, const std::vector<ShardInfo>& shards,
-                                  int64_t total) {
+std::vector<ShardRead> plan_reads(std::span<const int64_t> rows,
+                                  const std::vector<ShardInfo>& shards, int64_t total) {
   std::vector<size_t> order(rows.size());
   std::iota(order.begin(), order.end(), size_t{0});
   std::sort(order.begin(), order.end(), [&](size_t a, size_t b) { return rows[a] < rows[b]; });
   std::vector<ShardRead> plan;
   for (size_t i : order) {
     int64_t r = rows[i];
-    ELBO_CHECK(r >= 0 && r < total, "row " + std::to_string(r) + " out of range [0, " +
-                                        std::to_string(total) + ")");
+    ELBO_CHECK(r >= 0 && r < total,
+               "row " + std::to_string(r) + " out of range [0, " + std::to_string(total) + ")");
     auto it = std::upper_bound(shards.begin(), shards.end(), r,
                                [](int64_t v, const ShardInfo& s) { return v < s.first_row; });
     size_t s = static_cast<size_t>(it - shards.begin()) - 1;
@@ -191,8 +197,9 @@ std::vector<T> read_selected(hid_t ds, hid_t mem_type, const std::vector<int64_t
     while (b < local.size() && local[b] == local[b - 1] + 1) ++b;
     start[0] = static_cast<hsize_t>(local[a]);
     count[0] = b - a;
-    ELBO_CHECK(H5Sselect_hyperslab(space.get(), op, start.data(), nullptr, count.data(), nullptr) >= 0,
-               "H5Sselect_hyperslab on '" + path + "'");
+    ELBO_CHECK(
+        H5Sselect_hyperslab(space.get(), op, start.data(), nullptr, count.data(), nullptr) >= 0,
+        "H5Sselect_hyperslab on '" + path + "'");
     op = H5S_SELECT_OR;
     a = b;
   }
@@ -222,8 +229,8 @@ void read_rows_uncached(const std::vector<ShardRead>& plan, const OpenShards& op
                         const std::vector<ShardInfo>& shards, hid_t mem_type, int64_t F,
                         float* out) {
   for (const ShardRead& p : plan) {
-    std::vector<T> buf = read_selected<T>(open.x[p.shard].get(), mem_type, p.local, F,
-                                          shards[p.shard].path + ":/x");
+    std::vector<T> buf =
+        read_selected<T>(open.x[p.shard].get(), mem_type, p.local, F, shards[p.shard].path + ":/x");
     for (auto [i, k] : p.dest)
       to_float(buf.data() + k * static_cast<size_t>(F), F, out + i * static_cast<size_t>(F));
   }
@@ -257,8 +264,10 @@ void ShardedDataset::cache_in_memory() {
   if (cached_) return;
   h5::silence_error_printing();
   size_t total = static_cast<size_t>(total_rows_ * features_);
-  if (type_ == SampleType::U8) cache_u8_.resize(total);
-  else cache_f32_.resize(total);
+  if (type_ == SampleType::U8)
+    cache_u8_.resize(total);
+  else
+    cache_f32_.resize(total);
   if (has_labels_) cache_labels_.resize(static_cast<size_t>(total_rows_));
   for (size_t s = 0; s < shards_.size(); ++s) {
     size_t at = static_cast<size_t>(shards_[s].first_row * features_);
@@ -267,8 +276,8 @@ void ShardedDataset::cache_in_memory() {
     else
       read_all(open_->x[s].get(), H5T_NATIVE_FLOAT, cache_f32_.data() + at, shards_[s].path);
     if (has_labels_)
-      read_all(open_->y[s].get(), H5T_NATIVE_INT64,
-               cache_labels_.data() + shards_[s].first_row, shards_[s].path);
+      read_all(open_->y[s].get(), H5T_NATIVE_INT64, cache_labels_.data() + shards_[s].first_row,
+               shards_[s].path);
   }
   cached_ = true;
 }
@@ -277,11 +286,13 @@ void ShardedDataset::read_rows(std::span<const int64_t> rows, float* out) const 
   const size_t F = static_cast<size_t>(features_);
   if (cached_) {
     for (size_t i = 0; i < rows.size(); ++i) {
-      ELBO_CHECK(rows[i] >= 0 && rows[i] < total_rows_, "row " + std::to_string(rows[i]) +
-                                                            " out of range");
+      ELBO_CHECK(rows[i] >= 0 && rows[i] < total_rows_,
+                 "row " + std::to_string(rows[i]) + " out of range");
       size_t at = static_cast<size_t>(rows[i]) * F;
-      if (type_ == SampleType::U8) to_float(cache_u8_.data() + at, features_, out + i * F);
-      else to_float(cache_f32_.data() + at, features_, out + i * F);
+      if (type_ == SampleType::U8)
+        to_float(cache_u8_.data() + at, features_, out + i * F);
+      else
+        to_float(cache_f32_.data() + at, features_, out + i * F);
     }
     return;
   }
@@ -297,8 +308,8 @@ void ShardedDataset::read_labels(std::span<const int64_t> rows, int64_t* out) co
   ELBO_CHECK(has_labels_, "read_labels on a data set without '/y'");
   if (cached_) {
     for (size_t i = 0; i < rows.size(); ++i) {
-      ELBO_CHECK(rows[i] >= 0 && rows[i] < total_rows_, "row " + std::to_string(rows[i]) +
-                                                            " out of range");
+      ELBO_CHECK(rows[i] >= 0 && rows[i] < total_rows_,
+                 "row " + std::to_string(rows[i]) + " out of range");
       out[i] = cache_labels_[static_cast<size_t>(rows[i])];
     }
     return;
@@ -311,16 +322,16 @@ void ShardedDataset::read_labels(std::span<const int64_t> rows, int64_t* out) co
   }
 }
 
-// ---- writing --------------------------------------------------------------------------------------
+// ---- writing
+// --------------------------------------------------------------------------------------
 
 namespace {
 
-void write_shard(const std::string& path, const std::vector<int64_t>& sample_shape,
-                 hid_t file_type, hid_t mem_type, const void* x, size_t x_count,
-                 std::span<const int64_t> labels) {
+void write_shard(const std::string& path, const std::vector<int64_t>& sample_shape, hid_t file_type,
+                 hid_t mem_type, const void* x, size_t x_count, std::span<const int64_t> labels) {
   ELBO_CHECK(!sample_shape.empty(), "write_shard: empty sample shape");
-  size_t F = static_cast<size_t>(std::accumulate(sample_shape.begin(), sample_shape.end(),
-                                                 int64_t{1}, std::multiplies<>()));
+  size_t F = static_cast<size_t>(
+      std::accumulate(sample_shape.begin(), sample_shape.end(), int64_t{1}, std::multiplies<>()));
   ELBO_CHECK(F > 0 && x_count % F == 0, "write_shard: data size is not a multiple of the sample");
   size_t n = x_count / F;
   ELBO_CHECK(labels.empty() || labels.size() == n, "write_shard: label count != row count");

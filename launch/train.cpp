@@ -245,7 +245,7 @@ int run_train(const TrainOptions& options) {
   const fs::path run_dir = cfg.output.dir;
   check_run_directory_is_free(run_dir);
 
-  set_cpu_threads(cfg.train.threads);
+  configure_cpu_thread(cfg.train.threads);
   auto backend = make_cpu_backend();
   auto comm = make_single_process_communicator();
   std::printf("elbo: backend %s, communicator %s, %d rank(s)\n", backend->name().c_str(),

@@ -1,1 +1,543 @@
-// (being written)
+// io tests: HDF5 wrappers on the golden file, shard round trips and row reads, IDX import,
+// checkpoints, and the one-line BadInput error each broken user file gives.
+#include <gtest/gtest.h>
+#include <unistd.h>
+#include <zlib.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstring>
+#include <filesystem>
+#include <fstream>
+#include <functional>
+
+#include "core/error.h"
+#include "core/model.h"
+#include "io/checkpoint.h"
+#include "io/hdf5.h"
+#include "io/idx.h"
+#include "io/shards.h"
+
+namespace fs = std::filesystem;
+using namespace elbo;
+
+namespace {
+
+const std::string kGolden = std::string(ELBO_TEST_DATA_DIR) + "/vae_golden.h5";
+
+// A fresh directory per test, removed afterwards.
+class IoTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const auto* info = ::testing::UnitTest::GetInstance()->current_test_info();
+    dir_ = fs::temp_directory_path() / ("elbo_test_io_" + std::string(info->test_suite_name()) +
+                                        "_" + info->name() + "_" + std::to_string(::getpid()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+
+  fs::path dir_;
+};
+
+// `f` must throw a one-line BadInput error whose message contains every `needles` string.
+void expect_bad_input(const std::function<void()>& f, const std::vector<std::string>& needles) {
+  try {
+    f();
+    ADD_FAILURE() << "no error; expected one mentioning '" << needles[0] << "'";
+  } catch (const Error& e) {
+    std::string msg = e.what();
+    EXPECT_EQ(e.kind(), ErrorKind::BadInput) << msg;
+    EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+    for (const std::string& n : needles)
+      EXPECT_NE(msg.find(n), std::string::npos) << "'" << n << "' not in: " << msg;
+  }
+}
+
+// Sample values that tell rows apart: row r, element j.
+uint8_t u8_value(int64_t r, int64_t j) { return static_cast<uint8_t>((r * 7 + j * 3) % 256); }
+float f32_value(int64_t r, int64_t j) {
+  return static_cast<float>(r) + 0.25f * static_cast<float>(j);
+}
+
+// Writes a uint8 shard holding global rows [first, first + n) of `F` features, labels r % 10.
+void write_u8_rows(const std::string& path, int64_t first, int64_t n, std::vector<int64_t> shape,
+                   bool labels = true) {
+  int64_t F = 1;
+  for (int64_t d : shape) F *= d;
+  std::vector<uint8_t> x;
+  std::vector<int64_t> y;
+  for (int64_t r = first; r < first + n; ++r) {
+    for (int64_t j = 0; j < F; ++j) x.push_back(u8_value(r, j));
+    if (labels) y.push_back(r % 10);
+  }
+  write_shard_u8(path, shape, x, y);
+}
+
+void write_f32_rows(const std::string& path, int64_t first, int64_t n, std::vector<int64_t> shape) {
+  int64_t F = 1;
+  for (int64_t d : shape) F *= d;
+  std::vector<float> x;
+  for (int64_t r = first; r < first + n; ++r)
+    for (int64_t j = 0; j < F; ++j) x.push_back(f32_value(r, j));
+  write_shard_f32(path, shape, x, {});
+}
+
+}  // namespace
+
+// ---- HDF5 wrappers ----------------------------------------------------------------------------
+
+TEST(Hdf5, ReadsGoldenFloatsAndAttributes) {
+  h5::File f = h5::File::open_read(kGolden);
+  h5::FloatArray x = f.read_floats("/mlp_relu_bernoulli/x");  // float64 on disk
+  ASSERT_EQ(x.shape, (std::vector<int64_t>{8, 784}));
+  ASSERT_EQ(x.data.size(), 8u * 784u);
+  EXPECT_EQ(x.data[0], 0.0f);
+  EXPECT_NEAR(x.data[3 * 784 + 100], 230.0f / 255.0f, 1e-6f);
+  EXPECT_EQ(f.dataset_shape("/mlp_relu_bernoulli/params/encoder.0.weight"),
+            (std::vector<int64_t>{64, 784}));
+  EXPECT_TRUE(f.exists("/mlp_relu_bernoulli/params/encoder.0.bias"));
+  EXPECT_FALSE(f.exists("/mlp_relu_bernoulli/params/nope"));
+  EXPECT_FALSE(f.exists("/nope/deeper/x"));
+
+  const std::string g = "/mlp_relu_bernoulli";
+  EXPECT_NEAR(f.read_double_attribute(g, "loss0"), 550.802, 1e-3);
+  EXPECT_EQ(f.read_string_attribute(g, "activation"), "relu");
+  EXPECT_EQ(f.read_int_attribute(g, "latent"), 10);
+  EXPECT_EQ(f.read_int_attribute(g, "D"), 784);
+  EXPECT_EQ(f.read_double_array_attribute(g, "encoder"), (std::vector<double>{64.0}));
+  EXPECT_EQ(f.read_double_array_attribute(g, "betas"), (std::vector<double>{0.9, 0.999}));
+  EXPECT_TRUE(f.has_attribute("/", "about"));
+  EXPECT_FALSE(f.has_attribute(g, "nope"));
+  std::vector<std::string> kids = f.children("/");
+  EXPECT_NE(std::find(kids.begin(), kids.end(), "mlp_relu_bernoulli"), kids.end());
+
+  expect_bad_input([&] { f.read_int_attribute(g, "nope"); }, {"vae_golden.h5", "nope"});
+  expect_bad_input([&] { f.read_int_attribute(g, "activation"); }, {"vae_golden.h5", "activation"});
+  expect_bad_input([&] { f.read_floats("/mlp_relu_bernoulli/nope"); }, {"vae_golden.h5", "nope"});
+}
+
+TEST_F(IoTest, Hdf5WritesAndReadsBack) {
+  std::string p = path("a.h5");
+  {
+    h5::File f = h5::File::create(p);
+    std::vector<float> v{1.5f, -2.0f, 3.25f, 0.0f, 5.0f, 6.0f};
+    f.write_floats("/deep/group/w", {2, 3}, v.data());
+    f.create_group("/g");
+    f.write_int_attribute("/", "n", -7);
+    f.write_int_attribute("/", "n", 42);  // replaces
+    f.write_double_attribute("/g", "d", 0.125);
+    f.write_string_attribute("/deep/group/w", "s", "hello: world\n");
+  }
+  h5::File f = h5::File::open_read(p);
+  h5::FloatArray a = f.read_floats("/deep/group/w");
+  EXPECT_EQ(a.shape, (std::vector<int64_t>{2, 3}));
+  EXPECT_EQ(a.data, (std::vector<float>{1.5f, -2.0f, 3.25f, 0.0f, 5.0f, 6.0f}));
+  EXPECT_EQ(f.read_int_attribute("/", "n"), 42);
+  EXPECT_EQ(f.read_double_attribute("/g", "d"), 0.125);
+  EXPECT_EQ(f.read_string_attribute("/deep/group/w", "s"), "hello: world\n");
+  EXPECT_EQ(f.children("/deep/group"), (std::vector<std::string>{"w"}));
+}
+
+TEST_F(IoTest, Hdf5OpenErrors) {
+  expect_bad_input([&] { h5::File::open_read(path("missing.h5")); },
+                   {"missing.h5", "no such file"});
+  std::ofstream(path("text.h5")) << "just some text, not HDF5\n";
+  expect_bad_input([&] { h5::File::open_read(path("text.h5")); }, {"text.h5", "not an HDF5 file"});
+}
+
+// ---- shards -------------------------------------------------------------------------------------
+
+TEST_F(IoTest, ShardRoundTripU8) {
+  write_u8_rows(path("s0.h5"), 0, 3, {2, 3});
+  write_u8_rows(path("s1.hdf5"), 3, 2, {2, 3});
+  std::ofstream(path("notes.txt")) << "ignored";
+  ShardedDataset d = ShardedDataset::open(dir_.string());
+  ASSERT_EQ(d.shards().size(), 2u);
+  EXPECT_EQ(d.shards()[1].first_row, 3);
+  EXPECT_EQ(d.size(), 5);
+  EXPECT_EQ(d.features(), 6);
+  EXPECT_EQ(d.sample_shape(), (std::vector<int64_t>{2, 3}));
+  EXPECT_EQ(d.sample_type(), SampleType::U8);
+  ASSERT_TRUE(d.has_labels());
+  std::vector<int64_t> rows{0, 1, 2, 3, 4};
+  std::vector<float> out(5 * 6);
+  d.read_rows(rows, out.data());
+  for (int64_t r = 0; r < 5; ++r)
+    for (int64_t j = 0; j < 6; ++j)
+      EXPECT_EQ(out[static_cast<size_t>(r * 6 + j)], static_cast<float>(u8_value(r, j)) / 255.0f);
+  std::vector<int64_t> labels(5);
+  d.read_labels(rows, labels.data());
+  EXPECT_EQ(labels, (std::vector<int64_t>{0, 1, 2, 3, 4}));
+}
+
+TEST_F(IoTest, ShardRoundTripF32ByGlob) {
+  write_f32_rows(path("a-0.h5"), 0, 4, {5});
+  write_f32_rows(path("a-1.h5"), 4, 3, {5});
+  write_u8_rows(path("b-0.h5"), 0, 2, {7});  // not matched by the glob
+  ShardedDataset d = ShardedDataset::open(path("a-*.h5"));
+  EXPECT_EQ(d.size(), 7);
+  EXPECT_EQ(d.sample_type(), SampleType::F32);
+  EXPECT_FALSE(d.has_labels());
+  std::vector<int64_t> rows{6, 0, 4};
+  std::vector<float> out(3 * 5);
+  d.read_rows(rows, out.data());
+  for (size_t i = 0; i < rows.size(); ++i)
+    for (int64_t j = 0; j < 5; ++j) EXPECT_EQ(out[i * 5 + j], f32_value(rows[i], j));
+}
+
+TEST_F(IoTest, ShardRowsInAnyOrderCachedEqualsUncached) {
+  write_u8_rows(path("s0.h5"), 0, 5, {2, 2});
+  write_u8_rows(path("s1.h5"), 5, 3, {2, 2});
+  write_u8_rows(path("s2.h5"), 8, 4, {2, 2});
+  ShardedDataset d = ShardedDataset::open(dir_.string());
+  ASSERT_EQ(d.size(), 12);
+  // Unsorted, repeated, crossing both shard boundaries, runs and singletons.
+  std::vector<int64_t> rows{11, 0, 5, 4, 5, 7, 3, 11, 8, 1, 2, 9};
+  const size_t F = 4;
+  std::vector<float> uncached(rows.size() * F), cached(rows.size() * F);
+  std::vector<int64_t> labels_uncached(rows.size()), labels_cached(rows.size());
+  d.read_rows(rows, uncached.data());
+  d.read_labels(rows, labels_uncached.data());
+  for (size_t i = 0; i < rows.size(); ++i) {
+    EXPECT_EQ(labels_uncached[i], rows[i] % 10);
+    for (size_t j = 0; j < F; ++j)
+      EXPECT_EQ(uncached[i * F + j], static_cast<float>(u8_value(rows[i], j)) / 255.0f) << i;
+  }
+  EXPECT_FALSE(d.cached());
+  d.cache_in_memory();
+  EXPECT_TRUE(d.cached());
+  d.read_rows(rows, cached.data());
+  d.read_labels(rows, labels_cached.data());
+  EXPECT_EQ(cached, uncached);
+  EXPECT_EQ(labels_cached, labels_uncached);
+}
+
+TEST_F(IoTest, ShardRowOutOfRangeIsInternal) {
+  write_u8_rows(path("s0.h5"), 0, 3, {2});
+  ShardedDataset d = ShardedDataset::open(dir_.string());
+  std::vector<int64_t> rows{3};
+  std::vector<float> out(2);
+  try {
+    d.read_rows(rows, out.data());
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::Internal);
+  }
+}
+
+TEST_F(IoTest, ShardMissingX) {
+  {
+    h5::File f = h5::File::create(path("s1.h5"));
+    float v = 1.0f;
+    f.write_floats("/z", {1, 1}, &v);
+  }
+  expect_bad_input([&] { ShardedDataset::open(dir_.string()); }, {"s1.h5", "no dataset '/x'"});
+}
+
+TEST_F(IoTest, ShardsDisagreeOnShape) {
+  write_u8_rows(path("a.h5"), 0, 2, {28, 28});
+  write_u8_rows(path("b.h5"), 2, 2, {784});
+  expect_bad_input([&] { ShardedDataset::open(dir_.string()); },
+                   {"sample shape", "a.h5' has [28, 28]", "b.h5' has [784]"});
+}
+
+TEST_F(IoTest, ShardsDisagreeOnType) {
+  write_u8_rows(path("a.h5"), 0, 2, {4}, false);
+  write_f32_rows(path("b.h5"), 2, 2, {4});
+  expect_bad_input([&] { ShardedDataset::open(dir_.string()); },
+                   {"sample type", "a.h5' has uint8", "b.h5' has float32"});
+}
+
+TEST_F(IoTest, ShardsDisagreeOnLabels) {
+  write_u8_rows(path("a.h5"), 0, 2, {4}, true);
+  write_u8_rows(path("b.h5"), 2, 2, {4}, false);
+  expect_bad_input([&] { ShardedDataset::open(dir_.string()); }, {"labels", "a.h5", "b.h5"});
+}
+
+TEST_F(IoTest, ShardWrongTypeOrRank) {
+  {
+    h5::File f = h5::File::create(path("i32.h5"));
+    std::vector<int32_t> v(6, 1);
+    f.write_dataset("/x", {3, 2}, H5T_STD_I32LE, H5T_NATIVE_INT32, v.data());
+  }
+  expect_bad_input([&] { ShardedDataset::open(path("i32.h5")); }, {"i32.h5", "int32"});
+  {
+    h5::File f = h5::File::create(path("flat.h5"));
+    std::vector<float> v(3, 1.0f);
+    f.write_floats("/x", {3}, v.data());
+  }
+  expect_bad_input([&] { ShardedDataset::open(path("flat.h5")); }, {"flat.h5", "[3]"});
+}
+
+TEST_F(IoTest, ShardEmpty) {
+  write_shard_u8(path("e.h5"), {4}, {}, {});
+  expect_bad_input([&] { ShardedDataset::open(dir_.string()); }, {"e.h5", "empty (0 rows)"});
+}
+
+TEST_F(IoTest, ShardTruncated) {
+  write_u8_rows(path("t.h5"), 0, 100, {28, 28});
+  fs::resize_file(path("t.h5"), fs::file_size(path("t.h5")) / 2);
+  expect_bad_input([&] { ShardedDataset::open(dir_.string()); },
+                   {"cannot open", "t.h5", "truncated or corrupt"});
+}
+
+TEST_F(IoTest, ShardNotHdf5) {
+  std::ofstream(path("text.h5")) << "x,y\n1,2\n";
+  expect_bad_input([&] { ShardedDataset::open(dir_.string()); }, {"text.h5", "not an HDF5 file"});
+}
+
+TEST_F(IoTest, ShardGlobMatchesNothing) {
+  expect_bad_input([&] { ShardedDataset::open(path("train/*.h5")); },
+                   {"no shards match", "train/*.h5"});
+  expect_bad_input([&] { ShardedDataset::open(path("nope.h5")); }, {"no shards match", "nope.h5"});
+  expect_bad_input([&] { ShardedDataset::open(dir_.string()); }, {"no shards", dir_.string()});
+}
+
+TEST_F(IoTest, ShardLabelRowMismatch) {
+  {
+    h5::File f = h5::File::create(path("y.h5"));
+    std::vector<uint8_t> x(3 * 4, 1);
+    std::vector<int64_t> y{0, 1};
+    f.write_dataset("/x", {3, 4}, H5T_STD_U8LE, H5T_NATIVE_UINT8, x.data());
+    f.write_dataset("/y", {2}, H5T_STD_I64LE, H5T_NATIVE_INT64, y.data());
+  }
+  expect_bad_input([&] { ShardedDataset::open(dir_.string()); }, {"y.h5", "'/y'", "[2]", "[3]"});
+}
+
+// ---- IDX ----------------------------------------------------------------------------------------
+
+namespace {
+
+std::vector<uint8_t> idx_bytes(const std::vector<uint32_t>& shape, const std::vector<uint8_t>& data,
+                               uint8_t type = 0x08) {
+  std::vector<uint8_t> b{0, 0, type, static_cast<uint8_t>(shape.size())};
+  for (uint32_t d : shape)
+    for (int s = 24; s >= 0; s -= 8) b.push_back(static_cast<uint8_t>(d >> s));
+  b.insert(b.end(), data.begin(), data.end());
+  return b;
+}
+
+void write_raw(const std::string& path, const std::vector<uint8_t>& bytes) {
+  std::ofstream f(path, std::ios::binary);
+  f.write(reinterpret_cast<const char*>(bytes.data()), static_cast<std::streamsize>(bytes.size()));
+}
+
+void write_gz(const std::string& path, const std::vector<uint8_t>& bytes) {
+  gzFile f = gzopen(path.c_str(), "wb");
+  ASSERT_NE(f, nullptr);
+  ASSERT_EQ(gzwrite(f, bytes.data(), static_cast<unsigned>(bytes.size())),
+            static_cast<int>(bytes.size()));
+  gzclose(f);
+}
+
+std::vector<uint8_t> iota_bytes(size_t n) {
+  std::vector<uint8_t> v(n);
+  for (size_t i = 0; i < n; ++i) v[i] = static_cast<uint8_t>(i * 13 % 251);
+  return v;
+}
+
+}  // namespace
+
+TEST_F(IoTest, IdxRawAndGzipRoundTrip) {
+  std::vector<uint8_t> data = iota_bytes(5 * 3 * 2);
+  std::vector<uint8_t> bytes = idx_bytes({5, 3, 2}, data);
+  write_raw(path("x-idx3-ubyte"), bytes);
+  write_gz(path("x-idx3-ubyte.gz"), bytes);
+  for (const char* name : {"x-idx3-ubyte", "x-idx3-ubyte.gz"}) {
+    IdxArray a = read_idx(path(name));
+    EXPECT_EQ(a.shape, (std::vector<int64_t>{5, 3, 2})) << name;
+    EXPECT_EQ(a.data, data) << name;
+  }
+}
+
+TEST_F(IoTest, IdxErrors) {
+  std::vector<uint8_t> good = idx_bytes({4, 2, 2}, iota_bytes(16));
+  std::vector<uint8_t> short_data(good.begin(), good.end() - 3);
+  write_gz(path("short.gz"), short_data);
+  expect_bad_input([&] { read_idx(path("short.gz")); }, {"short.gz", "truncated"});
+  std::vector<uint8_t> long_data = good;
+  long_data.push_back(7);
+  write_raw(path("long"), long_data);
+  expect_bad_input([&] { read_idx(path("long")); }, {"long", "past the 16 bytes"});
+  std::vector<uint8_t> bad_magic = good;
+  bad_magic[0] = 0x1f;
+  write_raw(path("magic"), bad_magic);
+  expect_bad_input([&] { read_idx(path("magic")); }, {"magic", "not an IDX file"});
+  write_raw(path("float"), idx_bytes({2}, std::vector<uint8_t>(8), 0x0D));
+  expect_bad_input([&] { read_idx(path("float")); }, {"float", "0x0D"});
+  expect_bad_input([&] { read_idx(path("missing.gz")); }, {"missing.gz", "no such file"});
+}
+
+TEST_F(IoTest, PrepareFromIdxWritesShards) {
+  std::vector<uint8_t> images = iota_bytes(10 * 2 * 3);
+  std::vector<uint8_t> labels{0, 1, 2, 3, 4, 5, 6, 7, 8, 9};
+  write_gz(path("images.gz"), idx_bytes({10, 2, 3}, images));
+  write_gz(path("labels.gz"), idx_bytes({10}, labels));
+  std::string out = path("out");
+  PrepareResult r = prepare_from_idx(path("images.gz"), path("labels.gz"), out, 3);
+  EXPECT_EQ(r.rows, 10);
+  ASSERT_EQ(r.shard_paths.size(), 3u);
+  EXPECT_EQ(fs::path(r.shard_paths[0]).filename().string(), "shard-00000-of-00003.h5");
+  EXPECT_EQ(fs::path(r.shard_paths[2]).filename().string(), "shard-00002-of-00003.h5");
+  for (const auto& e : fs::directory_iterator(out))
+    EXPECT_EQ(e.path().string().find(".tmp"), std::string::npos) << e.path();
+
+  ShardedDataset d = ShardedDataset::open(out);
+  ASSERT_EQ(d.size(), 10);
+  EXPECT_EQ(d.shards()[0].rows, 4);  // 10 = 4 + 3 + 3
+  EXPECT_EQ(d.shards()[2].rows, 3);
+  EXPECT_EQ(d.sample_shape(), (std::vector<int64_t>{2, 3}));
+  std::vector<int64_t> rows{9, 0, 4};
+  std::vector<float> x(3 * 6);
+  std::vector<int64_t> y(3);
+  d.read_rows(rows, x.data());
+  d.read_labels(rows, y.data());
+  EXPECT_EQ(y, rows);
+  for (size_t i = 0; i < 3; ++i)
+    for (size_t j = 0; j < 6; ++j)
+      EXPECT_EQ(x[i * 6 + j],
+                static_cast<float>(images[static_cast<size_t>(rows[i]) * 6 + j]) / 255.0f);
+
+  expect_bad_input([&] { prepare_from_idx(path("images.gz"), "", out, 2); },
+                   {"refusing to overwrite", "shard-0000"});
+  PrepareResult unlabelled = prepare_from_idx(path("images.gz"), "", path("out2"), 1);
+  EXPECT_FALSE(ShardedDataset::open(path("out2")).has_labels());
+}
+
+TEST_F(IoTest, PrepareFromIdxErrors) {
+  write_raw(path("images"), idx_bytes({3, 2, 2}, iota_bytes(12)));
+  write_raw(path("labels"), idx_bytes({4}, {0, 1, 2, 3}));
+  expect_bad_input([&] { prepare_from_idx(path("images"), path("labels"), path("o"), 1); },
+                   {"images' has 3 images", "labels' has 4 labels"});
+  expect_bad_input([&] { prepare_from_idx(path("images"), "", path("o"), 4); }, {"4 shards"});
+  expect_bad_input([&] { prepare_from_idx(path("images"), "", path("o"), 0); }, {"0 shards"});
+}
+
+// ---- checkpoints --------------------------------------------------------------------------------
+
+namespace {
+
+ModelSpec small_spec(int hidden = 5) {
+  ModelSpec s;
+  s.input_dim = 6;
+  s.encoder = {hidden};
+  s.latent = 2;
+  s.decoder = {4};
+  return s;
+}
+
+CheckpointData sample_checkpoint(const ParameterLayout& layout) {
+  CheckpointData d;
+  d.state = {3, 1234, 56789, 0xFEDCBA9876543210ull, 4};
+  d.config_yaml = "model:\n  latent: 2\n";
+  d.optimizer_name = "adamw";
+  d.optimizer_steps = 1234;
+  size_t P = layout.total_size();
+  for (size_t i = 0; i < P; ++i) {
+    float f = static_cast<float>(i);
+    d.params.push_back(std::ldexp(f + 0.1f, -static_cast<int>(i % 30)) * (i % 2 ? -1.0f : 1.0f));
+    d.exp_avg.push_back(1e-7f * f);
+    d.exp_avg_sq.push_back(f * f + 0.3f);
+  }
+  return d;
+}
+
+bool bitwise_equal(const std::vector<float>& a, const std::vector<float>& b) {
+  return a.size() == b.size() && std::memcmp(a.data(), b.data(), a.size() * sizeof(float)) == 0;
+}
+
+}  // namespace
+
+TEST_F(IoTest, CheckpointRoundTripIsBitwise) {
+  ParameterLayout layout(small_spec());
+  ASSERT_GT(layout.tensors().size(), 0u);
+  CheckpointData in = sample_checkpoint(layout);
+  std::string p = path("ckpt.h5");
+  write_checkpoint_atomically(p, layout, in);
+  CheckpointData out = read_checkpoint(p, layout);
+  EXPECT_TRUE(bitwise_equal(in.params, out.params));
+  EXPECT_TRUE(bitwise_equal(in.exp_avg, out.exp_avg));
+  EXPECT_TRUE(bitwise_equal(in.exp_avg_sq, out.exp_avg_sq));
+  EXPECT_EQ(out.state.epoch, 3);
+  EXPECT_EQ(out.state.step, 1234);
+  EXPECT_EQ(out.state.samples_seen, 56789);
+  EXPECT_EQ(out.state.seed, 0xFEDCBA9876543210ull);
+  EXPECT_EQ(out.state.world_size, 4);
+  EXPECT_EQ(out.config_yaml, in.config_yaml);
+  EXPECT_EQ(out.optimizer_name, "adamw");
+  EXPECT_EQ(out.optimizer_steps, 1234);
+
+  // The documented layout, as an h5py user would see it.
+  h5::File f = h5::File::open_read(p);
+  EXPECT_EQ(f.read_int_attribute("/", "format_version"), 1);
+  EXPECT_EQ(f.read_string_attribute("/", "created").size(), 20u);  // 2024-01-02T03:04:05Z
+  const TensorView& w = layout.tensors()[0];
+  EXPECT_EQ(f.dataset_shape("/params/" + w.name), (std::vector<int64_t>{w.rows, w.cols}));
+  for (const TensorView& t : layout.tensors()) {
+    std::vector<int64_t> want{t.rows};
+    if (!t.is_bias) want.push_back(t.cols);
+    EXPECT_EQ(f.dataset_shape("/params/" + t.name), want) << t.name;
+  }
+}
+
+TEST_F(IoTest, CheckpointReplacesAtomicallyAndLeavesNoTemporary) {
+  ParameterLayout layout(small_spec());
+  CheckpointData first = sample_checkpoint(layout), second = first;
+  second.state.step = 2000;
+  for (float& v : second.params) v += 1.0f;
+  std::string p = path("ckpt.h5");
+  write_checkpoint_atomically(p, layout, first);
+  write_checkpoint_atomically(p, layout, second);
+  CheckpointData out = read_checkpoint(p, layout);
+  EXPECT_EQ(out.state.step, 2000);
+  EXPECT_TRUE(bitwise_equal(out.params, second.params));
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir_)) names.push_back(e.path().filename().string());
+  EXPECT_EQ(names, (std::vector<std::string>{"ckpt.h5"}));
+
+  // A crash mid-write leaves a half-written temporary beside the previous checkpoint, which must
+  // still read; the next save goes through.
+  std::ofstream(p + ".tmp.99999") << "\x89HDF\r\n\x1a\n half-written";
+  EXPECT_EQ(read_checkpoint(p, layout).state.step, 2000);
+  write_checkpoint_atomically(p, layout, first);
+  EXPECT_EQ(read_checkpoint(p, layout).state.step, 1234);
+
+  // A failed write (buffers that do not match the layout) leaves the old file and no temporary.
+  CheckpointData broken = first;
+  broken.exp_avg.pop_back();
+  EXPECT_THROW(write_checkpoint_atomically(p, layout, broken), Error);
+  EXPECT_EQ(read_checkpoint(p, layout).state.step, 1234);
+  EXPECT_FALSE(fs::exists(p + ".tmp." + std::to_string(::getpid())));
+}
+
+TEST_F(IoTest, CheckpointErrors) {
+  ParameterLayout layout(small_spec());
+  expect_bad_input([&] { read_checkpoint(path("missing.h5"), layout); },
+                   {"missing.h5", "no such file"});
+
+  write_u8_rows(path("shard.h5"), 0, 2, {6});
+  expect_bad_input([&] { read_checkpoint(path("shard.h5"), layout); },
+                   {"shard.h5", "not an elbo checkpoint"});
+
+  std::string p = path("ckpt.h5");
+  write_checkpoint_atomically(p, layout, sample_checkpoint(layout));
+  ParameterLayout wider(small_spec(7));
+  expect_bad_input([&] { read_checkpoint(p, wider); },
+                   {"ckpt.h5", "encoder.0.weight", "[5, 6]", "[7, 6]"});
+  ModelSpec deeper = small_spec();
+  deeper.decoder = {4, 4};
+  expect_bad_input([&] { read_checkpoint(p, ParameterLayout(deeper)); }, {"ckpt.h5", "decoder.1"});
+
+  {
+    h5::File f = h5::File::create(path("v2.h5"));
+    f.write_int_attribute("/", "format_version", 2);
+  }
+  expect_bad_input([&] { read_checkpoint(path("v2.h5"), layout); },
+                   {"v2.h5", "unsupported format version 2"});
+
+  fs::copy_file(p, path("cut.h5"));
+  fs::resize_file(path("cut.h5"), fs::file_size(p) / 2);
+  expect_bad_input([&] { read_checkpoint(path("cut.h5"), layout); }, {"cut.h5"});
+}

@@ -152,7 +152,7 @@ TEST(Init, UniformInPlusMinusOneOverSqrtFanIn) {
     EXPECT_GE(lo, -bound) << t.name;
     EXPECT_LE(hi, bound) << t.name;
     if (t.size() >= 1000) {  // variance of U(-a, a) is a^2 / 3
-      EXPECT_NEAR(sum_sq / t.size(), bound * bound / 3, 0.05 * bound * bound / 3) << t.name;
+      EXPECT_NEAR(sum_sq / static_cast<double>(t.size()), bound * bound / 3, 0.05 * bound * bound / 3) << t.name;
       EXPECT_LT(lo, -0.95 * bound) << t.name;
       EXPECT_GT(hi, 0.95 * bound) << t.name;
     }
@@ -193,7 +193,7 @@ TEST_P(Golden, LossGradientsAndOptimizerSteps) {
   be->upload(vae.params(), p.data(), p.size());
 
   // Step-0 loss terms and every gradient of the mean loss.
-  vae.forward_backward(x.data.data(), eps.data.data(), B, beta, 1.0f / B);
+  vae.forward_backward(x.data.data(), eps.data.data(), B, beta, 1.0f / static_cast<float>(B));
   const LossSums s = vae.loss_sums(B);
   EXPECT_NEAR(s.recon / B, f.read_double_attribute(g, "recon0"), 1e-5 * std::fabs(s.recon / B));
   EXPECT_NEAR(s.kl / B, f.read_double_attribute(g, "kl0"), 1e-5 * std::max(1.0, std::fabs(s.kl / B)));
@@ -221,7 +221,7 @@ TEST_P(Golden, LossGradientsAndOptimizerSteps) {
   Adam adam(*be, vae.num_params(), cfg);
   const h5::FloatArray losses = f.read_floats(g + "losses");
   for (size_t step = 0; step < losses.data.size(); ++step) {
-    vae.forward_backward(x.data.data(), eps.data.data() + step * eps_step, B, beta, 1.0f / B);
+    vae.forward_backward(x.data.data(), eps.data.data() + step * eps_step, B, beta, 1.0f / static_cast<float>(B));
     const LossSums ls = vae.loss_sums(B);
     const double loss = (ls.recon + beta * ls.kl) / B;
     EXPECT_NEAR(loss, losses.data[step], 1e-5 * std::fabs(losses.data[step])) << "step " << step;

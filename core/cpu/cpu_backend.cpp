@@ -4,6 +4,9 @@
 
 #include <cmath>
 #include <cstring>
+#if defined(__SSE__)
+#include <xmmintrin.h>
+#endif
 #include <new>
 
 #include "core/backend.h"
@@ -154,9 +157,15 @@ class CpuBackend final : public Backend {
 
 std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
 
-void set_cpu_threads(int threads) {
+void configure_cpu_thread(int blas_threads) {
   // Weak, so that any CBLAS links; OpenBLAS provides it, other vendors read their own variables.
-  if (threads > 0 && openblas_set_num_threads) openblas_set_num_threads(threads);
+  if (blas_threads > 0 && openblas_set_num_threads) openblas_set_num_threads(blas_threads);
+#if defined(__SSE__)
+  // Flush denormals to zero: Adam's moments of gradients that stay zero decay into the denormal
+  // range within a few hundred steps, and denormal arithmetic is many times slower. Training
+  // figures are unaffected (denormals are below 1.2e-38).
+  _mm_setcsr(_mm_getcsr() | 0x8040u);  // FTZ (bit 15) and DAZ (bit 6)
+#endif
 }
 
 }  // namespace elbo
