@@ -14,17 +14,18 @@ Adam::Adam(Backend& backend, size_t n, const AdamConfig& config)
 void Adam::step(float* params, const float* grads) {
   ++steps_;
   const double t = static_cast<double>(steps_);
+  // Computed in double, as PyTorch does on the host, then rounded once.
+  const double bc1 = 1.0 - std::pow(static_cast<double>(config_.beta1), t);
+  const double bc2 = 1.0 - std::pow(static_cast<double>(config_.beta2), t);
+  const bool decoupled = config_.decoupled_weight_decay;
   AdamConstants c{};
-  c.lr = config_.lr;
   c.beta1 = config_.beta1;
   c.beta2 = config_.beta2;
   c.eps = config_.eps;
-  c.weight_decay = config_.weight_decay;
-  c.decoupled = config_.decoupled_weight_decay;
-  // Computed in double, as PyTorch does on the host, then rounded once.
-  c.bias_correction1 = static_cast<float>(1.0 - std::pow(static_cast<double>(config_.beta1), t));
-  c.bias_correction2_sqrt =
-      static_cast<float>(std::sqrt(1.0 - std::pow(static_cast<double>(config_.beta2), t)));
+  c.step_size = static_cast<float>(config_.lr / bc1);
+  c.inv_bias_correction2_sqrt = static_cast<float>(1.0 / std::sqrt(bc2));
+  c.decay = decoupled ? 1.0f - config_.lr * config_.weight_decay : 1.0f;
+  c.l2 = decoupled ? 0.0f : config_.weight_decay;
   backend_.adam_step(params, grads, m_.data(), v_.data(), m_.size(), c);
 }
 

@@ -30,6 +30,24 @@ TEST(Bce, MatchesDirectFormulaAndItsDerivative) {
   }
 }
 
+// The loss loops' own exp and log1p against libm in double, over their whole input ranges.
+TEST(FastMath, ExpNegAndLog1pWithinTwoUlpsOfExact) {
+  double worst_exp = 0, worst_log = 0;
+  for (float a = 0.0f; a < 87.0f; a += 0.0013f) {
+    const double exact = std::exp(-static_cast<double>(a));
+    worst_exp = std::max(worst_exp, std::fabs(exp_neg(a) - exact) / exact);
+  }
+  for (float e = 0.0f; e <= 1.0f; e += 1.7e-5f) {
+    const double exact = std::log1p(static_cast<double>(e));
+    // Relative where the value is large; absolute 6e-8 (rounding of 1 + e) near zero.
+    worst_log = std::max(worst_log, std::fabs(log1p_unit(e) - exact) / std::max(exact, 0.5));
+  }
+  EXPECT_LT(worst_exp, 2.4e-7);
+  EXPECT_LT(worst_log, 2.4e-7);
+  EXPECT_EQ(exp_neg(0.0f), 1.0f);
+  EXPECT_EQ(log1p_unit(0.0f), 0.0f);
+}
+
 TEST(Bce, FiniteAndExactAtExtremeLogits) {
   for (float l : {-100.0f, 100.0f, -1e4f, 1e4f}) {
     for (float x : {0.0f, 0.5f, 1.0f}) {
