@@ -32,11 +32,11 @@ double seconds_since(Clock::time_point t) {
 void check_run_directory_is_free(const fs::path& dir) {
   for (const char* finished : {"checkpoints/last.h5", "metrics.jsonl"}) {
     if (fs::exists(dir / finished))
-      throw_bad_input("run directory '" + dir.string() + "' already holds a run ('" + finished +
-                      "' exists); choose another output.dir");
+      throw_bad_input("run directory already holds a run; choose another output.dir (" +
+                      (dir / finished).string() + ")");
   }
   if (fs::exists(dir) && !fs::is_directory(dir))
-    throw_bad_input("output.dir '" + dir.string() + "' exists and is not a directory");
+    throw_bad_input("output.dir exists and is not a directory (" + dir.string() + ")");
 }
 
 void write_text_file(const fs::path& path, const std::string& text) {
@@ -225,10 +225,11 @@ class Trainer {
 int run_train(const TrainOptions& options) {
   const Config cfg = load_config(options.config_path, options.overrides);
   if (cfg.device == DeviceChoice::Cuda)
-    throw_bad_input("device: cuda requested, but this build has no CUDA backend (config '" +
-                    options.config_path + "')");
+    throw_bad_input("device: cuda requested, but this build has no CUDA backend (" +
+                    options.config_path + ")");
   if (cfg.distributed.backend == CommBackend::Mpi || cfg.distributed.backend == CommBackend::Nccl)
-    throw_bad_input("distributed.backend: only 'none' and 'auto' (one process) are supported so far");
+    throw_bad_input("distributed.backend: only 'none' and 'auto' (one process) are supported so far (" +
+                    options.config_path + ")");
 
   // Validate all inputs before touching the run directory.
   ShardedDataset train = ShardedDataset::open(cfg.data.train);
@@ -236,12 +237,13 @@ int run_train(const TrainOptions& options) {
   if (!cfg.data.test.empty()) {
     test = std::make_unique<ShardedDataset>(ShardedDataset::open(cfg.data.test));
     if (test->sample_shape() != train.sample_shape())
-      throw_bad_input("test data '" + cfg.data.test + "' has a different sample shape than '" +
-                      cfg.data.train + "'");
+      throw_bad_input("test data has a different sample shape than the training data (" +
+                      cfg.data.test + ")");
   }
   if (train.size() < cfg.train.batch_size)
-    throw_bad_input("train.batch_size " + std::to_string(cfg.train.batch_size) + " is larger than the " +
-                    std::to_string(train.size()) + " samples in '" + cfg.data.train + "'");
+    throw_bad_input("train.batch_size " + std::to_string(cfg.train.batch_size) +
+                    " is larger than the training data's " + std::to_string(train.size()) +
+                    " samples (" + cfg.data.train + ")");
   const fs::path run_dir = cfg.output.dir;
   check_run_directory_is_free(run_dir);
 
