@@ -35,8 +35,13 @@ int main(int argc, char** argv) {
   prepare_cmd->add_option("--labels", prepare.labels, "IDX label file (optional)");
   prepare_cmd->add_option("--out", prepare.out, "output directory for the shards")->required();
   prepare_cmd->add_option("--shards", prepare.shards, "number of shards")
-      ->capture_default_str()->check(CLI::PositiveNumber);
+      ->capture_default_str()->check(CLI::Range(1, 1 << 20));
 
+  // CLI11 reports an unknown command as a missing one; name it instead.
+  const std::string first = argc > 1 ? argv[1] : "";
+  if (!first.empty() && first[0] != '-' && first != "train" && first != "prepare")
+    return fail(std::string("unknown command '") + argv[1] +
+                    "'; commands: train, prepare (command line; see elbo --help)", 2);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
