@@ -3,6 +3,8 @@
 
 #include <cstdlib>
 
+#include "core/error.h"
+
 namespace elbo {
 namespace {
 
@@ -24,5 +26,28 @@ class SingleProcessCommunicator final : public Communicator {
 std::unique_ptr<Communicator> make_single_process_communicator() {
   return std::make_unique<SingleProcessCommunicator>();
 }
+
+bool launched_by_mpi() {
+  // Open MPI, MPICH/Hydra and Slurm's PMI each export the world size to every rank.
+  for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"}) {
+    const char* v = std::getenv(var);
+    if (v && std::atoi(v) > 1) return true;
+  }
+  return false;
+}
+
+bool mpi_available() {
+#if defined(ELBO_HAVE_MPI)
+  return true;
+#else
+  return false;
+#endif
+}
+
+#if !defined(ELBO_HAVE_MPI)
+std::unique_ptr<Communicator> make_mpi_communicator() {
+  throw_bad_input("distributed.backend: mpi requested, but this build has no MPI (configure with -DELBO_MPI=ON)");
+}
+#endif
 
 }  // namespace elbo

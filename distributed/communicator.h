@@ -1,5 +1,5 @@
-// Communicator: the collectives data-parallel training needs, behind one interface. This file has
-// the single-process implementation; MPI and NCCL implementations plug in beside it.
+// Communicator: the collectives data-parallel training needs, behind one interface, with the
+// single-process and MPI implementations (NCCL plugs in beside them).
 #pragma once
 
 #include <cstddef>
@@ -27,5 +27,12 @@ class Communicator {
 
 // One process: every collective is the identity.
 std::unique_ptr<Communicator> make_single_process_communicator();
+
+// MPI_COMM_WORLD (initialises MPI). Only in builds with MPI (ELBO_HAVE_MPI).
+std::unique_ptr<Communicator> make_mpi_communicator();
+
+// True when this process was started by an MPI launcher (mpirun, srun) as one of several ranks.
+bool launched_by_mpi();
+bool mpi_available();  // whether this build has the MPI communicator
 
 }  // namespace elbo

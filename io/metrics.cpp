@@ -68,6 +68,7 @@ MetricsWriter::MetricsWriter(const std::string& path) : out_(path, std::ios::app
 }
 
 void MetricsWriter::write(const JsonLine& line) {
+  if (!out_.is_open()) return;  // ranks other than 0 hold a closed writer
   out_ << line.str() << '\n';
   out_.flush();
   if (!out_) throw_internal("writing '" + path_ + "' failed", __FILE__, __LINE__);

@@ -26,8 +26,10 @@ std::string json_escape(const std::string& s);
 
 class MetricsWriter {
  public:
-  MetricsWriter() = default;
+  MetricsWriter() = default;                         // writes nothing
   explicit MetricsWriter(const std::string& path);  // appends
+  MetricsWriter(MetricsWriter&&) = default;
+  MetricsWriter& operator=(MetricsWriter&&) = default;
   void write(const JsonLine& line);
   bool is_open() const { return out_.is_open(); }
 

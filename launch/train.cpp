@@ -59,6 +59,16 @@ void binarize_rows(float* x, std::span<const uint32_t> ids, int64_t D, RngKey ke
   }
 }
 
+// Rank r's part of a global batch of B rows: B / W rows, one more for the first B % W ranks.
+struct Share {
+  int count;
+  int64_t offset;
+};
+Share share(int B, int rank, int world) {
+  const int base = B / world, extra = B % world;
+  return Share{base + (rank < extra ? 1 : 0), static_cast<int64_t>(rank) * base + std::min(rank, extra)};
+}
+
 struct Sums {  // [recon, kl, objective, count]: one small buffer for one all-reduce
   double v[4] = {0, 0, 0, 0};
   void add(const LossSums& s, double beta, int B) {
@@ -75,15 +85,20 @@ class Trainer {
   Trainer(const Config& cfg, Communicator& comm, Backend& backend, const ShardedDataset& train,
           const ShardedDataset* test)
       : cfg_(cfg), comm_(comm), be_(backend), train_(train), test_(test),
-        D_(train.features()), batch_(cfg.train.batch_size),
+        D_(train.features()), global_batch_(cfg.train.batch_size),
+        batch_(share(global_batch_, comm.rank(), comm.size()).count),
+        batch_offset_(share(global_batch_, comm.rank(), comm.size()).offset),
         vae_(backend, model_spec(cfg, static_cast<int>(train.features())), batch_, cfg.seed),
         adam_(backend, vae_.num_params(), adam_config(cfg)), key_(rng_key(cfg.seed)),
         x_host_(static_cast<size_t>(batch_ * D_)), x_(backend, x_host_.size()),
         eps_(backend, static_cast<size_t>(batch_) * cfg.model.latent) {}
 
   void run(const fs::path& run_dir, MetricsWriter& metrics) {
-    const int64_t steps_per_epoch = train_.size() / batch_;
-    std::printf("elbo: %zu parameters, %lld training samples, %lld steps per epoch\n",
+    const int64_t steps_per_epoch = train_.size() / global_batch_;  // the tail is dropped
+    // Every rank starts from rank 0's parameters (they agree already, being drawn from the seed;
+    // the broadcast makes it so whatever a rank's library versions do).
+    comm_.broadcast(vae_.params(), vae_.num_params(), 0);
+    if (comm_.rank() == 0) std::printf("elbo: %zu parameters, %lld training samples, %lld steps per epoch\n",
                 vae_.num_params(), static_cast<long long>(train_.size()),
                 static_cast<long long>(steps_per_epoch));
     for (int64_t epoch = 1; epoch <= cfg_.train.epochs && !done(); ++epoch) {
@@ -100,7 +115,7 @@ class Trainer {
             .add("test_recon", test_sums.per_sample(0)).add("test_kl", test_sums.per_sample(1));
       rec.add("samples_per_s", train_sums.v[3] / epoch_s).add("epoch_s", epoch_s);
       metrics.write(rec);
-      std::printf("epoch %lld  train_loss %.3f  test_neg_elbo %.3f  %.0f samples/s  %.2f s\n",
+      if (comm_.rank() == 0) std::printf("epoch %lld  train_loss %.3f  test_neg_elbo %.3f  %.0f samples/s  %.2f s\n",
                   static_cast<long long>(epoch), train_sums.per_sample(2),
                   test_ ? test_sums.per_sample(0) + test_sums.per_sample(1) : NAN,
                   train_sums.v[3] / epoch_s, epoch_s);
@@ -118,11 +133,12 @@ class Trainer {
     Sums epoch_sums, log_sums;
     auto log_t0 = Clock::now();
     for (int64_t s = 0; s < steps && !done(); ++s) {
-      const std::span<const int64_t> rows(perm.data() + s * batch_, static_cast<size_t>(batch_));
+      const std::span<const int64_t> rows(perm.data() + s * global_batch_ + batch_offset_,
+                                          static_cast<size_t>(batch_));
       load_batch(train_, rows, static_cast<uint32_t>(epoch), RngStream::Noise);
       const double beta = kl_weight();
       vae_.forward_backward(x_.data(), eps_.data(), batch_, static_cast<float>(beta),
-                            1.0f / static_cast<float>(cfg_.train.batch_size));
+                            1.0f / static_cast<float>(global_batch_));
       const LossSums ls = vae_.loss_sums(batch_);
       if (!std::isfinite(ls.recon) || !std::isfinite(ls.kl))
         throw_internal("loss is not finite at step " + std::to_string(step_ + 1) +
@@ -137,6 +153,7 @@ class Trainer {
       epoch_sums.add(ls, beta, batch_);
       log_sums.add(ls, beta, batch_);
       if (step_ % cfg_.output.log_every == 0) {
+        comm_.allreduce_sum(log_sums.v, 4);
         const double dt = seconds_since(log_t0);
         metrics.write(JsonLine().add("type", std::string("step")).add("epoch", epoch)
                           .add("step", step_).add("loss", log_sums.per_sample(2))
@@ -146,6 +163,7 @@ class Trainer {
         log_t0 = Clock::now();
       }
     }
+    comm_.allreduce_sum(epoch_sums.v, 4);
     return epoch_sums;
   }
 
@@ -173,8 +191,11 @@ class Trainer {
   Sums evaluate(const ShardedDataset& data) {
     Sums sums;
     std::vector<int64_t> rows;
-    for (int64_t start = 0; start < data.size(); start += batch_) {
-      const int64_t n = std::min<int64_t>(batch_, data.size() - start);
+    // Contiguous parts, one per rank, so that every sample is seen exactly once.
+    const int64_t first = data.size() * comm_.rank() / comm_.size();
+    const int64_t last = data.size() * (comm_.rank() + 1) / comm_.size();
+    for (int64_t start = first; start < last; start += batch_) {
+      const int64_t n = std::min<int64_t>(batch_, last - start);
       rows.resize(static_cast<size_t>(n));
       for (int64_t i = 0; i < n; ++i) rows[static_cast<size_t>(i)] = start + i;
       load_batch(data, rows, 0, RngStream::EvalNoise);
@@ -210,7 +231,9 @@ class Trainer {
   const ShardedDataset& train_;
   const ShardedDataset* test_;
   int64_t D_;
-  int batch_;  // this rank's rows per step (the whole global batch in one process)
+  int global_batch_;
+  int batch_;             // this rank's rows per step
+  int64_t batch_offset_;  // where they start within the global batch
   Vae vae_;
   Adam adam_;
   RngKey key_;
@@ -220,17 +243,23 @@ class Trainer {
   int64_t step_ = 0, samples_seen_ = 0, epochs_done_ = 0;
 };
 
-}  // namespace
 
-int run_train(const TrainOptions& options) {
-  const Config cfg = load_config(options.config_path, options.overrides);
+std::unique_ptr<Communicator> make_communicator(CommBackend choice, const std::string& cfg_path) {
+  switch (choice) {
+    case CommBackend::None: return make_single_process_communicator();
+    case CommBackend::Mpi: return make_mpi_communicator();
+    case CommBackend::Nccl:
+      throw_bad_input("distributed.backend: nccl needs the CUDA backend, which this build lacks (" +
+                      cfg_path + ")");
+    case CommBackend::Auto: break;
+  }
+  return launched_by_mpi() && mpi_available() ? make_mpi_communicator()
+                                              : make_single_process_communicator();
+}
+
+void train_with(const Config& cfg, const std::string& cfg_path, Communicator& comm) {
   if (cfg.device == DeviceChoice::Cuda)
-    throw_bad_input("device: cuda requested, but this build has no CUDA backend (" +
-                    options.config_path + ")");
-  if (cfg.distributed.backend == CommBackend::Mpi || cfg.distributed.backend == CommBackend::Nccl)
-    throw_bad_input("distributed.backend: only 'none' and 'auto' (one process) are supported so far (" +
-                    options.config_path + ")");
-
+    throw_bad_input("device: cuda requested, but this build has no CUDA backend (" + cfg_path + ")");
   // Validate all inputs before touching the run directory.
   ShardedDataset train = ShardedDataset::open(cfg.data.train);
   std::unique_ptr<ShardedDataset> test;
@@ -244,24 +273,54 @@ int run_train(const TrainOptions& options) {
     throw_bad_input("train.batch_size " + std::to_string(cfg.train.batch_size) +
                     " is larger than the training data's " + std::to_string(train.size()) +
                     " samples (" + cfg.data.train + ")");
+  if (cfg.train.batch_size < comm.size())
+    throw_bad_input("train.batch_size " + std::to_string(cfg.train.batch_size) +
+                    " gives some of the " + std::to_string(comm.size()) + " ranks no rows (" +
+                    cfg_path + ")");
   const fs::path run_dir = cfg.output.dir;
-  check_run_directory_is_free(run_dir);
+  const bool writer = comm.rank() == 0;  // rank 0 alone writes files
+  if (writer) check_run_directory_is_free(run_dir);
 
   configure_cpu_thread(cfg.train.threads);
   auto backend = make_cpu_backend();
-  auto comm = make_single_process_communicator();
-  std::printf("elbo: backend %s, communicator %s, %d rank(s)\n", backend->name().c_str(),
-              comm->name().c_str(), comm->size());
+  if (writer)
+    std::printf("elbo: backend %s, communicator %s, %d rank(s)\n", backend->name().c_str(),
+                comm.name().c_str(), comm.size());
   train.cache_in_memory();
   if (test) test->cache_in_memory();
 
-  fs::create_directories(run_dir / "checkpoints");
-  write_text_file(run_dir / "config.yaml", to_yaml(cfg));
-  MetricsWriter metrics((run_dir / "metrics.jsonl").string());
-  Trainer trainer(cfg, *comm, *backend, train, test.get());
+  MetricsWriter metrics;
+  if (writer) {
+    fs::create_directories(run_dir / "checkpoints");
+    write_text_file(run_dir / "config.yaml", to_yaml(cfg));
+    metrics = MetricsWriter((run_dir / "metrics.jsonl").string());
+  }
+  Trainer trainer(cfg, comm, *backend, train, test.get());
   const auto t0 = Clock::now();
   trainer.run(run_dir, metrics);
-  std::printf("elbo: done in %.1f s; run directory %s\n", seconds_since(t0), run_dir.c_str());
+  if (writer) std::printf("elbo: done in %.1f s; run directory %s\n", seconds_since(t0), run_dir.c_str());
+}
+
+}  // namespace
+
+int run_train(const TrainOptions& options) {
+  const Config cfg = load_config(options.config_path, options.overrides);
+  auto comm = make_communicator(cfg.distributed.backend, options.config_path);
+  if (comm->size() == 1) {
+    train_with(cfg, options.config_path, *comm);
+    return 0;
+  }
+  // With several ranks an error on one must end all of them: the others would otherwise wait in
+  // the next collective for ever.
+  try {
+    train_with(cfg, options.config_path, *comm);
+  } catch (const Error& e) {
+    std::fprintf(stderr, "elbo: error: %s (rank %d)\n", e.what(), comm->rank());
+    comm->abort(e.exit_code());
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "elbo: error: %s (rank %d)\n", e.what(), comm->rank());
+    comm->abort(1);
+  }
   return 0;
 }
 

@@ -1,0 +1,83 @@
+// The MPI communicator: host buffers, MPI_COMM_WORLD. MPI is initialised here, once, and only when
+// this communicator is chosen, so a plain single process never touches MPI.
+#include <mpi.h>
+
+#include <cstdio>
+#include <cstdlib>
+
+#include "core/error.h"
+#include "distributed/communicator.h"
+
+namespace elbo {
+namespace {
+
+void check_mpi(int rc, const char* call, const char* file, int line) {
+  if (rc == MPI_SUCCESS) return;
+  char text[MPI_MAX_ERROR_STRING];
+  int len = 0;
+  MPI_Error_string(rc, text, &len);
+  throw_internal(std::string(call) + " failed: " + std::string(text, static_cast<size_t>(len)), file,
+                 line);
+}
+#define ELBO_MPI_CHECK(call) check_mpi((call), #call, __FILE__, __LINE__)
+
+class MpiCommunicator final : public Communicator {
+ public:
+  MpiCommunicator() {
+    int initialized = 0;
+    ELBO_MPI_CHECK(MPI_Initialized(&initialized));
+    if (!initialized) {
+      int provided = 0;
+      // Only the main thread calls MPI; a loader thread never does.
+      ELBO_MPI_CHECK(MPI_Init_thread(nullptr, nullptr, MPI_THREAD_FUNNELED, &provided));
+      owns_init_ = true;
+    }
+    // Errors come back as codes and become exceptions, which end the job through abort().
+    ELBO_MPI_CHECK(MPI_Comm_set_errhandler(MPI_COMM_WORLD, MPI_ERRORS_RETURN));
+    ELBO_MPI_CHECK(MPI_Comm_rank(MPI_COMM_WORLD, &rank_));
+    ELBO_MPI_CHECK(MPI_Comm_size(MPI_COMM_WORLD, &size_));
+    ELBO_MPI_CHECK(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL,
+                                       &node_));
+    ELBO_MPI_CHECK(MPI_Comm_rank(node_, &local_rank_));
+  }
+  ~MpiCommunicator() override {
+    if (node_ != MPI_COMM_NULL) MPI_Comm_free(&node_);
+    if (owns_init_) MPI_Finalize();
+  }
+
+  std::string name() const override { return "mpi"; }
+  int rank() const override { return rank_; }
+  int size() const override { return size_; }
+  int local_rank() const override { return local_rank_; }
+  void allreduce_sum(float* data, size_t n) override {
+    ELBO_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data, count(n), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD));
+  }
+  void allreduce_sum(double* data, size_t n) override {
+    ELBO_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data, count(n), MPI_DOUBLE, MPI_SUM, MPI_COMM_WORLD));
+  }
+  void broadcast(float* data, size_t n, int root) override {
+    ELBO_MPI_CHECK(MPI_Bcast(data, count(n), MPI_FLOAT, root, MPI_COMM_WORLD));
+  }
+  void barrier() override { ELBO_MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD)); }
+  [[noreturn]] void abort(int exit_code) override {
+    std::fflush(stdout);
+    std::fflush(stderr);
+    MPI_Abort(MPI_COMM_WORLD, exit_code);
+    std::_Exit(exit_code);
+  }
+
+ private:
+  static int count(size_t n) {
+    ELBO_CHECK(n <= static_cast<size_t>(INT32_MAX), "collective larger than 2^31 elements");
+    return static_cast<int>(n);
+  }
+  int rank_ = 0, size_ = 1, local_rank_ = 0;
+  MPI_Comm node_ = MPI_COMM_NULL;
+  bool owns_init_ = false;
+};
+
+}  // namespace
+
+std::unique_ptr<Communicator> make_mpi_communicator() { return std::make_unique<MpiCommunicator>(); }
+
+}  // namespace elbo

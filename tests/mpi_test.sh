@@ -1,0 +1,50 @@
+#!/usr/bin/env bash
+# Data parallelism changes nothing but summation order: 50 steps of the smoke config give the same
+# global loss at every step with 1, 2 and 3 ranks (3 with a batch that does not divide evenly).
+# Usage: mpi_test.sh <elbo> <work-dir>; exits 77 (skip) without mpirun or Fashion-MNIST.
+set -u
+elbo=$(realpath "$1") work=$2
+configs=$(cd "$(dirname "$0")/../configs" && pwd)
+src=/usr/share/datasets/fashion-mnist
+command -v mpirun >/dev/null || { echo "skip - no mpirun"; exit 77; }
+[ -f "$src/train-images-idx3-ubyte.gz" ] || { echo "skip - no $src"; exit 77; }
+rm -rf "$work" && mkdir -p "$work" && cd "$work" || exit 1
+export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+"$elbo" prepare --images "$src/train-images-idx3-ubyte.gz" --out data/train --shards 3 >/dev/null || exit 1
+"$elbo" prepare --images "$src/t10k-images-idx3-ubyte.gz" --out data/test >/dev/null || exit 1
+
+failed=0
+run() {  # run <name> <ranks> <batch>
+  local name=$1 np=$2 batch=$3 cmd=()
+  [ "$np" -gt 1 ] && cmd=(mpirun -np "$np" --oversubscribe --mca mpi_yield_when_idle 1)
+  if ! timeout 300 "${cmd[@]}" "$elbo" train "$configs/smoke.yaml" data.train=data/train \
+      data.test=data/test "output.dir=runs/$name" train.max_steps=50 output.log_every=1 \
+      "train.batch_size=$batch" train.threads=1 >"$name.log" 2>&1; then
+    echo "FAIL - $name ($np ranks) did not finish:"; cat "$name.log"; failed=1
+  fi
+}
+compare() {  # compare <a> <b>: every step loss and the test figure within 1e-5 relative
+  if /usr/bin/python3 - "runs/$1/metrics.jsonl" "runs/$2/metrics.jsonl" <<'PY'; then echo "ok - $1 vs $2"; else echo "FAIL - $1 vs $2"; failed=1; fi
+import json, sys
+a, b = ([json.loads(l) for l in open(p)] for p in sys.argv[1:3])
+sa = [r["loss"] for r in a if r["type"] == "step"]
+sb = [r["loss"] for r in b if r["type"] == "step"]
+assert len(sa) == len(sb) == 50, (len(sa), len(sb))
+worst = max(abs(x - y) / abs(y) for x, y in zip(sa, sb))
+ea = [r for r in a if r["type"] == "epoch"][-1]
+eb = [r for r in b if r["type"] == "epoch"][-1]
+test = abs(ea["test_neg_elbo"] - eb["test_neg_elbo"]) / eb["test_neg_elbo"]
+print(f"  worst step-loss relative difference {worst:.2e}, test_neg_elbo {test:.2e}, "
+      f"first loss {sa[0]:.3f}, last {sa[-1]:.3f}")
+sys.exit(0 if worst <= 1e-5 and test <= 1e-5 else 1)
+PY
+}
+run one 1 64
+run two 2 64
+run three 3 64
+run one_b 1 100
+run three_b 3 100
+compare two one
+compare three one
+compare three_b one_b
+exit $failed
