@@ -14,6 +14,7 @@
 
 #include "core/error.h"
 #include "io/hdf5.h"
+#include "io/location.h"
 
 namespace elbo {
 
@@ -87,21 +88,21 @@ void fsync_path(const std::string& path, bool directory) {
 std::vector<float> read_tensors(const h5::File& f, const std::string& group,
                                 const ParameterLayout& layout) {
   const std::string& path = f.path();
-  if (!f.exists(group)) throw_bad_input("checkpoint '" + path + "' has no group '" + group + "'");
+  if (!f.exists(group)) throw_bad_input("checkpoint has no group '" + group + "'" + at(path));
   for (const std::string& name : f.children(group))
     if (!layout.find(name))
-      throw_bad_input("checkpoint '" + path + "' has tensor '" + group + "/" + name +
-                      "' that the model does not have (written for a different model?)");
+      throw_bad_input("checkpoint has a tensor the model lacks; written for a different model?" +
+                      at(path, group + "/" + name));
   std::vector<float> flat(layout.total_size());
   for (const TensorView& t : layout.tensors()) {
     std::string ds = group + "/" + t.name;
     if (!f.exists(ds))
-      throw_bad_input("checkpoint '" + path + "' has no tensor '" + ds +
-                      "' (written for a different model?)");
+      throw_bad_input("checkpoint has no tensor '" + ds + "'; written for a different model?" +
+                      at(path));
     std::vector<int64_t> want = tensor_shape(t), got = f.dataset_shape(ds);
     if (got != want)
-      throw_bad_input("checkpoint '" + path + "': tensor '" + ds + "' has shape " + shape_str(got) +
-                      ", the model expects " + shape_str(want));
+      throw_bad_input("tensor has shape " + shape_str(got) + ", the model expects " +
+                      shape_str(want) + at(path, ds));
     h5::FloatArray a = f.read_floats(ds);
     std::copy(a.data.begin(), a.data.end(), flat.begin() + static_cast<ptrdiff_t>(t.offset));
   }
@@ -110,12 +111,11 @@ std::vector<float> read_tensors(const h5::File& f, const std::string& group,
 
 void check_format(const h5::File& f) {
   if (!f.has_attribute("/", "format_version"))
-    throw_bad_input("'" + f.path() + "' is not an elbo checkpoint (no format_version attribute)");
+    throw_bad_input("not an elbo checkpoint: no format_version attribute" + at(f.path()));
   int64_t v = f.read_int_attribute("/", "format_version");
   if (v != kFormatVersion)
-    throw_bad_input("checkpoint '" + f.path() + "' has unsupported format version " +
-                    std::to_string(v) + " (this build reads version " +
-                    std::to_string(kFormatVersion) + ")");
+    throw_bad_input("checkpoint has unsupported format version " + std::to_string(v) +
+                    "; this build reads version " + std::to_string(kFormatVersion) + at(f.path()));
 }
 
 }  // namespace

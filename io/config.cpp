@@ -19,6 +19,7 @@
 #include <utility>
 
 #include "core/error.h"
+#include "io/location.h"
 
 namespace elbo {
 namespace {
@@ -399,7 +400,7 @@ void set_path(YAML::Node map, std::span<const std::string> keys, const std::stri
 void apply_override(YAML::Node& root, const std::string& override_text, Locator& loc) {
   const size_t eq = override_text.find('=');
   if (eq == std::string::npos || eq == 0)
-    throw_bad_input("bad override '" + override_text + "': expected key=value");
+    throw_bad_input("bad override, expected key=value (override '" + override_text + "')");
   const std::string path = override_text.substr(0, eq);
   const std::vector<std::string> keys = split_path(path);
   const std::string where = "override '" + override_text + "'";
@@ -437,11 +438,14 @@ Config parse_config(const std::string& yaml_text, const std::string& origin,
 }
 
 Config load_config(const std::string& path, const std::vector<std::string>& overrides) {
+  const auto cannot_read = [&path] {
+    throw_bad_input(std::string("cannot read config file: ") + std::strerror(errno) + at(path));
+  };
   std::ifstream in(path);
-  if (!in) throw_bad_input("cannot read config file '" + path + "': " + std::strerror(errno));
+  if (!in) cannot_read();
   std::stringstream text;
   text << in.rdbuf();
-  if (in.bad()) throw_bad_input("cannot read config file '" + path + "': " + std::strerror(errno));
+  if (in.bad()) cannot_read();
   return parse_config(text.str(), path, overrides);
 }
 

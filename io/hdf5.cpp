@@ -8,6 +8,7 @@
 #include <fstream>
 
 #include "core/error.h"
+#include "io/location.h"
 
 // Checks an HDF5 return value (hid_t or herr_t) and names the failing call and the object.
 #define ELBO_H5_CHECK(call, what) ELBO_CHECK((call) >= 0, std::string(#call) + " on " + (what))
@@ -103,13 +104,13 @@ File File::open_read(const std::string& path) {
   silence_error_printing();
   namespace fs = std::filesystem;
   std::error_code ec;
-  if (!fs::exists(path, ec)) throw_bad_input("cannot open '" + path + "': no such file");
-  if (fs::is_directory(path, ec)) throw_bad_input("cannot open '" + path + "': is a directory");
+  if (!fs::exists(path, ec)) throw_bad_input("cannot open: no such file" + at(path));
+  if (fs::is_directory(path, ec)) throw_bad_input("cannot open: is a directory" + at(path));
   if (!std::ifstream(path, std::ios::binary))
-    throw_bad_input("cannot open '" + path + "': " + std::strerror(errno));
-  if (H5Fis_hdf5(path.c_str()) <= 0) throw_bad_input("'" + path + "' is not an HDF5 file");
+    throw_bad_input(std::string("cannot open: ") + std::strerror(errno) + at(path));
+  if (H5Fis_hdf5(path.c_str()) <= 0) throw_bad_input("not an HDF5 file" + at(path));
   hid_t id = H5Fopen(path.c_str(), H5F_ACC_RDONLY, H5P_DEFAULT);
-  if (id < 0) throw_bad_input("cannot open '" + path + "': truncated or corrupt HDF5 file");
+  if (id < 0) throw_bad_input("truncated or corrupt HDF5 file" + at(path));
   return File(Handle(id, Handle::Type::File), path);
 }
 
@@ -121,7 +122,7 @@ File File::create(const std::string& path) {
   ELBO_CHECK(fapl.valid(), "H5Pcreate(H5P_FILE_ACCESS)");
   ELBO_H5_CHECK(H5Pset_fclose_degree(fapl.get(), H5F_CLOSE_STRONG), path);
   hid_t id = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get());
-  if (id < 0) throw_bad_input("cannot create '" + path + "': " + std::strerror(errno));
+  if (id < 0) throw_bad_input(std::string("cannot create: ") + std::strerror(errno) + at(path));
   return File(Handle(id, Handle::Type::File), path);
 }
 
@@ -153,9 +154,9 @@ std::vector<std::string> File::children(const std::string& group) const {
 
 Handle File::open_dataset(const std::string& dataset) const {
   silence_error_printing();
-  if (!exists(dataset)) throw_bad_input("'" + path_ + "' has no dataset '" + dataset + "'");
+  if (!exists(dataset)) throw_bad_input("no dataset '" + dataset + "'" + at(path_));
   hid_t id = H5Dopen2(this->id(), dataset.c_str(), H5P_DEFAULT);
-  if (id < 0) throw_bad_input(where(path_, dataset) + " is not a dataset");
+  if (id < 0) throw_bad_input("not a dataset" + at(path_, dataset));
   return Handle(id, Handle::Type::Dataset);
 }
 
@@ -217,7 +218,7 @@ namespace {
 // Opens attribute `name` on `object`; a missing one is a BadInput error naming the file.
 Handle open_attribute(const File& f, const std::string& object, const std::string& name) {
   if (!f.has_attribute(object, name))
-    throw_bad_input("'" + f.path() + "' has no attribute '" + name + "' on '" + object + "'");
+    throw_bad_input("no attribute '" + name + "'" + at(f.path(), object));
   Handle a(H5Aopen_by_name(f.id(), object.c_str(), name.c_str(), H5P_DEFAULT, H5P_DEFAULT),
            Handle::Type::Attribute);
   ELBO_H5_CHECK(a.get(), where(f.path(), object) + " attribute " + name);
@@ -245,9 +246,8 @@ std::vector<T> read_numeric(const File& f, const std::string& object, const std:
   bool ok = c == H5T_INTEGER || (!integer_only && c == H5T_FLOAT);
   hssize_t points = attribute_points(a);
   if (!ok || (n >= 0 && points != n))
-    throw_bad_input("attribute '" + name + "' on " + where(f.path(), object) + " is not " +
-                    (n == 1 ? "a scalar " : "an array of ") +
-                    (integer_only ? "integer" : "number"));
+    throw_bad_input("attribute '" + name + "' is not " + (n == 1 ? "a scalar " : "an array of ") +
+                    (integer_only ? "integer" : "number") + at(f.path(), object));
   std::vector<T> v(static_cast<size_t>(points));
   if (points > 0) ELBO_H5_CHECK(H5Aread(a.get(), mem_type, v.data()), where(f.path(), object));
   return v;
@@ -291,7 +291,7 @@ std::string File::read_string_attribute(const std::string& object, const std::st
   Handle type(H5Aget_type(a.get()), Handle::Type::Datatype);
   ELBO_H5_CHECK(type.get(), where(path_, object));
   if (H5Tget_class(type.get()) != H5T_STRING || attribute_points(a) != 1)
-    throw_bad_input("attribute '" + name + "' on " + where(path_, object) + " is not a string");
+    throw_bad_input("attribute '" + name + "' is not a string" + at(path_, object));
   Handle mem(H5Tcopy(H5T_C_S1), Handle::Type::Datatype);
   ELBO_H5_CHECK(mem.get(), std::string("H5T_C_S1"));
   // HDF5 will not convert between ASCII and UTF-8, so read in the stored character set.

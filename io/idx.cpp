@@ -9,6 +9,7 @@
 #include <filesystem>
 
 #include "core/error.h"
+#include "io/location.h"
 #include "io/shards.h"
 
 namespace elbo {
@@ -22,9 +23,9 @@ class GzReader {
  public:
   explicit GzReader(const std::string& path) : path_(path) {
     std::error_code ec;
-    if (!fs::is_regular_file(path, ec)) throw_bad_input("cannot open '" + path + "': no such file");
+    if (!fs::is_regular_file(path, ec)) throw_bad_input("cannot open: no such file" + at(path));
     f_ = gzopen(path.c_str(), "rb");
-    if (!f_) throw_bad_input("cannot open '" + path + "'");
+    if (!f_) throw_bad_input("cannot open the file" + at(path));
   }
   GzReader(const GzReader&) = delete;
   GzReader& operator=(const GzReader&) = delete;
@@ -39,7 +40,7 @@ class GzReader {
       if (r < 0) {
         int errnum = 0;
         const char* msg = gzerror(f_, &errnum);
-        throw_bad_input("'" + path_ + "' is corrupt: " + (msg ? msg : "gzip error"));
+        throw_bad_input(std::string("file is corrupt: ") + (msg ? msg : "gzip error") + at(path_));
       }
       if (r == 0) break;
       got += static_cast<size_t>(r);
@@ -66,17 +67,17 @@ std::string hex_byte(uint8_t v) {
 // as a big-endian uint32.
 std::vector<int64_t> read_idx_header(GzReader& in, const std::string& path) {
   std::array<uint8_t, 4> magic{};
-  if (in.read(magic.data(), 4) != 4)
-    throw_bad_input("'" + path + "' is not an IDX file (too short)");
+  if (in.read(magic.data(), 4) != 4) throw_bad_input("not an IDX file: too short" + at(path));
   if (magic[0] != 0 || magic[1] != 0 || magic[3] == 0)
-    throw_bad_input("'" + path + "' is not an IDX file (bad magic number)");
+    throw_bad_input("not an IDX file: bad magic number" + at(path));
   if (magic[2] != 0x08)
-    throw_bad_input("'" + path + "' has IDX element type " + hex_byte(magic[2]) +
-                    "; only unsigned bytes (0x08) are supported");
+    throw_bad_input("unsupported IDX element type " + hex_byte(magic[2]) +
+                    "; only unsigned bytes, type 0x08, are supported" + at(path));
   std::vector<int64_t> shape;
   for (int d = 0; d < magic[3]; ++d) {
     std::array<uint8_t, 4> b{};
-    if (in.read(b.data(), 4) != 4) throw_bad_input("'" + path + "' is truncated (in the header)");
+    if (in.read(b.data(), 4) != 4)
+      throw_bad_input("IDX file is truncated in the header" + at(path));
     shape.push_back(big_endian_u32(b.data()));
   }
   return shape;
@@ -92,18 +93,18 @@ IdxArray read_idx(const std::string& path) {
   int64_t total = 1;
   for (int64_t d : a.shape) {
     if (d != 0 && total > kMaxBytes / d)
-      throw_bad_input("'" + path + "' has an implausibly large shape (corrupt header?)");
+      throw_bad_input("IDX header has an implausibly large shape; corrupt header?" + at(path));
     total *= d;
   }
   a.data.resize(static_cast<size_t>(total));
   size_t got = in.read(a.data.data(), a.data.size());
   if (got != a.data.size())
-    throw_bad_input("'" + path + "' is truncated: the header promises " + std::to_string(total) +
-                    " bytes of data, the file has " + std::to_string(got));
+    throw_bad_input("IDX file is truncated: the header promises " + std::to_string(total) +
+                    " bytes of data, the file has " + std::to_string(got) + at(path));
   uint8_t extra = 0;
   if (in.read(&extra, 1) != 0)
-    throw_bad_input("'" + path + "' has data past the " + std::to_string(total) +
-                    " bytes its header describes");
+    throw_bad_input("IDX file has data past the " + std::to_string(total) +
+                    " bytes its header describes" + at(path));
   return a;
 }
 
@@ -128,28 +129,27 @@ struct TempFile {
 void check_inputs(const IdxArray& x, const IdxArray* y, const std::string& images,
                   const std::string& labels, int num_shards) {
   if (x.shape.size() < 2)
-    throw_bad_input("'" + images + "' holds an array of rank " + std::to_string(x.shape.size()) +
-                    "; expected images [N, rows, cols]");
+    throw_bad_input("IDX file holds an array of rank " + std::to_string(x.shape.size()) +
+                    ", expected images [N, rows, cols]" + at(images));
   if (y && (y->shape.size() != 1 || y->shape[0] != x.shape[0]))
-    throw_bad_input("'" + images + "' has " + std::to_string(x.shape[0]) + " images but '" +
-                    labels + "' has " + std::to_string(y->data.size()) + " labels");
+    throw_bad_input("images and labels disagree: " + std::to_string(x.shape[0]) + " images vs " +
+                    std::to_string(y->data.size()) + " labels" + at(images + ", " + labels));
   if (num_shards < 1 || num_shards > x.shape[0])
-    throw_bad_input("cannot split " + std::to_string(x.shape[0]) + " images from '" + images +
-                    "' into " + std::to_string(num_shards) + " shards");
+    throw_bad_input("cannot split " + std::to_string(x.shape[0]) + " images into " +
+                    std::to_string(num_shards) + " shards" + at(images));
 }
 
 // A data set is every shard file in the directory, so any existing one would mix into it.
 void check_no_shards_in(const std::string& out_dir) {
   std::error_code ec;
   fs::create_directories(out_dir, ec);
-  if (ec) throw_bad_input("cannot create directory '" + out_dir + "': " + ec.message());
+  if (ec) throw_bad_input("cannot create the directory: " + ec.message() + at(out_dir));
   for (const auto& e : fs::directory_iterator(out_dir, ec)) {
     std::string ext = e.path().extension().string();
     if (ext == ".h5" || ext == ".hdf5")
-      throw_bad_input("refusing to overwrite: '" + out_dir + "' already holds shard file '" +
-                      e.path().string() + "'");
+      throw_bad_input("refusing to overwrite existing shards" + at(e.path().string()));
   }
-  if (ec) throw_bad_input("cannot list '" + out_dir + "': " + ec.message());
+  if (ec) throw_bad_input("cannot list the directory: " + ec.message() + at(out_dir));
 }
 
 }  // namespace
@@ -179,7 +179,7 @@ PrepareResult prepare_from_idx(const std::string& images, const std::string& lab
     write_shard_u8(tmp.path, sample_shape, rows, shard_labels);
     std::error_code ec;
     fs::rename(tmp.path, path, ec);
-    if (ec) throw_bad_input("cannot rename '" + tmp.path + "' to '" + path + "': " + ec.message());
+    if (ec) throw_bad_input("cannot rename to '" + path + "': " + ec.message() + at(tmp.path));
     tmp.keep = true;
     r.shard_paths.push_back(path);
     begin += n;

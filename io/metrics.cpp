@@ -64,7 +64,7 @@ JsonLine& JsonLine::add(const std::string& k, const std::string& v) {
 }
 
 MetricsWriter::MetricsWriter(const std::string& path) : out_(path, std::ios::app), path_(path) {
-  if (!out_) throw_bad_input("cannot open metrics file '" + path + "' for writing");
+  if (!out_) throw_bad_input("cannot open the metrics file for writing (" + path + ")");
 }
 
 void MetricsWriter::write(const JsonLine& line) {

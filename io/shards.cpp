@@ -11,6 +11,7 @@
 
 #include "core/error.h"
 #include "io/hdf5.h"
+#include "io/location.h"
 
 namespace elbo {
 
@@ -54,9 +55,9 @@ std::vector<std::string> list_directory(const std::string& dir) {
         paths.push_back(e.path().string());
     }
   } catch (const fs::filesystem_error& e) {
-    throw_bad_input("cannot list '" + dir + "': " + e.code().message());
+    throw_bad_input("cannot list the directory: " + e.code().message() + at(dir));
   }
-  if (paths.empty()) throw_bad_input("no shards (*.h5, *.hdf5) in directory '" + dir + "'");
+  if (paths.empty()) throw_bad_input("no shards (*.h5, *.hdf5) in the directory" + at(dir));
   std::sort(paths.begin(), paths.end());
   return paths;
 }
@@ -71,7 +72,7 @@ std::vector<std::string> list_shards(const std::string& dir_or_glob) {
       if (fs::is_regular_file(g.gl_pathv[i], ec)) paths.emplace_back(g.gl_pathv[i]);
   }
   globfree(&g);
-  if (paths.empty()) throw_bad_input("no shards match '" + dir_or_glob + "'");
+  if (paths.empty()) throw_bad_input("no shards match the pattern" + at(dir_or_glob));
   return paths;
 }
 
@@ -91,38 +92,38 @@ SampleType sample_type_of(const std::string& path, const h5::Handle& x) {
   size_t size = H5Tget_size(t.get());
   if (c == H5T_INTEGER && size == 1 && H5Tget_sign(t.get()) == H5T_SGN_NONE) return SampleType::U8;
   if (c == H5T_FLOAT && size == 4) return SampleType::F32;
-  throw_bad_input("shard '" + path + "' dataset '/x' has type " + type_name(t.get()) +
-                  "; expected uint8 or float32");
+  throw_bad_input("dataset has type " + type_name(t.get()) + ", expected uint8 or float32" +
+                  at(path, "/x"));
 }
 
 void check_labels(const h5::File& f, const h5::Handle& y, int64_t rows) {
   std::vector<int64_t> shape = f.dataset_shape("/y");
   if (shape.size() != 1 || shape[0] != rows)
-    throw_bad_input("shard '" + f.path() + "' dataset '/y' has shape " + shape_str(shape) +
-                    "; expected [" + std::to_string(rows) + "] to match '/x'");
+    throw_bad_input("dataset has shape " + shape_str(shape) + ", expected [" +
+                    std::to_string(rows) + "] to match '/x'" + at(f.path(), "/y"));
   h5::Handle t(H5Dget_type(y.get()), h5::Handle::Type::Datatype);
   ELBO_CHECK(t.valid(), "H5Dget_type on '" + f.path() + ":/y'");
   if (H5Tget_class(t.get()) != H5T_INTEGER)
-    throw_bad_input("shard '" + f.path() + "' dataset '/y' has type " + type_name(t.get()) +
-                    "; expected integer labels");
+    throw_bad_input("dataset has type " + type_name(t.get()) + ", expected integer labels" +
+                    at(f.path(), "/y"));
 }
 
 // Opens one shard, checks it on its own, and keeps its handles in `open`.
 ShardMeta open_shard(const std::string& path, OpenShards& open) {
   h5::File f = h5::File::open_read(path);
-  if (!f.exists("/x")) throw_bad_input("shard '" + path + "' has no dataset '/x'");
+  if (!f.exists("/x")) throw_bad_input("no dataset '/x'" + at(path));
   h5::Handle x = f.open_dataset("/x");
   std::vector<int64_t> shape = f.dataset_shape("/x");
   if (shape.size() < 2)
-    throw_bad_input("shard '" + path + "' dataset '/x' has shape " + shape_str(shape) +
-                    "; expected [rows, sample dims...]");
+    throw_bad_input("dataset has shape " + shape_str(shape) + ", expected [rows, sample dims...]" +
+                    at(path, "/x"));
   ShardMeta m;
   m.rows = shape[0];
   m.sample_shape.assign(shape.begin() + 1, shape.end());
-  if (m.rows == 0) throw_bad_input("shard '" + path + "' is empty (0 rows)");
+  if (m.rows == 0) throw_bad_input("shard has 0 rows" + at(path));
   for (int64_t d : m.sample_shape)
     if (d == 0)
-      throw_bad_input("shard '" + path + "' has empty samples: /x is " + shape_str(shape));
+      throw_bad_input("samples are empty: dataset has shape " + shape_str(shape) + at(path, "/x"));
   m.type = sample_type_of(path, x);
   m.labels = f.exists("/y");
   if (m.labels) {
@@ -138,7 +139,7 @@ ShardMeta open_shard(const std::string& path, OpenShards& open) {
 void check_agrees(const ShardMeta& a, const std::string& a_path, const ShardMeta& b,
                   const std::string& b_path) {
   auto both = [&](const std::string& va, const std::string& vb) {
-    return ": '" + a_path + "' has " + va + ", '" + b_path + "' has " + vb;
+    return ": " + va + " vs " + vb + at(a_path + ", " + b_path);
   };
   if (a.sample_shape != b.sample_shape)
     throw_bad_input("shards disagree on sample shape" +

@@ -58,8 +58,9 @@ check() {  # check <description> <command...>: ok if the command succeeds
 show() { sed 's/^/    | /' "$1"; }
 
 # expect_error <expected-substring> <cmd...>
-# Asserts: exit code 2, stderr is exactly one newline-terminated line, starting with
-# "elbo: error: " and containing the substring.
+# Asserts: exit code 2, stderr is exactly one newline-terminated line of the form
+# "elbo: error: <what> (<where>)", containing the substring.
+ERROR_FORM='^elbo: error: .+ \(.+\)$'
 expect_error() {
   local want=$1; shift
   N=$((N + 1))
@@ -83,12 +84,15 @@ expect_error() {
     "elbo: error: "*) ;;
     *) problems="$problems stderr does not start with 'elbo: error: ';" ;;
   esac
+  if ! [[ $first =~ $ERROR_FORM ]]; then
+    problems="$problems stderr is not of the form 'elbo: error: <what> (<where>)';"
+  fi
   case "$(cat "$err")" in
     *"$want"*) ;;
     *) problems="$problems stderr does not mention '$want';" ;;
   esac
   if [ -z "$problems" ]; then
-    ok "$desc -> exit 2, one line mentioning '$want'"
+    ok "$desc -> exit 2, one '<what> (<where>)' line mentioning '$want'"
     return 0
   fi
   fail "$desc ->$problems"

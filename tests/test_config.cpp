@@ -7,6 +7,7 @@
 #include <fstream>
 #include <functional>
 #include <limits>
+#include <regex>
 #include <string>
 #include <vector>
 
@@ -78,13 +79,16 @@ class ConfigTest : public ::testing::Test {
   fs::path dir_;
 };
 
-// Runs `f`, expects a BadInput error on one line, and returns its message.
+// Runs `f`, expects a BadInput error on one line of the form `<what> (<where>)`, and returns its
+// message.
 std::string bad_input_message(const std::function<void()>& f) {
   try {
     f();
   } catch (const Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::BadInput) << e.what();
     EXPECT_EQ(std::string(e.what()).find('\n'), std::string::npos) << e.what();
+    EXPECT_TRUE(std::regex_match(std::string(e.what()), std::regex(R"(.+ \(.+\))")))
+        << "not '<what> (<where>)': " << e.what();
     return e.what();
   }
   ADD_FAILURE() << "no exception thrown";
@@ -323,7 +327,7 @@ TEST_F(ConfigTest, TopLevelMustBeMap) {
 TEST_F(ConfigTest, MissingFile) {
   const std::string path = (dir_ / "x.yaml").string();
   const std::string msg = bad_input_message([&] { elbo::load_config(path); });
-  EXPECT_EQ(msg, "cannot read config file '" + path + "': No such file or directory");
+  EXPECT_EQ(msg, "cannot read config file: No such file or directory (" + path + ")");
 }
 
 // ---- overrides ---------------------------------------------------------------------------------------
@@ -364,8 +368,9 @@ TEST_F(ConfigTest, OverrideUnknownKey) {
 }
 
 TEST_F(ConfigTest, OverrideMalformed) {
-  EXPECT_BAD_INPUT(load(kFullConfig, {"xyz"}), "bad override 'xyz': expected key=value");
-  EXPECT_BAD_INPUT(load(kFullConfig, {"=3"}), "bad override '=3': expected key=value");
+  EXPECT_BAD_INPUT(load(kFullConfig, {"xyz"}),
+                   "bad override, expected key=value (override 'xyz')");
+  EXPECT_BAD_INPUT(load(kFullConfig, {"=3"}), "bad override, expected key=value (override '=3')");
   EXPECT_BAD_INPUT(load(kFullConfig, {"model.encoder=[1,"}),
                    "(override 'model.encoder=[1,')");
 }

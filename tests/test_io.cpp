@@ -10,6 +10,7 @@
 #include <filesystem>
 #include <fstream>
 #include <functional>
+#include <regex>
 
 #include "core/error.h"
 #include "core/model.h"
@@ -41,7 +42,8 @@ class IoTest : public ::testing::Test {
   fs::path dir_;
 };
 
-// `f` must throw a one-line BadInput error whose message contains every `needles` string.
+// `f` must throw a one-line BadInput error of the form `<what> (<where>)` whose message contains
+// every `needles` string.
 void expect_bad_input(const std::function<void()>& f, const std::vector<std::string>& needles) {
   try {
     f();
@@ -50,6 +52,8 @@ void expect_bad_input(const std::function<void()>& f, const std::vector<std::str
     std::string msg = e.what();
     EXPECT_EQ(e.kind(), ErrorKind::BadInput) << msg;
     EXPECT_EQ(msg.find('\n'), std::string::npos) << msg;
+    EXPECT_TRUE(std::regex_match(msg, std::regex(R"(.+ \(.+\))")))
+        << "not '<what> (<where>)': " << msg;
     for (const std::string& n : needles)
       EXPECT_NE(msg.find(n), std::string::npos) << "'" << n << "' not in: " << msg;
   }
@@ -113,9 +117,12 @@ TEST(Hdf5, ReadsGoldenFloatsAndAttributes) {
   std::vector<std::string> kids = f.children("/");
   EXPECT_NE(std::find(kids.begin(), kids.end(), "mlp_relu_bernoulli"), kids.end());
 
-  expect_bad_input([&] { f.read_int_attribute(g, "nope"); }, {"vae_golden.h5", "nope"});
-  expect_bad_input([&] { f.read_int_attribute(g, "activation"); }, {"vae_golden.h5", "activation"});
-  expect_bad_input([&] { f.read_floats("/mlp_relu_bernoulli/nope"); }, {"vae_golden.h5", "nope"});
+  expect_bad_input([&] { f.read_int_attribute(g, "nope"); },
+                   {"no attribute 'nope' (" + kGolden + ":" + g + ")"});
+  expect_bad_input([&] { f.read_int_attribute(g, "activation"); },
+                   {"attribute 'activation' is not a scalar integer (" + kGolden + ":" + g + ")"});
+  expect_bad_input([&] { f.read_floats("/mlp_relu_bernoulli/nope"); },
+                   {"no dataset '/mlp_relu_bernoulli/nope' (" + kGolden + ")"});
 }
 
 TEST_F(IoTest, Hdf5WritesAndReadsBack) {
@@ -142,9 +149,10 @@ TEST_F(IoTest, Hdf5WritesAndReadsBack) {
 
 TEST_F(IoTest, Hdf5OpenErrors) {
   expect_bad_input([&] { h5::File::open_read(path("missing.h5")); },
-                   {"missing.h5", "no such file"});
+                   {"no such file (" + path("missing.h5") + ")"});
   std::ofstream(path("text.h5")) << "just some text, not HDF5\n";
-  expect_bad_input([&] { h5::File::open_read(path("text.h5")); }, {"text.h5", "not an HDF5 file"});
+  expect_bad_input([&] { h5::File::open_read(path("text.h5")); },
+                   {"not an HDF5 file (" + path("text.h5") + ")"});
 }
 
 // ---- shards -------------------------------------------------------------------------------------
@@ -233,27 +241,32 @@ TEST_F(IoTest, ShardMissingX) {
     float v = 1.0f;
     f.write_floats("/z", {1, 1}, &v);
   }
-  expect_bad_input([&] { ShardedDataset::open(dir_.string()); }, {"s1.h5", "no dataset '/x'"});
+  expect_bad_input([&] { ShardedDataset::open(dir_.string()); },
+                   {"no dataset '/x' (" + path("s1.h5") + ")"});
 }
 
 TEST_F(IoTest, ShardsDisagreeOnShape) {
   write_u8_rows(path("a.h5"), 0, 2, {28, 28});
   write_u8_rows(path("b.h5"), 2, 2, {784});
   expect_bad_input([&] { ShardedDataset::open(dir_.string()); },
-                   {"sample shape", "a.h5' has [28, 28]", "b.h5' has [784]"});
+                   {"shards disagree on sample shape: [28, 28] vs [784] (" + path("a.h5") + ", " +
+                    path("b.h5") + ")"});
 }
 
 TEST_F(IoTest, ShardsDisagreeOnType) {
   write_u8_rows(path("a.h5"), 0, 2, {4}, false);
   write_f32_rows(path("b.h5"), 2, 2, {4});
   expect_bad_input([&] { ShardedDataset::open(dir_.string()); },
-                   {"sample type", "a.h5' has uint8", "b.h5' has float32"});
+                   {"shards disagree on sample type: uint8 vs float32 (" + path("a.h5") + ", " +
+                    path("b.h5") + ")"});
 }
 
 TEST_F(IoTest, ShardsDisagreeOnLabels) {
   write_u8_rows(path("a.h5"), 0, 2, {4}, true);
   write_u8_rows(path("b.h5"), 2, 2, {4}, false);
-  expect_bad_input([&] { ShardedDataset::open(dir_.string()); }, {"labels", "a.h5", "b.h5"});
+  expect_bad_input(
+      [&] { ShardedDataset::open(dir_.string()); },
+      {"shards disagree on labels: '/y' vs no '/y' (" + path("a.h5") + ", " + path("b.h5") + ")"});
 }
 
 TEST_F(IoTest, ShardWrongTypeOrRank) {
@@ -262,37 +275,43 @@ TEST_F(IoTest, ShardWrongTypeOrRank) {
     std::vector<int32_t> v(6, 1);
     f.write_dataset("/x", {3, 2}, H5T_STD_I32LE, H5T_NATIVE_INT32, v.data());
   }
-  expect_bad_input([&] { ShardedDataset::open(path("i32.h5")); }, {"i32.h5", "int32"});
+  expect_bad_input([&] { ShardedDataset::open(path("i32.h5")); },
+                   {"type int32", "(" + path("i32.h5") + ":/x)"});
   {
     h5::File f = h5::File::create(path("flat.h5"));
     std::vector<float> v(3, 1.0f);
     f.write_floats("/x", {3}, v.data());
   }
-  expect_bad_input([&] { ShardedDataset::open(path("flat.h5")); }, {"flat.h5", "[3]"});
+  expect_bad_input([&] { ShardedDataset::open(path("flat.h5")); },
+                   {"shape [3]", "(" + path("flat.h5") + ":/x)"});
 }
 
 TEST_F(IoTest, ShardEmpty) {
   write_shard_u8(path("e.h5"), {4}, {}, {});
-  expect_bad_input([&] { ShardedDataset::open(dir_.string()); }, {"e.h5", "empty (0 rows)"});
+  expect_bad_input([&] { ShardedDataset::open(dir_.string()); },
+                   {"shard has 0 rows (" + path("e.h5") + ")"});
 }
 
 TEST_F(IoTest, ShardTruncated) {
   write_u8_rows(path("t.h5"), 0, 100, {28, 28});
   fs::resize_file(path("t.h5"), fs::file_size(path("t.h5")) / 2);
   expect_bad_input([&] { ShardedDataset::open(dir_.string()); },
-                   {"cannot open", "t.h5", "truncated or corrupt"});
+                   {"truncated or corrupt HDF5 file (" + path("t.h5") + ")"});
 }
 
 TEST_F(IoTest, ShardNotHdf5) {
   std::ofstream(path("text.h5")) << "x,y\n1,2\n";
-  expect_bad_input([&] { ShardedDataset::open(dir_.string()); }, {"text.h5", "not an HDF5 file"});
+  expect_bad_input([&] { ShardedDataset::open(dir_.string()); },
+                   {"not an HDF5 file (" + path("text.h5") + ")"});
 }
 
 TEST_F(IoTest, ShardGlobMatchesNothing) {
   expect_bad_input([&] { ShardedDataset::open(path("train/*.h5")); },
-                   {"no shards match", "train/*.h5"});
-  expect_bad_input([&] { ShardedDataset::open(path("nope.h5")); }, {"no shards match", "nope.h5"});
-  expect_bad_input([&] { ShardedDataset::open(dir_.string()); }, {"no shards", dir_.string()});
+                   {"no shards match the pattern (" + path("train/*.h5") + ")"});
+  expect_bad_input([&] { ShardedDataset::open(path("nope.h5")); },
+                   {"no shards match the pattern (" + path("nope.h5") + ")"});
+  expect_bad_input([&] { ShardedDataset::open(dir_.string()); },
+                   {"no shards (*.h5, *.hdf5) in the directory (" + dir_.string() + ")"});
 }
 
 TEST_F(IoTest, ShardLabelRowMismatch) {
@@ -303,7 +322,8 @@ TEST_F(IoTest, ShardLabelRowMismatch) {
     f.write_dataset("/x", {3, 4}, H5T_STD_U8LE, H5T_NATIVE_UINT8, x.data());
     f.write_dataset("/y", {2}, H5T_STD_I64LE, H5T_NATIVE_INT64, y.data());
   }
-  expect_bad_input([&] { ShardedDataset::open(dir_.string()); }, {"y.h5", "'/y'", "[2]", "[3]"});
+  expect_bad_input([&] { ShardedDataset::open(dir_.string()); },
+                   {"shape [2], expected [3]", "(" + path("y.h5") + ":/y)"});
 }
 
 // ---- IDX ----------------------------------------------------------------------------------------
@@ -356,18 +376,22 @@ TEST_F(IoTest, IdxErrors) {
   std::vector<uint8_t> good = idx_bytes({4, 2, 2}, iota_bytes(16));
   std::vector<uint8_t> short_data(good.begin(), good.end() - 3);
   write_gz(path("short.gz"), short_data);
-  expect_bad_input([&] { read_idx(path("short.gz")); }, {"short.gz", "truncated"});
+  expect_bad_input([&] { read_idx(path("short.gz")); },
+                   {"truncated", "(" + path("short.gz") + ")"});
   std::vector<uint8_t> long_data = good;
   long_data.push_back(7);
   write_raw(path("long"), long_data);
-  expect_bad_input([&] { read_idx(path("long")); }, {"long", "past the 16 bytes"});
+  expect_bad_input([&] { read_idx(path("long")); },
+                   {"past the 16 bytes", "(" + path("long") + ")"});
   std::vector<uint8_t> bad_magic = good;
   bad_magic[0] = 0x1f;
   write_raw(path("magic"), bad_magic);
-  expect_bad_input([&] { read_idx(path("magic")); }, {"magic", "not an IDX file"});
+  expect_bad_input([&] { read_idx(path("magic")); },
+                   {"not an IDX file", "(" + path("magic") + ")"});
   write_raw(path("float"), idx_bytes({2}, std::vector<uint8_t>(8), 0x0D));
-  expect_bad_input([&] { read_idx(path("float")); }, {"float", "0x0D"});
-  expect_bad_input([&] { read_idx(path("missing.gz")); }, {"missing.gz", "no such file"});
+  expect_bad_input([&] { read_idx(path("float")); }, {"0x0D", "(" + path("float") + ")"});
+  expect_bad_input([&] { read_idx(path("missing.gz")); },
+                   {"no such file (" + path("missing.gz") + ")"});
 }
 
 TEST_F(IoTest, PrepareFromIdxWritesShards) {
@@ -401,7 +425,7 @@ TEST_F(IoTest, PrepareFromIdxWritesShards) {
                 static_cast<float>(images[static_cast<size_t>(rows[i]) * 6 + j]) / 255.0f);
 
   expect_bad_input([&] { prepare_from_idx(path("images.gz"), "", out, 2); },
-                   {"refusing to overwrite", "shard-0000"});
+                   {"refusing to overwrite existing shards (" + out + "/shard-0000"});
   PrepareResult unlabelled = prepare_from_idx(path("images.gz"), "", path("out2"), 1);
   EXPECT_FALSE(ShardedDataset::open(path("out2")).has_labels());
 }
@@ -410,9 +434,11 @@ TEST_F(IoTest, PrepareFromIdxErrors) {
   write_raw(path("images"), idx_bytes({3, 2, 2}, iota_bytes(12)));
   write_raw(path("labels"), idx_bytes({4}, {0, 1, 2, 3}));
   expect_bad_input([&] { prepare_from_idx(path("images"), path("labels"), path("o"), 1); },
-                   {"images' has 3 images", "labels' has 4 labels"});
-  expect_bad_input([&] { prepare_from_idx(path("images"), "", path("o"), 4); }, {"4 shards"});
-  expect_bad_input([&] { prepare_from_idx(path("images"), "", path("o"), 0); }, {"0 shards"});
+                   {"3 images vs 4 labels (" + path("images") + ", " + path("labels") + ")"});
+  expect_bad_input([&] { prepare_from_idx(path("images"), "", path("o"), 4); },
+                   {"4 shards (" + path("images") + ")"});
+  expect_bad_input([&] { prepare_from_idx(path("images"), "", path("o"), 0); },
+                   {"0 shards (" + path("images") + ")"});
 }
 
 // ---- checkpoints --------------------------------------------------------------------------------
@@ -515,29 +541,31 @@ TEST_F(IoTest, CheckpointReplacesAtomicallyAndLeavesNoTemporary) {
 TEST_F(IoTest, CheckpointErrors) {
   ParameterLayout layout(small_spec());
   expect_bad_input([&] { read_checkpoint(path("missing.h5"), layout); },
-                   {"missing.h5", "no such file"});
+                   {"no such file (" + path("missing.h5") + ")"});
 
   write_u8_rows(path("shard.h5"), 0, 2, {6});
   expect_bad_input([&] { read_checkpoint(path("shard.h5"), layout); },
-                   {"shard.h5", "not an elbo checkpoint"});
+                   {"not an elbo checkpoint", "(" + path("shard.h5") + ")"});
 
   std::string p = path("ckpt.h5");
   write_checkpoint_atomically(p, layout, sample_checkpoint(layout));
   ParameterLayout wider(small_spec(7));
-  expect_bad_input([&] { read_checkpoint(p, wider); },
-                   {"ckpt.h5", "encoder.0.weight", "[5, 6]", "[7, 6]"});
+  expect_bad_input(
+      [&] { read_checkpoint(p, wider); },
+      {"tensor has shape [5, 6], the model expects [7, 6] (" + p + ":/params/encoder.0.weight)"});
   ModelSpec deeper = small_spec();
   deeper.decoder = {4, 4};
-  expect_bad_input([&] { read_checkpoint(p, ParameterLayout(deeper)); }, {"ckpt.h5", "decoder.1"});
+  expect_bad_input([&] { read_checkpoint(p, ParameterLayout(deeper)); },
+                   {"decoder.1", "(" + p + ")"});
 
   {
     h5::File f = h5::File::create(path("v2.h5"));
     f.write_int_attribute("/", "format_version", 2);
   }
   expect_bad_input([&] { read_checkpoint(path("v2.h5"), layout); },
-                   {"v2.h5", "unsupported format version 2"});
+                   {"unsupported format version 2", "(" + path("v2.h5") + ")"});
 
   fs::copy_file(p, path("cut.h5"));
   fs::resize_file(path("cut.h5"), fs::file_size(p) / 2);
-  expect_bad_input([&] { read_checkpoint(path("cut.h5"), layout); }, {"cut.h5"});
+  expect_bad_input([&] { read_checkpoint(path("cut.h5"), layout); }, {"(" + path("cut.h5")});
 }
