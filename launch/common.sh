@@ -22,10 +22,10 @@ install_missing_packages() {
 }
 
 build_elbo() {
-  if [ ! -f "$BUILD_DIR/CMakeCache.txt" ]; then
-    cmake -S "$ELBO_ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release \
-      -DELBO_WERROR="${ELBO_WERROR:-OFF}" ${ELBO_CMAKE_ARGS:-}
-  fi
+  # Configuring every time is cheap once cached, recovers from a configure that failed before,
+  # and picks up changed options.
+  cmake -S "$ELBO_ROOT" -B "$BUILD_DIR" -DCMAKE_BUILD_TYPE=Release \
+    -DELBO_WERROR="${ELBO_WERROR:-OFF}" ${ELBO_CMAKE_ARGS:-} >/dev/null
   cmake --build "$BUILD_DIR" -j"$(nproc)"
 }
 

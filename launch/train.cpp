@@ -93,6 +93,8 @@ class Trainer {
         x_host_(static_cast<size_t>(batch_ * D_)), x_(backend, x_host_.size()),
         eps_(backend, static_cast<size_t>(batch_) * cfg.model.latent) {}
 
+  size_t num_params() const { return vae_.num_params(); }
+
   void run(const fs::path& run_dir, MetricsWriter& metrics) {
     const int64_t steps_per_epoch = train_.size() / global_batch_;  // the tail is dropped
     // Every rank starts from rank 0's parameters (they agree already, being drawn from the seed;
@@ -115,12 +117,15 @@ class Trainer {
             .add("test_recon", test_sums.per_sample(0)).add("test_kl", test_sums.per_sample(1));
       rec.add("samples_per_s", train_sums.v[3] / epoch_s).add("epoch_s", epoch_s);
       metrics.write(rec);
-      if (comm_.rank() == 0) std::printf("epoch %lld  train_loss %.3f  test_neg_elbo %.3f  %.0f samples/s  %.2f s\n",
-                  static_cast<long long>(epoch), train_sums.per_sample(2),
-                  test_ ? test_sums.per_sample(0) + test_sums.per_sample(1) : NAN,
-                  train_sums.v[3] / epoch_s, epoch_s);
-      std::fflush(stdout);
-      epochs_done_ = epoch;
+      if (comm_.rank() == 0) {
+        std::printf("epoch %lld  train_loss %.3f", static_cast<long long>(epoch),
+                    train_sums.per_sample(2));
+        if (test_) std::printf("  test_neg_elbo %.3f", test_sums.per_sample(0) + test_sums.per_sample(1));
+        std::printf("  %.0f samples/s  %.2f s\n", train_sums.v[3] / epoch_s, epoch_s);
+        std::fflush(stdout);
+      }
+      // An epoch cut short by train.max_steps is not complete.
+      if (step_ == epoch * steps_per_epoch) epochs_done_ = epoch;
       save_checkpoint(run_dir / "checkpoints" / "last.h5");
     }
   }
@@ -257,7 +262,42 @@ std::unique_ptr<Communicator> make_communicator(CommBackend choice, const std::s
                                               : make_single_process_communicator();
 }
 
+// Several processes started by mpirun that do not talk would each train alone into the same run
+// directory.
+void refuse_isolated_ranks(const Communicator& comm, const std::string& cfg_path) {
+  if (comm.size() == 1 && launched_by_mpi())
+    throw_bad_input(std::string("started as one of several MPI ranks, but ") +
+                    (mpi_available() ? "distributed.backend is none"
+                                     : "this build has no MPI (configure with -DELBO_MPI=ON)") +
+                    " (" + cfg_path + ")");
+}
+
+// Every rank must hold the same config, model and data shape, or the collectives would mismatch.
+// Each rank writes its figures into its own slot; one sum gives everyone the whole table.
+void check_ranks_agree(Communicator& comm, const Config& cfg, const ShardedDataset& train,
+                       size_t num_params) {
+  if (comm.size() == 1) return;
+  const std::string yaml = to_yaml(cfg);
+  uint32_t hash = 2166136261u;  // FNV-1a, 32 bits so that a double holds it exactly
+  for (unsigned char c : yaml) hash = (hash ^ c) * 16777619u;
+  const double mine[4] = {static_cast<double>(hash), static_cast<double>(num_params),
+                          static_cast<double>(train.features()), static_cast<double>(train.size())};
+  const char* names[4] = {"config", "parameter count", "sample size", "training set size"};
+  std::vector<double> table(4 * static_cast<size_t>(comm.size()), 0.0);
+  std::copy(mine, mine + 4, table.begin() + 4 * comm.rank());
+  comm.allreduce_sum(table.data(), table.size());
+  for (int r = 1; r < comm.size(); ++r)
+    for (int k = 0; k < 4; ++k)
+      if (table[4 * static_cast<size_t>(r) + k] != table[k])
+        throw_bad_input(std::string("ranks disagree on the ") + names[k] + " (rank " +
+                        std::to_string(r) + " differs from rank 0)");
+}
+
 void train_with(const Config& cfg, const std::string& cfg_path, Communicator& comm) {
+  refuse_isolated_ranks(comm, cfg_path);
+  if (cfg.checkpoint.every_steps != 0)
+    throw_bad_input("checkpoint.every_steps is not supported yet: checkpoints are written at each "
+                    "epoch end (" + cfg_path + ")");
   if (cfg.device == DeviceChoice::Cuda)
     throw_bad_input("device: cuda requested, but this build has no CUDA backend (" + cfg_path + ")");
   // Validate all inputs before touching the run directory.
@@ -289,13 +329,18 @@ void train_with(const Config& cfg, const std::string& cfg_path, Communicator& co
   train.cache_in_memory();
   if (test) test->cache_in_memory();
 
+  // Everything that can fail on bad input happens before the first file is written.
+  Trainer trainer(cfg, comm, *backend, train, test.get());
+  check_ranks_agree(comm, cfg, train, trainer.num_params());
   MetricsWriter metrics;
   if (writer) {
-    fs::create_directories(run_dir / "checkpoints");
+    std::error_code ec;
+    fs::create_directories(run_dir / "checkpoints", ec);
+    if (ec) throw_bad_input("cannot create the run directory: " + ec.message() + " (" +
+                            run_dir.string() + ")");
     write_text_file(run_dir / "config.yaml", to_yaml(cfg));
     metrics = MetricsWriter((run_dir / "metrics.jsonl").string());
   }
-  Trainer trainer(cfg, comm, *backend, train, test.get());
   const auto t0 = Clock::now();
   trainer.run(run_dir, metrics);
   if (writer) std::printf("elbo: done in %.1f s; run directory %s\n", seconds_since(t0), run_dir.c_str());
@@ -315,10 +360,10 @@ int run_train(const TrainOptions& options) {
   try {
     train_with(cfg, options.config_path, *comm);
   } catch (const Error& e) {
-    std::fprintf(stderr, "elbo: error: %s (rank %d)\n", e.what(), comm->rank());
+    std::fprintf(stderr, "elbo: error: rank %d: %s\n", comm->rank(), e.what());
     comm->abort(e.exit_code());
   } catch (const std::exception& e) {
-    std::fprintf(stderr, "elbo: error: %s (rank %d)\n", e.what(), comm->rank());
+    std::fprintf(stderr, "elbo: error: rank %d: %s\n", comm->rank(), e.what());
     comm->abort(1);
   }
   return 0;

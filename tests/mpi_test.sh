@@ -44,6 +44,24 @@ run two 2 64
 run three 3 64
 run one_b 1 100
 run three_b 3 100
+# Ranks that disagree, or that cannot talk, stop with a message before writing anything.
+expect_refusal() {  # expect_refusal <name> <message> <mpirun args...>
+  local name=$1 msg=$2; shift 2
+  timeout 120 mpirun "$@" >"$name.log" 2>&1
+  local rc=$?
+  if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && grep -q "$msg" "$name.log" && [ ! -e "runs/$name" ]; then
+    echo "ok - $name refused: $msg"
+  else
+    echo "FAIL - $name (exit $rc):"; cat "$name.log"; failed=1
+  fi
+}
+common=(train "$configs/smoke.yaml" data.train=data/train data.test=data/test)
+expect_refusal disagree "ranks disagree on the config" \
+  -np 1 "$elbo" "${common[@]}" output.dir=runs/disagree model.latent=8 : \
+  -np 1 "$elbo" "${common[@]}" output.dir=runs/disagree model.latent=9
+expect_refusal isolated "started as one of several MPI ranks" -np 2 --oversubscribe \
+  "$elbo" "${common[@]}" output.dir=runs/isolated distributed.backend=none
+
 compare two one
 compare three one
 compare three_b one_b
