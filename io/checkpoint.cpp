@@ -15,6 +15,7 @@
 #include "core/error.h"
 #include "io/hdf5.h"
 #include "io/location.h"
+#include "io/shards.h"  // shape_str
 
 namespace elbo {
 
@@ -27,12 +28,6 @@ constexpr int64_t kFormatVersion = 1;
 std::vector<int64_t> tensor_shape(const TensorView& t) {
   if (t.is_bias) return {t.rows};
   return {t.rows, t.cols};
-}
-
-std::string shape_str(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
 }
 
 std::string iso8601_utc_now() {

@@ -9,6 +9,7 @@
 #include <charconv>
 #include <cmath>
 #include <cstring>
+#include <filesystem>
 #include <fstream>
 #include <limits>
 #include <map>
@@ -150,6 +151,17 @@ T integer_at_least(const Field& f, T lo) {
   return value;
 }
 
+// Sizes that become int element counts must stay far from overflow.
+constexpr int kMaxWidth = 1 << 20;       // model.latent and every hidden width
+constexpr int kMaxBatchSize = 1 << 24;   // train.batch_size
+
+template <class T>
+T integer_between(const Field& f, T lo, T hi) {
+  const T value = integer_at_least<T>(f, lo);
+  check(f, value <= hi, "<= " + std::to_string(hi));
+  return value;
+}
+
 double non_negative(const Field& f) {
   const double value = number(f);
   check(f, value >= 0, ">= 0");
@@ -236,7 +248,7 @@ std::vector<Field> list(const Field& f, const Locator& loc) {
 
 std::vector<int> widths(const Field& f, const Locator& loc) {
   std::vector<int> out;
-  for (const Field& item : list(f, loc)) out.push_back(integer_at_least(item, 1));
+  for (const Field& item : list(f, loc)) out.push_back(integer_between(item, 1, kMaxWidth));
   return out;
 }
 
@@ -247,7 +259,8 @@ DataConfig read_data(MapReader m, const Locator& loc) {
   auto train = m.take("train");
   if (!train) throw_bad_input("missing required key 'data.train' (" + loc.origin() + ")");
   d.train = text(*train);
-  if (auto f = m.take("test")) d.test = text(*f, /*allow_empty=*/true);  // empty: no evaluation
+  // Empty, null (`test:`) or `data.test=` all mean no test set, hence no evaluation.
+  if (auto f = m.take("test")) d.test = f->node.IsNull() ? "" : text(*f, /*allow_empty=*/true);
   if (auto f = m.take("binarize")) d.binarize = choice<Binarize>(*f, kBinarize);
   m.finish();
   return d;
@@ -256,7 +269,7 @@ DataConfig read_data(MapReader m, const Locator& loc) {
 ModelConfig read_model(MapReader m, const Locator& loc) {
   ModelConfig c;
   if (auto f = m.take("encoder")) c.encoder = widths(*f, loc);
-  if (auto f = m.take("latent")) c.latent = integer_at_least(*f, 1);
+  if (auto f = m.take("latent")) c.latent = integer_between(*f, 1, kMaxWidth);
   if (auto f = m.take("decoder")) c.decoder = widths(*f, loc);
   if (auto f = m.take("activation")) c.activation = choice<Activation>(*f, kActivation);
   if (auto f = m.take("likelihood")) c.likelihood = choice<Likelihood>(*f, kLikelihood);
@@ -287,7 +300,7 @@ OptimizerConfig read_optimizer(MapReader m, const Locator& loc) {
 TrainConfig read_train(MapReader m, const Locator& loc) {
   TrainConfig t;
   if (auto f = m.take("epochs")) t.epochs = integer_at_least(*f, 1);
-  if (auto f = m.take("batch_size")) t.batch_size = integer_at_least(*f, 1);
+  if (auto f = m.take("batch_size")) t.batch_size = integer_between(*f, 1, kMaxBatchSize);
   if (auto s = m.section("optimizer")) t.optimizer = read_optimizer(*s, loc);
   if (auto f = m.take("grad_clip")) t.grad_clip = non_negative(*f);
   if (auto f = m.take("beta")) t.beta = non_negative(*f);
@@ -441,6 +454,9 @@ Config load_config(const std::string& path, const std::vector<std::string>& over
   const auto cannot_read = [&path] {
     throw_bad_input(std::string("cannot read config file: ") + std::strerror(errno) + at(path));
   };
+  std::error_code ec;
+  if (std::filesystem::is_directory(path, ec))
+    throw_bad_input("cannot read config file: is a directory" + at(path));
   std::ifstream in(path);
   if (!in) cannot_read();
   std::stringstream text;

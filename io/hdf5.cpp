@@ -121,8 +121,16 @@ File File::create(const std::string& path) {
   Handle fapl(H5Pcreate(H5P_FILE_ACCESS), Handle::Type::PropList);
   ELBO_CHECK(fapl.valid(), "H5Pcreate(H5P_FILE_ACCESS)");
   ELBO_H5_CHECK(H5Pset_fclose_degree(fapl.get(), H5F_CLOSE_STRONG), path);
+  errno = 0;
   hid_t id = H5Fcreate(path.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get());
-  if (id < 0) throw_bad_input(std::string("cannot create: ") + std::strerror(errno) + at(path));
+  // Not the user's input: we create files only where we write our own output (checkpoints,
+  // shards), so a failure here (permissions, disk full, a missing directory) is an Internal error.
+  if (id < 0) {
+    const int err = errno;
+    throw_internal("cannot create the HDF5 file '" + path +
+                       "': " + (err ? std::strerror(err) : "unknown error"),
+                   __FILE__, __LINE__);
+  }
   return File(Handle(id, Handle::Type::File), path);
 }
 

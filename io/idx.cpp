@@ -2,11 +2,16 @@
 // `elbo prepare`.
 #include "io/idx.h"
 
+#include <fcntl.h>
+#include <unistd.h>
 #include <zlib.h>
 
 #include <array>
+#include <cerrno>
 #include <cstdio>
+#include <cstring>
 #include <filesystem>
+#include <regex>
 
 #include "core/error.h"
 #include "io/location.h"
@@ -116,15 +121,30 @@ std::string shard_name(int i, int n) {
   return s;
 }
 
-// Deletes a temporary file unless released: a failed write leaves nothing behind.
-struct TempFile {
-  std::string path;
-  bool keep = false;
-  ~TempFile() {
-    std::error_code ec;
-    if (!keep) fs::remove(path, ec);
-  }
-};
+// Our temporary name for a shard: "<shard>.tmp".
+bool is_our_temporary(const std::string& name) {
+  static const std::regex re(R"(shard-[0-9]{5}-of-[0-9]{5}\.h5\.tmp)");
+  return std::regex_match(name, re);
+}
+
+// Removes a path we may have created, if it is a plain file (never a directory someone else made).
+void remove_file(const std::string& path) {
+  std::error_code ec;
+  if (fs::is_regular_file(fs::symlink_status(path, ec))) fs::remove(path, ec);
+}
+
+// fsync by path, so a shard's bytes (or the directory's entries) are on disk before we go on.
+void fsync_path(const std::string& path, bool directory) {
+  int fd = ::open(path.c_str(), O_RDONLY | (directory ? O_DIRECTORY : 0));
+  if (fd < 0)
+    throw_internal("open('" + path + "') for fsync: " + std::strerror(errno), __FILE__, __LINE__);
+  int rc = ::fsync(fd);
+  int err = errno;
+  ::close(fd);
+  // Some file systems cannot sync a directory (EINVAL); the renames have still happened.
+  if (rc != 0 && !(directory && err == EINVAL))
+    throw_internal("fsync('" + path + "'): " + std::strerror(err), __FILE__, __LINE__);
+}
 
 void check_inputs(const IdxArray& x, const IdxArray* y, const std::string& images,
                   const std::string& labels, int num_shards) {
@@ -152,6 +172,15 @@ void check_no_shards_in(const std::string& out_dir) {
   if (ec) throw_bad_input("cannot list the directory: " + ec.message() + at(out_dir));
 }
 
+// Temporaries left by an earlier `prepare` that crashed: ours by name, so safe to delete.
+void remove_stale_temporaries(const std::string& out_dir) {
+  std::error_code ec;
+  std::vector<std::string> stale;
+  for (const auto& e : fs::directory_iterator(out_dir, ec))
+    if (is_our_temporary(e.path().filename().string())) stale.push_back(e.path().string());
+  for (const std::string& p : stale) remove_file(p);
+}
+
 }  // namespace
 
 PrepareResult prepare_from_idx(const std::string& images, const std::string& labels,
@@ -162,27 +191,46 @@ PrepareResult prepare_from_idx(const std::string& images, const std::string& lab
   check_inputs(x, labels.empty() ? nullptr : &y, images, labels, num_shards);
   check_no_shards_in(out_dir);
 
+  remove_stale_temporaries(out_dir);
+
   PrepareResult r;
   r.rows = x.shape[0];
   std::vector<int64_t> sample_shape(x.shape.begin() + 1, x.shape.end());
   size_t F = x.data.size() / static_cast<size_t>(r.rows);
   int64_t base = r.rows / num_shards, extra = r.rows % num_shards;
-  int64_t begin = 0;
-  for (int s = 0; s < num_shards; ++s) {
-    int64_t n = base + (s < extra ? 1 : 0);
-    std::vector<int64_t> shard_labels;
-    if (!labels.empty()) shard_labels.assign(y.data.begin() + begin, y.data.begin() + begin + n);
-    std::string path = (fs::path(out_dir) / shard_name(s, num_shards)).string();
-    TempFile tmp{path + ".tmp"};
-    std::span<const uint8_t> rows(x.data.data() + static_cast<size_t>(begin) * F,
-                                  static_cast<size_t>(n) * F);
-    write_shard_u8(tmp.path, sample_shape, rows, shard_labels);
-    std::error_code ec;
-    fs::rename(tmp.path, path, ec);
-    if (ec) throw_bad_input("cannot rename to '" + path + "': " + ec.message() + at(tmp.path));
-    tmp.keep = true;
-    r.shard_paths.push_back(path);
-    begin += n;
+  // Every shard is written and synced under its temporary name before any is renamed, so a
+  // failure part way leaves no shard at all: a half-prepared set would read as a smaller one.
+  std::vector<std::string> temps;
+  size_t renamed = 0;
+  try {
+    int64_t begin = 0;
+    for (int s = 0; s < num_shards; ++s) {
+      int64_t n = base + (s < extra ? 1 : 0);
+      std::vector<int64_t> shard_labels;
+      if (!labels.empty())
+        shard_labels.assign(y.data.begin() + begin, y.data.begin() + begin + n);
+      std::string path = (fs::path(out_dir) / shard_name(s, num_shards)).string();
+      r.shard_paths.push_back(path);
+      temps.push_back(path + ".tmp");
+      std::span<const uint8_t> rows(x.data.data() + static_cast<size_t>(begin) * F,
+                                    static_cast<size_t>(n) * F);
+      write_shard_u8(temps.back(), sample_shape, rows, shard_labels);
+      fsync_path(temps.back(), false);
+      begin += n;
+    }
+    for (; renamed < temps.size(); ++renamed) {
+      std::error_code ec;
+      fs::rename(temps[renamed], r.shard_paths[renamed], ec);
+      if (ec)
+        throw_internal("rename('" + temps[renamed] + "', '" + r.shard_paths[renamed] +
+                           "'): " + ec.message(),
+                       __FILE__, __LINE__);
+    }
+    fsync_path(out_dir, true);
+  } catch (...) {
+    for (size_t i = 0; i < renamed; ++i) remove_file(r.shard_paths[i]);
+    for (size_t i = renamed; i < temps.size(); ++i) remove_file(temps[i]);
+    throw;
   }
   return r;
 }

@@ -5,8 +5,10 @@
 #include <glob.h>
 
 #include <algorithm>
+#include <cmath>
 #include <filesystem>
 #include <functional>
+#include <limits>
 #include <numeric>
 
 #include "core/error.h"
@@ -14,6 +16,12 @@
 #include "io/location.h"
 
 namespace elbo {
+
+std::string shape_str(const std::vector<int64_t>& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
 
 struct OpenShards {
   std::vector<h5::File> files;
@@ -23,12 +31,6 @@ struct OpenShards {
 namespace {
 
 namespace fs = std::filesystem;
-
-std::string shape_str(const std::vector<int64_t>& shape) {
-  std::string s = "[";
-  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
-  return s + "]";
-}
 
 std::string type_name(hid_t type) {
   std::string bits = std::to_string(H5Tget_size(type) * 8);
@@ -264,23 +266,58 @@ bool ShardedDataset::cached() const { return cached_; }
 void ShardedDataset::cache_in_memory() {
   if (cached_) return;
   h5::silence_error_printing();
+  std::vector<uint8_t> u8;
+  std::vector<float> f32;
+  std::vector<int64_t> labels;
   size_t total = static_cast<size_t>(total_rows_ * features_);
   if (type_ == SampleType::U8)
-    cache_u8_.resize(total);
+    u8.resize(total);
   else
-    cache_f32_.resize(total);
-  if (has_labels_) cache_labels_.resize(static_cast<size_t>(total_rows_));
+    f32.resize(total);
+  if (has_labels_) labels.resize(static_cast<size_t>(total_rows_));
+  const size_t F = static_cast<size_t>(features_);
+  float lo = std::numeric_limits<float>::infinity(), hi = -lo;
   for (size_t s = 0; s < shards_.size(); ++s) {
-    size_t at = static_cast<size_t>(shards_[s].first_row * features_);
-    if (type_ == SampleType::U8)
-      read_all(open_->x[s].get(), H5T_NATIVE_UINT8, cache_u8_.data() + at, shards_[s].path);
-    else
-      read_all(open_->x[s].get(), H5T_NATIVE_FLOAT, cache_f32_.data() + at, shards_[s].path);
+    const size_t first = static_cast<size_t>(shards_[s].first_row) * F;
+    const size_t count = static_cast<size_t>(shards_[s].rows) * F;
+    if (type_ == SampleType::U8) {
+      read_all(open_->x[s].get(), H5T_NATIVE_UINT8, u8.data() + first, shards_[s].path);
+      const auto [mn, mx] = std::minmax_element(u8.begin() + static_cast<ptrdiff_t>(first),
+                                                u8.begin() + static_cast<ptrdiff_t>(first + count));
+      lo = std::min(lo, static_cast<float>(*mn) / 255.0f);
+      hi = std::max(hi, static_cast<float>(*mx) / 255.0f);
+    } else {
+      read_all(open_->x[s].get(), H5T_NATIVE_FLOAT, f32.data() + first, shards_[s].path);
+      for (size_t i = first; i < first + count; ++i) {
+        const float v = f32[i];
+        if (!std::isfinite(v))
+          throw_bad_input("non-finite value in '/x' at row " + std::to_string((i - first) / F) +
+                          at(shards_[s].path));
+        lo = std::min(lo, v);
+        hi = std::max(hi, v);
+      }
+    }
     if (has_labels_)
-      read_all(open_->y[s].get(), H5T_NATIVE_INT64, cache_labels_.data() + shards_[s].first_row,
+      read_all(open_->y[s].get(), H5T_NATIVE_INT64, labels.data() + shards_[s].first_row,
                shards_[s].path);
   }
+  // Committed only once every shard has read and checked, so a failure leaves it uncached.
+  cache_u8_ = std::move(u8);
+  cache_f32_ = std::move(f32);
+  cache_labels_ = std::move(labels);
+  min_value_ = lo;
+  max_value_ = hi;
   cached_ = true;
+}
+
+float ShardedDataset::min_value() const {
+  ELBO_CHECK(cached_, "min_value() before cache_in_memory()");
+  return min_value_;
+}
+
+float ShardedDataset::max_value() const {
+  ELBO_CHECK(cached_, "max_value() before cache_in_memory()");
+  return max_value_;
 }
 
 void ShardedDataset::read_rows(std::span<const int64_t> rows, float* out) const {

@@ -35,9 +35,14 @@ class ShardedDataset {
   bool has_labels() const { return has_labels_; }
   const std::vector<ShardInfo>& shards() const { return shards_; }
 
-  // Reads every row into memory once (uint8 stays uint8); later reads come from memory.
+  // Reads every row into memory once (uint8 stays uint8); later reads come from memory. A
+  // non-finite float32 value is a BadInput error naming the shard and its row.
   void cache_in_memory();
   bool cached() const;
+  // The smallest and largest sample value in the whole set, as read_rows returns them (uint8 / 255
+  // or the float32 value). Valid after cache_in_memory().
+  float min_value() const;
+  float max_value() const;
 
   // out[i, :] = sample rows[i] as float (uint8 / 255 or the float32 value); rows are global indices
   // in any order. Reads only the needed rows (hyperslabs) when not cached.
@@ -55,9 +60,13 @@ class ShardedDataset {
   std::vector<float> cache_f32_;
   std::vector<int64_t> cache_labels_;
   bool cached_ = false;
+  float min_value_ = 0.0f, max_value_ = 0.0f;
   // Kept open between reads so a batch costs no file opens; shared by copies of this object.
   std::shared_ptr<OpenShards> open_;
 };
+
+// "[2, 3]": a shape as it appears in error messages (shards and checkpoints).
+std::string shape_str(const std::vector<int64_t>& shape);
 
 // Writes one shard file: x [n, sample_shape...] uint8, optional labels [n].
 void write_shard_u8(const std::string& path, const std::vector<int64_t>& sample_shape,

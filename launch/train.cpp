@@ -328,6 +328,13 @@ void train_with(const Config& cfg, const std::string& cfg_path, Communicator& co
                 comm.name().c_str(), comm.size());
   train.cache_in_memory();
   if (test) test->cache_in_memory();
+  for (const ShardedDataset* d : {&train, test.get()}) {
+    if (d && cfg.model.likelihood == Likelihood::Bernoulli &&
+        (d->min_value() < 0.0f || d->max_value() > 1.0f))
+      throw_bad_input("model.likelihood bernoulli needs data in [0, 1], found values in [" +
+                      std::to_string(d->min_value()) + ", " + std::to_string(d->max_value()) +
+                      "] (" + (d == &train ? cfg.data.train : cfg.data.test) + ")");
+  }
 
   // Everything that can fail on bad input happens before the first file is written.
   Trainer trainer(cfg, comm, *backend, train, test.get());

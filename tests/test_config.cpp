@@ -330,6 +330,49 @@ TEST_F(ConfigTest, MissingFile) {
   EXPECT_EQ(msg, "cannot read config file: No such file or directory (" + path + ")");
 }
 
+TEST_F(ConfigTest, DirectoryIsNotAConfigFile) {
+  const std::string path = dir_.string();
+  const std::string msg = bad_input_message([&] { elbo::load_config(path); });
+  EXPECT_EQ(msg, "cannot read config file: is a directory (" + path + ")");
+}
+
+TEST_F(ConfigTest, EmptyOrNullTestSetMeansNone) {
+  EXPECT_EQ(load("data:\n  train: x\n  test:\n").data.test, "");
+  EXPECT_EQ(load("data: {train: x, test: ~}\n").data.test, "");
+  EXPECT_EQ(load("data: {train: x, test: ''}\n").data.test, "");
+  EXPECT_EQ(load("data: {train: x, test: y}\n", {"data.test="}).data.test, "");
+  EXPECT_EQ(load("data: {train: x, test: y}\n", {"data.test=''"}).data.test, "");
+  // And it round-trips through to_yaml.
+  Config c = load("data: {train: x, test: ~}\n");
+  expect_same(c, elbo::parse_config(elbo::to_yaml(c), "resolved"));
+}
+
+TEST_F(ConfigTest, SizesHaveUpperBounds) {
+  struct Case {
+    std::string line, key, rule, value;
+  };
+  const std::vector<Case> cases = {
+      {"model: {latent: 1048577}", "model.latent", "<= 1048576", "1048577"},
+      {"model: {encoder: [400, 2000000]}", "model.encoder[1]", "<= 1048576", "2000000"},
+      {"model: {decoder: [1048577]}", "model.decoder[0]", "<= 1048576", "1048577"},
+      {"train: {batch_size: 16777217}", "train.batch_size", "<= 16777216", "16777217"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.line);
+    EXPECT_BAD_INPUT(load("data: {train: x}\n" + c.line + "\n"),
+                     "key '" + c.key + "' must be " + c.rule + ", got " + c.value + " (" +
+                         dir_.string() + "/cfg.yaml:2)");
+  }
+  EXPECT_BAD_INPUT(load("data: {train: x}\n", {"model.latent=2000000"}),
+                   "key 'model.latent' must be <= 1048576, got 2000000 (override "
+                   "'model.latent=2000000')");
+  Config ok = load("data: {train: x}\nmodel: {latent: 1048576, encoder: [1048576]}\n"
+                   "train: {batch_size: 16777216}\n");
+  EXPECT_EQ(ok.model.latent, 1048576);
+  EXPECT_EQ(ok.model.encoder, (std::vector<int>{1048576}));
+  EXPECT_EQ(ok.train.batch_size, 16777216);
+}
+
 // ---- overrides ---------------------------------------------------------------------------------------
 
 TEST_F(ConfigTest, OverrideScalarAndList) {

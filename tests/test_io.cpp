@@ -326,6 +326,43 @@ TEST_F(IoTest, ShardLabelRowMismatch) {
                    {"shape [2], expected [3]", "(" + path("y.h5") + ":/y)"});
 }
 
+TEST_F(IoTest, ShardCacheRejectsNonFinite) {
+  write_f32_rows(path("a.h5"), 0, 3, {2});
+  std::vector<float> x{0.0f, 1.0f, 2.0f, 3.0f, 4.0f, std::nanf("")};
+  write_shard_f32(path("b.h5"), {2}, x, {});
+  {
+    ShardedDataset d = ShardedDataset::open(dir_.string());
+    expect_bad_input([&] { d.cache_in_memory(); },
+                     {"non-finite value in '/x' at row 2 (" + path("b.h5") + ")"});
+    EXPECT_FALSE(d.cached());
+  }  // closes b.h5 so it can be rewritten
+
+  x[5] = -INFINITY;
+  write_shard_f32(path("b.h5"), {2}, x, {});
+  expect_bad_input([&] { ShardedDataset::open(path("b.h5")).cache_in_memory(); },
+                   {"non-finite value in '/x' at row 2 (" + path("b.h5") + ")"});
+}
+
+TEST_F(IoTest, ShardMinMaxValues) {
+  fs::create_directories(path("u8"));
+  fs::create_directories(path("f32"));
+  std::vector<uint8_t> a{10, 200, 30, 40}, b{7, 90};
+  write_shard_u8(path("u8/a.h5"), {2}, a, {});
+  write_shard_u8(path("u8/b.h5"), {2}, b, {});
+  ShardedDataset u = ShardedDataset::open(path("u8"));
+  u.cache_in_memory();
+  EXPECT_EQ(u.min_value(), 7.0f / 255.0f);
+  EXPECT_EQ(u.max_value(), 200.0f / 255.0f);
+
+  std::vector<float> c{0.5f, -2.25f, 3.0f}, e{1.0f, 7.5f, -1.0f};
+  write_shard_f32(path("f32/c.h5"), {3}, c, {});
+  write_shard_f32(path("f32/e.h5"), {3}, e, {});
+  ShardedDataset f = ShardedDataset::open(path("f32"));
+  f.cache_in_memory();
+  EXPECT_EQ(f.min_value(), -2.25f);
+  EXPECT_EQ(f.max_value(), 7.5f);
+}
+
 // ---- IDX ----------------------------------------------------------------------------------------
 
 namespace {
@@ -441,6 +478,42 @@ TEST_F(IoTest, PrepareFromIdxErrors) {
                    {"0 shards (" + path("images") + ")"});
 }
 
+// Failing to write shard k (here: a directory squats on its temporary name, so creating it fails)
+// leaves no shard at all, not shards 0..k-1.
+TEST_F(IoTest, PrepareFromIdxFailureLeavesNoShard) {
+  write_raw(path("images"), idx_bytes({6, 2, 2}, iota_bytes(24)));
+  std::string out = path("out");
+  fs::create_directories(out + "/shard-00002-of-00003.h5.tmp/blocker");
+  EXPECT_THROW(prepare_from_idx(path("images"), "", out, 3), Error);
+  for (const auto& e : fs::directory_iterator(out)) {
+    std::string name = e.path().filename().string();
+    EXPECT_NE(name, "shard-00000-of-00003.h5");
+    EXPECT_NE(name, "shard-00001-of-00003.h5");
+    EXPECT_FALSE(e.is_regular_file()) << "left behind: " << name;
+  }
+  EXPECT_TRUE(fs::is_directory(out + "/shard-00002-of-00003.h5.tmp/blocker"));  // not ours
+
+  // Once the obstacle is gone the same command goes through.
+  fs::remove_all(out + "/shard-00002-of-00003.h5.tmp");
+  EXPECT_EQ(prepare_from_idx(path("images"), "", out, 3).shard_paths.size(), 3u);
+}
+
+// Temporaries left by an earlier crashed prepare neither block a new one nor survive it.
+TEST_F(IoTest, PrepareFromIdxClearsStaleTemporaries) {
+  write_raw(path("images"), idx_bytes({4, 2, 2}, iota_bytes(16)));
+  std::string out = path("out");
+  fs::create_directories(out);
+  std::ofstream(out + "/shard-00000-of-00002.h5.tmp") << "half-written";
+  std::ofstream(out + "/shard-00004-of-00005.h5.tmp") << "half-written";
+  PrepareResult r = prepare_from_idx(path("images"), "", out, 2);
+  ASSERT_EQ(r.shard_paths.size(), 2u);
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(out)) names.push_back(e.path().filename().string());
+  std::sort(names.begin(), names.end());
+  EXPECT_EQ(names, (std::vector<std::string>{"shard-00000-of-00002.h5", "shard-00001-of-00002.h5"}));
+  EXPECT_EQ(ShardedDataset::open(out).size(), 4);
+}
+
 // ---- checkpoints --------------------------------------------------------------------------------
 
 namespace {
@@ -536,6 +609,21 @@ TEST_F(IoTest, CheckpointReplacesAtomicallyAndLeavesNoTemporary) {
   EXPECT_THROW(write_checkpoint_atomically(p, layout, broken), Error);
   EXPECT_EQ(read_checkpoint(p, layout).state.step, 1234);
   EXPECT_FALSE(fs::exists(p + ".tmp." + std::to_string(::getpid())));
+}
+
+// Failing to create the file we write (here: its directory is missing) is not the user's input.
+TEST_F(IoTest, CheckpointCreateFailureIsInternal) {
+  ParameterLayout layout(small_spec());
+  std::string p = path("no/such/dir/ckpt.h5");
+  try {
+    write_checkpoint_atomically(p, layout, sample_checkpoint(layout));
+    ADD_FAILURE() << "no error";
+  } catch (const Error& e) {
+    std::string msg = e.what();
+    EXPECT_EQ(e.kind(), ErrorKind::Internal) << msg;
+    EXPECT_NE(msg.find(p + ".tmp."), std::string::npos) << msg;
+    EXPECT_NE(msg.find(std::strerror(ENOENT)), std::string::npos) << msg;
+  }
 }
 
 TEST_F(IoTest, CheckpointErrors) {
