@@ -154,4 +154,15 @@ CheckpointData read_checkpoint(const std::string& path, const ParameterLayout& l
   return d;
 }
 
+CheckpointHeader read_checkpoint_header(const std::string& path) {
+  h5::File f = h5::File::open_read(path);
+  check_format(f);
+  CheckpointHeader h;
+  h.config_yaml = f.read_string_attribute("/", "config");
+  const std::string out_bias = "/params/decoder.out.bias";
+  if (!f.exists(out_bias)) throw_bad_input("checkpoint has no tensor 'decoder.out.bias'" + at(path));
+  h.input_dim = f.dataset_shape(out_bias).at(0);
+  return h;
+}
+
 }  // namespace elbo

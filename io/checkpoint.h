@@ -38,6 +38,14 @@ struct CheckpointData {
 void write_checkpoint_atomically(const std::string& path, const ParameterLayout& layout,
                                  const CheckpointData& data);
 
+// The config a checkpoint was written with and the sample size of its data: what a tool needs to
+// rebuild the model before reading the tensors (elbo info).
+struct CheckpointHeader {
+  std::string config_yaml;
+  int64_t input_dim = 0;
+};
+CheckpointHeader read_checkpoint_header(const std::string& path);
+
 // Reads a checkpoint written for `layout`. A missing, truncated or foreign file, or one whose
 // tensors do not match the layout, is a BadInput error naming the file and the tensor.
 CheckpointData read_checkpoint(const std::string& path, const ParameterLayout& layout);

@@ -6,6 +6,7 @@
 #include <exception>
 
 #include "core/error.h"
+#include "launch/info.h"
 #include "launch/prepare.h"
 #include "launch/train.h"
 
@@ -27,6 +28,9 @@ int main(int argc, char** argv) {
   CLI::App* train_cmd = app.add_subcommand("train", "Train a VAE from a YAML config");
   train_cmd->add_option("config", train.config_path, "YAML experiment config")->required();
   train_cmd->add_option("overrides", train.overrides, "key.path=value overrides, e.g. train.epochs=3");
+  train_cmd->add_option("--resume", train.resume,
+                        "continue a run: 'auto' (the newest checkpoint in output.dir, if any) or a "
+                        "checkpoint file");
 
   elbo::PrepareOptions prepare;
   CLI::App* prepare_cmd = app.add_subcommand("prepare", "Write HDF5 shards from IDX files");
@@ -37,11 +41,23 @@ int main(int argc, char** argv) {
   prepare_cmd->add_option("--shards", prepare.shards, "number of shards")
       ->capture_default_str()->check(CLI::Range(1, 1 << 20));
 
+  std::string info_path;
+  bool info_params = false;
+  CLI::App* info_cmd = app.add_subcommand("info", "Describe a checkpoint as one JSON line");
+  info_cmd->add_option("checkpoint", info_path, "checkpoint file (.h5)")->required();
+  info_cmd->add_flag("--params", info_params, "also print every parameter, one tensor per line");
+
   // CLI11 reports an unknown command as a missing one; name it instead.
   const std::string first = argc > 1 ? argv[1] : "";
-  if (!first.empty() && first[0] != '-' && first != "train" && first != "prepare")
-    return fail(std::string("unknown command '") + argv[1] +
-                    "'; commands: train, prepare (command line; see elbo --help)", 2);
+  std::string commands;
+  bool known = false;
+  for (const CLI::App* sc : app.get_subcommands([](CLI::App*) { return true; })) {
+    known = known || sc->get_name() == first;
+    commands += (commands.empty() ? "" : ", ") + sc->get_name();
+  }
+  if (!first.empty() && first[0] != '-' && !known)
+    return fail("unknown command '" + first + "'; commands: " + commands +
+                    " (command line; see elbo --help)", 2);
   try {
     app.parse(argc, argv);
   } catch (const CLI::CallForHelp& e) {
@@ -57,6 +73,7 @@ int main(int argc, char** argv) {
   try {
     if (*train_cmd) return elbo::run_train(train);
     if (*prepare_cmd) return elbo::run_prepare(prepare);
+    if (*info_cmd) return elbo::run_info(info_path, info_params);
   } catch (const elbo::Error& e) {
     return fail(e.what(), e.exit_code());
   } catch (const std::exception& e) {

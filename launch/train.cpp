@@ -18,6 +18,8 @@
 #include "io/metrics.h"
 #include "io/sampler.h"
 #include "io/shards.h"
+#include "launch/run_directory.h"
+#include "launch/stop_signal.h"
 
 namespace elbo {
 namespace fs = std::filesystem;
@@ -26,23 +28,6 @@ namespace {
 using Clock = std::chrono::steady_clock;
 double seconds_since(Clock::time_point t) {
   return std::chrono::duration<double>(Clock::now() - t).count();
-}
-
-// Checks that need no side effects, so a bad start leaves the run directory untouched.
-void check_run_directory_is_free(const fs::path& dir) {
-  for (const char* finished : {"checkpoints/last.h5", "metrics.jsonl"}) {
-    if (fs::exists(dir / finished))
-      throw_bad_input("run directory already holds a run; choose another output.dir (" +
-                      (dir / finished).string() + ")");
-  }
-  if (fs::exists(dir) && !fs::is_directory(dir))
-    throw_bad_input("output.dir exists and is not a directory (" + dir.string() + ")");
-}
-
-void write_text_file(const fs::path& path, const std::string& text) {
-  std::ofstream out(path);
-  out << text;
-  if (!out) throw_bad_input("cannot write '" + path.string() + "'");
 }
 
 // Dynamic binarization: each pixel becomes 1 with probability equal to its grey value, with the
@@ -94,50 +79,101 @@ class Trainer {
         eps_(backend, static_cast<size_t>(batch_) * cfg.model.latent) {}
 
   size_t num_params() const { return vae_.num_params(); }
+  const ParameterLayout& layout() const { return vae_.layout(); }
 
-  void run(const fs::path& run_dir, MetricsWriter& metrics) {
+  // Continues from a checkpoint that rank 0 read (others pass nothing): rank 0 sends the training
+  // position, the parameters and the Adam moments to every rank.
+  void restore(const CheckpointData* ck) {
+    double position[4] = {0, 0, 0, 0};  // step, samples seen, completed epochs, Adam steps
+    if (ck) {
+      position[0] = static_cast<double>(ck->state.step);
+      position[1] = static_cast<double>(ck->state.samples_seen);
+      position[2] = static_cast<double>(ck->state.epoch);
+      position[3] = static_cast<double>(ck->optimizer_steps);
+      be_.upload(vae_.params(), ck->params.data(), ck->params.size());
+      be_.upload(adam_.exp_avg(), ck->exp_avg.data(), ck->exp_avg.size());
+      be_.upload(adam_.exp_avg_sq(), ck->exp_avg_sq.data(), ck->exp_avg_sq.size());
+    }
+    comm_.allreduce_sum(position, 4);  // only rank 0 contributes
+    step_ = static_cast<int64_t>(position[0]);
+    samples_seen_ = static_cast<int64_t>(position[1]);
+    epochs_done_ = static_cast<int64_t>(position[2]);
+    adam_.set_steps_taken(static_cast<int64_t>(position[3]));
+    comm_.broadcast(adam_.exp_avg(), vae_.num_params(), 0);
+    comm_.broadcast(adam_.exp_avg_sq(), vae_.num_params(), 0);
+    last_saved_step_ = step_;
+  }
+
+  void run(const CheckpointDirectory& checkpoints, MetricsWriter& metrics) {
     const int64_t steps_per_epoch = train_.size() / global_batch_;  // the tail is dropped
-    // Every rank starts from rank 0's parameters (they agree already, being drawn from the seed;
-    // the broadcast makes it so whatever a rank's library versions do).
+    // Every rank starts from rank 0's parameters (fresh ones agree already, being drawn from the
+    // seed; the broadcast makes it so whatever a rank's library versions do).
     comm_.broadcast(vae_.params(), vae_.num_params(), 0);
-    if (comm_.rank() == 0) std::printf("elbo: %zu parameters, %lld training samples, %lld steps per epoch\n",
-                vae_.num_params(), static_cast<long long>(train_.size()),
-                static_cast<long long>(steps_per_epoch));
-    for (int64_t epoch = 1; epoch <= cfg_.train.epochs && !done(); ++epoch) {
+    if (comm_.rank() == 0) {
+      std::printf("elbo: %zu parameters, %lld training samples, %lld steps per epoch\n",
+                  vae_.num_params(), static_cast<long long>(train_.size()),
+                  static_cast<long long>(steps_per_epoch));
+      if (step_ > 0) std::printf("elbo: resuming at step %lld\n", static_cast<long long>(step_));
+    }
+    for (int64_t epoch = step_ / steps_per_epoch + 1; epoch <= cfg_.train.epochs && !done();
+         ++epoch) {
       const auto t0 = Clock::now();
-      const Sums train_sums = train_epoch(epoch, steps_per_epoch, metrics);
+      const int64_t first = step_ - (epoch - 1) * steps_per_epoch;  // > 0 when resuming mid-epoch
+      const Sums train_sums = train_epoch(epoch, first, steps_per_epoch, checkpoints, metrics);
+      if (stopping_) break;
       const double epoch_s = seconds_since(t0);
       const Sums test_sums = test_ ? evaluate(*test_) : Sums{};
-      JsonLine rec;
-      rec.add("type", std::string("epoch")).add("epoch", epoch).add("step", step_)
-          .add("train_loss", train_sums.per_sample(2)).add("train_recon", train_sums.per_sample(0))
-          .add("train_kl", train_sums.per_sample(1));
-      if (test_)
-        rec.add("test_neg_elbo", test_sums.per_sample(0) + test_sums.per_sample(1))
-            .add("test_recon", test_sums.per_sample(0)).add("test_kl", test_sums.per_sample(1));
-      rec.add("samples_per_s", train_sums.v[3] / epoch_s).add("epoch_s", epoch_s);
-      metrics.write(rec);
-      if (comm_.rank() == 0) {
-        std::printf("epoch %lld  train_loss %.3f", static_cast<long long>(epoch),
-                    train_sums.per_sample(2));
-        if (test_) std::printf("  test_neg_elbo %.3f", test_sums.per_sample(0) + test_sums.per_sample(1));
-        std::printf("  %.0f samples/s  %.2f s\n", train_sums.v[3] / epoch_s, epoch_s);
-        std::fflush(stdout);
-      }
+      write_epoch_record(epoch, train_sums, test_sums, epoch_s, metrics);
       // An epoch cut short by train.max_steps is not complete.
       if (step_ == epoch * steps_per_epoch) epochs_done_ = epoch;
-      save_checkpoint(run_dir / "checkpoints" / "last.h5");
+      save_checkpoint(checkpoints);
     }
+    save_checkpoint(checkpoints);  // the end, unless that step is saved already
+    if (stopping_ && comm_.rank() == 0)
+      std::printf("elbo: stopped by signal at step %lld; checkpoint %s\n",
+                  static_cast<long long>(step_), checkpoints.path_for_step(step_).c_str());
   }
 
  private:
-  bool done() const { return cfg_.train.max_steps > 0 && step_ >= cfg_.train.max_steps; }
+  bool done() const {
+    return stopping_ || (cfg_.train.max_steps > 0 && step_ >= cfg_.train.max_steps);
+  }
 
-  Sums train_epoch(int64_t epoch, int64_t steps, MetricsWriter& metrics) {
+  // A signal may reach one rank only; every rank must stop at the same step.
+  bool stop_agreed() {
+    double flag = stop_requested() ? 1.0 : 0.0;
+    if (comm_.size() > 1) comm_.allreduce_sum(&flag, 1);
+    return flag > 0.0;
+  }
+
+  void write_epoch_record(int64_t epoch, const Sums& train_sums, const Sums& test_sums,
+                          double epoch_s, MetricsWriter& metrics) {
+    JsonLine rec;
+    rec.add("type", std::string("epoch")).add("epoch", epoch).add("step", step_)
+        .add("train_loss", train_sums.per_sample(2)).add("train_recon", train_sums.per_sample(0))
+        .add("train_kl", train_sums.per_sample(1));
+    if (test_)
+      rec.add("test_neg_elbo", test_sums.per_sample(0) + test_sums.per_sample(1))
+          .add("test_recon", test_sums.per_sample(0)).add("test_kl", test_sums.per_sample(1));
+    rec.add("samples_per_s", train_sums.v[3] / epoch_s).add("epoch_s", epoch_s);
+    metrics.write(rec);
+    if (comm_.rank() != 0) return;
+    std::printf("epoch %lld  train_loss %.3f", static_cast<long long>(epoch), train_sums.per_sample(2));
+    if (test_) std::printf("  test_neg_elbo %.3f", test_sums.per_sample(0) + test_sums.per_sample(1));
+    std::printf("  %.0f samples/s  %.2f s\n", train_sums.v[3] / epoch_s, epoch_s);
+    std::fflush(stdout);
+  }
+
+  Sums train_epoch(int64_t epoch, int64_t first, int64_t steps,
+                   const CheckpointDirectory& checkpoints, MetricsWriter& metrics) {
     const std::vector<int64_t> perm = epoch_permutation(cfg_.seed, epoch, train_.size());
     Sums epoch_sums, log_sums;
     auto log_t0 = Clock::now();
-    for (int64_t s = 0; s < steps && !done(); ++s) {
+    for (int64_t s = first; s < steps && !done(); ++s) {
+      if (stop_agreed()) {
+        stopping_ = true;
+        break;
+      }
       const std::span<const int64_t> rows(perm.data() + s * global_batch_ + batch_offset_,
                                           static_cast<size_t>(batch_));
       load_batch(train_, rows, static_cast<uint32_t>(epoch), RngStream::Noise);
@@ -167,6 +203,8 @@ class Trainer {
         log_sums = Sums{};
         log_t0 = Clock::now();
       }
+      if (cfg_.checkpoint.every_steps > 0 && step_ % cfg_.checkpoint.every_steps == 0)
+        save_checkpoint(checkpoints);
     }
     comm_.allreduce_sum(epoch_sums.v, 4);
     return epoch_sums;
@@ -211,23 +249,27 @@ class Trainer {
     return sums;
   }
 
-  void save_checkpoint(const fs::path& path) {
+  // Rank 0 writes; a step is saved once. NaN never reaches a checkpoint.
+  void save_checkpoint(const CheckpointDirectory& checkpoints) {
+    if (step_ == last_saved_step_) return;
+    last_saved_step_ = step_;
     if (comm_.rank() != 0) return;
+    const size_t n = vae_.num_params();
+    if (!be_.all_finite(vae_.params(), n))
+      throw_internal("parameters are not finite at step " + std::to_string(step_) +
+                         "; checkpoint not written", __FILE__, __LINE__);
     CheckpointData ck;
     ck.state = TrainingState{epochs_done_, step_, samples_seen_, cfg_.seed, comm_.size()};
     ck.config_yaml = to_yaml(cfg_);
     ck.optimizer_name = cfg_.train.optimizer.name;
     ck.optimizer_steps = adam_.steps_taken();
-    const size_t n = vae_.num_params();
     ck.params.resize(n);
     ck.exp_avg.resize(n);
     ck.exp_avg_sq.resize(n);
     be_.download(ck.params.data(), vae_.params(), n);
     be_.download(ck.exp_avg.data(), adam_.exp_avg(), n);
     be_.download(ck.exp_avg_sq.data(), adam_.exp_avg_sq(), n);
-    if (!be_.all_finite(vae_.params(), n))
-      throw_internal("parameters are not finite; checkpoint not written", __FILE__, __LINE__);
-    write_checkpoint_atomically(path.string(), vae_.layout(), ck);
+    checkpoints.save(vae_.layout(), ck);
   }
 
   const Config& cfg_;
@@ -246,6 +288,8 @@ class Trainer {
   DeviceArray x_, eps_;        // [batch, D], [batch, L]
   std::vector<uint32_t> ids_;  // global sample ids of the current batch
   int64_t step_ = 0, samples_seen_ = 0, epochs_done_ = 0;
+  int64_t last_saved_step_ = 0;  // a fresh run has nothing worth saving at step 0
+  bool stopping_ = false;        // a stop signal reached some rank
 };
 
 
@@ -293,11 +337,32 @@ void check_ranks_agree(Communicator& comm, const Config& cfg, const ShardedDatas
                         std::to_string(r) + " differs from rank 0)");
 }
 
-void train_with(const Config& cfg, const std::string& cfg_path, Communicator& comm) {
+// Everything but the model shape may change between a checkpoint and the run that continues it;
+// these would silently turn the continuation into another computation.
+void check_resumable(const Config& cfg, const CheckpointData& ck, const std::string& ck_path) {
+  const Config old = parse_config(ck.config_yaml, ck_path + ":/config");
+  auto differs = [&](const char* key, const std::string& was, const std::string& now) {
+    if (was != now)
+      throw_bad_input("cannot resume: " + std::string(key) + " was " + was + " in the checkpoint, is " +
+                      now + " now (" + ck_path + ")");
+  };
+  differs("seed", std::to_string(old.seed), std::to_string(cfg.seed));
+  differs("train.batch_size", std::to_string(old.train.batch_size), std::to_string(cfg.train.batch_size));
+  auto model = [](const ModelConfig& m) {
+    std::string text = "encoder [";
+    for (int w : m.encoder) text += std::to_string(w) + " ";
+    text += "] latent " + std::to_string(m.latent) + " decoder [";
+    for (int w : m.decoder) text += std::to_string(w) + " ";
+    return text + "] activation " + std::to_string(static_cast<int>(m.activation)) +
+           " likelihood " + std::to_string(static_cast<int>(m.likelihood));
+  };
+  differs("the model", model(old.model), model(cfg.model));
+  differs("train.optimizer.name", old.train.optimizer.name, cfg.train.optimizer.name);
+}
+
+void train_with(const Config& cfg, const std::string& cfg_path, const std::string& resume,
+                Communicator& comm) {
   refuse_isolated_ranks(comm, cfg_path);
-  if (cfg.checkpoint.every_steps != 0)
-    throw_bad_input("checkpoint.every_steps is not supported yet: checkpoints are written at each "
-                    "epoch end (" + cfg_path + ")");
   if (cfg.device == DeviceChoice::Cuda)
     throw_bad_input("device: cuda requested, but this build has no CUDA backend (" + cfg_path + ")");
   // Validate all inputs before touching the run directory.
@@ -318,8 +383,8 @@ void train_with(const Config& cfg, const std::string& cfg_path, Communicator& co
                     " gives some of the " + std::to_string(comm.size()) + " ranks no rows (" +
                     cfg_path + ")");
   const fs::path run_dir = cfg.output.dir;
-  const bool writer = comm.rank() == 0;  // rank 0 alone writes files
-  if (writer) check_run_directory_is_free(run_dir);
+  const bool writer = comm.rank() == 0;  // rank 0 alone writes files (and reads checkpoints)
+  if (writer && resume.empty()) check_run_directory_is_free(run_dir);
 
   configure_cpu_thread(cfg.train.threads);
   auto backend = make_cpu_backend();
@@ -339,6 +404,15 @@ void train_with(const Config& cfg, const std::string& cfg_path, Communicator& co
   // Everything that can fail on bad input happens before the first file is written.
   Trainer trainer(cfg, comm, *backend, train, test.get());
   check_ranks_agree(comm, cfg, train, trainer.num_params());
+  const CheckpointDirectory checkpoints(run_dir / "checkpoints", cfg.checkpoint.keep);
+  std::optional<CheckpointData> ck;
+  if (writer && !resume.empty()) {
+    const std::string from = resume == "auto" ? checkpoints.last().string() : resume;
+    ck = resume == "auto" ? checkpoints.load_newest(trainer.layout())
+                          : read_checkpoint(resume, trainer.layout());
+    if (ck) check_resumable(cfg, *ck, from);
+  }
+  trainer.restore(ck ? &*ck : nullptr);
   MetricsWriter metrics;
   if (writer) {
     std::error_code ec;
@@ -349,7 +423,8 @@ void train_with(const Config& cfg, const std::string& cfg_path, Communicator& co
     metrics = MetricsWriter((run_dir / "metrics.jsonl").string());
   }
   const auto t0 = Clock::now();
-  trainer.run(run_dir, metrics);
+  install_stop_signal_handlers();
+  trainer.run(checkpoints, metrics);
   if (writer) std::printf("elbo: done in %.1f s; run directory %s\n", seconds_since(t0), run_dir.c_str());
 }
 
@@ -359,13 +434,13 @@ int run_train(const TrainOptions& options) {
   const Config cfg = load_config(options.config_path, options.overrides);
   auto comm = make_communicator(cfg.distributed.backend, options.config_path);
   if (comm->size() == 1) {
-    train_with(cfg, options.config_path, *comm);
+    train_with(cfg, options.config_path, options.resume, *comm);
     return 0;
   }
   // With several ranks an error on one must end all of them: the others would otherwise wait in
   // the next collective for ever.
   try {
-    train_with(cfg, options.config_path, *comm);
+    train_with(cfg, options.config_path, options.resume, *comm);
   } catch (const Error& e) {
     std::fprintf(stderr, "elbo: error: rank %d: %s\n", comm->rank(), e.what());
     comm->abort(e.exit_code());

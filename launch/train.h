@@ -10,6 +10,7 @@ namespace elbo {
 struct TrainOptions {
   std::string config_path;
   std::vector<std::string> overrides;  // "key.path=value"
+  std::string resume;                  // "", "auto" or a checkpoint path
 };
 
 // Returns the process exit code; throws elbo::Error on bad input or failure.
