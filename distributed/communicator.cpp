@@ -14,6 +14,7 @@ class SingleProcessCommunicator final : public Communicator {
   int rank() const override { return 0; }
   int size() const override { return 1; }
   int local_rank() const override { return 0; }
+  int local_size() const override { return 1; }
   void allreduce_sum(float*, size_t) override {}
   void allreduce_sum(double*, size_t) override {}
   void broadcast(float*, size_t, int) override {}
@@ -28,8 +29,8 @@ std::unique_ptr<Communicator> make_single_process_communicator() {
 }
 
 bool launched_by_mpi() {
-  // Open MPI, MPICH/Hydra and Slurm's PMI each export the world size to every rank.
-  for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"}) {
+  // Open MPI, MPICH/Hydra, PMIx and Slurm each export the world size to every rank.
+  for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "SLURM_NTASKS"}) {
     const char* v = std::getenv(var);
     if (v && std::atoi(v) > 1) return true;
   }

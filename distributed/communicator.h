@@ -15,6 +15,7 @@ class Communicator {
   virtual int rank() const = 0;
   virtual int size() const = 0;
   virtual int local_rank() const = 0;
+  virtual int local_size() const = 0;  // ranks on this node
   // In-place sum across ranks of n floats / doubles in the communicator's memory space.
   virtual void allreduce_sum(float* data, size_t n) = 0;
   virtual void allreduce_sum(double* data, size_t n) = 0;

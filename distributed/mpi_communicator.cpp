@@ -39,6 +39,7 @@ class MpiCommunicator final : public Communicator {
     ELBO_MPI_CHECK(MPI_Comm_split_type(MPI_COMM_WORLD, MPI_COMM_TYPE_SHARED, rank_, MPI_INFO_NULL,
                                        &node_));
     ELBO_MPI_CHECK(MPI_Comm_rank(node_, &local_rank_));
+    ELBO_MPI_CHECK(MPI_Comm_size(node_, &local_size_));
   }
   ~MpiCommunicator() override {
     if (node_ != MPI_COMM_NULL) MPI_Comm_free(&node_);
@@ -49,6 +50,7 @@ class MpiCommunicator final : public Communicator {
   int rank() const override { return rank_; }
   int size() const override { return size_; }
   int local_rank() const override { return local_rank_; }
+  int local_size() const override { return local_size_; }
   void allreduce_sum(float* data, size_t n) override {
     ELBO_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, data, count(n), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD));
   }
@@ -71,7 +73,7 @@ class MpiCommunicator final : public Communicator {
     ELBO_CHECK(n <= static_cast<size_t>(INT32_MAX), "collective larger than 2^31 elements");
     return static_cast<int>(n);
   }
-  int rank_ = 0, size_ = 1, local_rank_ = 0;
+  int rank_ = 0, size_ = 1, local_rank_ = 0, local_size_ = 1;
   MPI_Comm node_ = MPI_COMM_NULL;
   bool owns_init_ = false;
 };

@@ -32,6 +32,8 @@ using NameTable = std::span<const std::pair<const char*, E>>;
 
 constexpr std::pair<const char*, Binarize> kBinarize[] = {{"none", Binarize::None},
                                                           {"dynamic", Binarize::Dynamic}};
+constexpr std::pair<const char*, DataCache> kDataCache[] = {
+    {"auto", DataCache::Auto}, {"always", DataCache::Always}, {"never", DataCache::Never}};
 constexpr std::pair<const char*, Activation> kActivation[] = {{"relu", Activation::Relu},
                                                               {"tanh", Activation::Tanh}};
 constexpr std::pair<const char*, Likelihood> kLikelihood[] = {{"bernoulli", Likelihood::Bernoulli},
@@ -262,6 +264,7 @@ DataConfig read_data(MapReader m, const Locator& loc) {
   // Empty, null (`test:`) or `data.test=` all mean no test set, hence no evaluation.
   if (auto f = m.take("test")) d.test = f->node.IsNull() ? "" : text(*f, /*allow_empty=*/true);
   if (auto f = m.take("binarize")) d.binarize = choice<Binarize>(*f, kBinarize);
+  if (auto f = m.take("cache")) d.cache = choice<DataCache>(*f, kDataCache);
   m.finish();
   return d;
 }
@@ -475,6 +478,7 @@ std::string to_yaml(const Config& c) {
   out << Key << "train" << Value << c.data.train;
   out << Key << "test" << Value << c.data.test;
   out << Key << "binarize" << Value << name_of<Binarize>(kBinarize, c.data.binarize);
+  out << Key << "cache" << Value << name_of<DataCache>(kDataCache, c.data.cache);
   out << EndMap;
   out << Key << "model" << Value << BeginMap;
   emit_widths(out << Key << "encoder" << Value, c.model.encoder);

@@ -13,6 +13,8 @@
 namespace elbo {
 
 enum class Binarize { None, Dynamic };
+// Whether each rank holds the whole data set in memory; `auto` does when it fits comfortably.
+enum class DataCache { Auto, Always, Never };
 enum class DeviceChoice { Auto, Cpu, Cuda };
 enum class CommBackend { Auto, Nccl, Mpi, None };
 
@@ -20,6 +22,7 @@ struct DataConfig {
   std::string train;  // required: a directory or glob of HDF5 shards
   std::string test;   // optional: empty means no evaluation
   Binarize binarize = Binarize::None;
+  DataCache cache = DataCache::Auto;
 };
 
 struct ModelConfig {

@@ -33,10 +33,12 @@ read -r -a extra <<<"${MPIRUN_ARGS:-}"
 
 # Share the cores among the ranks, unless the user chose the thread count.
 threads=$(( cores / np > 1 ? cores / np : 1 ))
-for a in "$@"; do [[ $a == train.threads=* ]] && threads=""; done
+for a in "$@"; do
+  if [[ $a == train.threads=* ]]; then threads=""; fi
+done
 overrides=()
-[ -n "$threads" ] && overrides+=("train.threads=$threads")
+if [ -n "$threads" ]; then overrides+=("train.threads=$threads"); fi
 
 cmd=(mpirun "${args[@]}" "${extra[@]}" "$ELBO" train "$config" "${overrides[@]}" "$@")
-echo "+ $(printf '%q ' "${cmd[@]}")" >&2
+line=$(printf "%q " "${cmd[@]}"); echo "+ ${line% }" >&2
 exec "${cmd[@]}"

@@ -8,11 +8,13 @@
 #include <cstdio>
 #include <filesystem>
 #include <fstream>
+#include <thread>
 
 #include "core/error.h"
 #include "core/model.h"
 #include "core/optimizer.h"
 #include "distributed/communicator.h"
+#include "io/batch_loader.h"
 #include "io/checkpoint.h"
 #include "io/config.h"
 #include "io/metrics.h"
@@ -75,7 +77,7 @@ class Trainer {
         batch_offset_(share(global_batch_, comm.rank(), comm.size()).offset),
         vae_(backend, model_spec(cfg, static_cast<int>(train.features())), batch_, cfg.seed),
         adam_(backend, vae_.num_params(), adam_config(cfg)), key_(rng_key(cfg.seed)),
-        x_host_(static_cast<size_t>(batch_ * D_)), x_(backend, x_host_.size()),
+        x_(backend, static_cast<size_t>(batch_) * static_cast<size_t>(D_)),
         eps_(backend, static_cast<size_t>(batch_) * cfg.model.latent) {}
 
   size_t num_params() const { return vae_.num_params(); }
@@ -167,6 +169,11 @@ class Trainer {
   Sums train_epoch(int64_t epoch, int64_t first, int64_t steps,
                    const CheckpointDirectory& checkpoints, MetricsWriter& metrics) {
     const std::vector<int64_t> perm = epoch_permutation(cfg_.seed, epoch, train_.size());
+    const uint32_t c2 = static_cast<uint32_t>(epoch);
+    BatchLoader loader(first, steps, [&](int64_t s, HostBatch& batch) {
+      fill_host_batch(train_, {perm.data() + s * global_batch_ + batch_offset_,
+                               static_cast<size_t>(batch_)}, c2, batch);
+    });
     Sums epoch_sums, log_sums;
     auto log_t0 = Clock::now();
     for (int64_t s = first; s < steps && !done(); ++s) {
@@ -174,9 +181,7 @@ class Trainer {
         stopping_ = true;
         break;
       }
-      const std::span<const int64_t> rows(perm.data() + s * global_batch_ + batch_offset_,
-                                          static_cast<size_t>(batch_));
-      load_batch(train_, rows, static_cast<uint32_t>(epoch), RngStream::Noise);
+      upload_batch(loader.next(), c2, RngStream::Noise);
       const double beta = kl_weight();
       vae_.forward_backward(x_.data(), eps_.data(), batch_, static_cast<float>(beta),
                             1.0f / static_cast<float>(global_batch_));
@@ -196,10 +201,18 @@ class Trainer {
       if (step_ % cfg_.output.log_every == 0) {
         comm_.allreduce_sum(log_sums.v, 4);
         const double dt = seconds_since(log_t0);
+        const WaitStats wait = gather_wait(loader.take_wait_seconds());
         metrics.write(JsonLine().add("type", std::string("step")).add("epoch", epoch)
                           .add("step", step_).add("loss", log_sums.per_sample(2))
                           .add("recon", log_sums.per_sample(0)).add("kl", log_sums.per_sample(1))
-                          .add("beta", beta).add("samples_per_s", log_sums.v[3] / dt));
+                          .add("beta", beta).add("samples_per_s", log_sums.v[3] / dt)
+                          .add("data_wait_s_max", wait.max).add("data_wait_s_mean", wait.mean)
+                          .add("data_wait_slowest_rank", wait.slowest_rank));
+        if (comm_.rank() == 0)
+          std::printf("step %lld  loss %.3f  recon %.3f  kl %.3f  %.0f samples/s  data wait %.3f s "
+                      "(rank %d)\n", static_cast<long long>(step_), log_sums.per_sample(2),
+                      log_sums.per_sample(0), log_sums.per_sample(1), log_sums.v[3] / dt, wait.max,
+                      wait.slowest_rank);
         log_sums = Sums{};
         log_t0 = Clock::now();
       }
@@ -219,15 +232,42 @@ class Trainer {
     return cfg_.train.beta * w;
   }
 
-  // Reads rows into the device batch buffer and draws their noise from (sample id, c2).
-  void load_batch(const ShardedDataset& data, std::span<const int64_t> rows, uint32_t c2,
-                  RngStream stream) {
-    ids_.resize(rows.size());
-    for (size_t i = 0; i < rows.size(); ++i) ids_[i] = static_cast<uint32_t>(rows[i]);
-    data.read_rows(rows, x_host_.data());
-    if (cfg_.data.binarize == Binarize::Dynamic) binarize_rows(x_host_.data(), ids_, D_, key_, c2);
-    be_.upload(x_.data(), x_host_.data(), rows.size() * static_cast<size_t>(D_));
-    be_.fill_noise(eps_.data(), ids_, cfg_.model.latent, key_, c2, stream);
+  // Reads rows into a host batch (on the loader thread during training): const, touches no
+  // member that the training step writes.
+  void fill_host_batch(const ShardedDataset& data, std::span<const int64_t> rows, uint32_t c2,
+                       HostBatch& batch) const {
+    batch.ids.resize(rows.size());
+    for (size_t i = 0; i < rows.size(); ++i) batch.ids[i] = static_cast<uint32_t>(rows[i]);
+    batch.x.resize(rows.size() * static_cast<size_t>(D_));
+    data.read_rows(rows, batch.x.data());
+    if (cfg_.data.binarize == Binarize::Dynamic) binarize_rows(batch.x.data(), batch.ids, D_, key_, c2);
+  }
+
+  // Copies a batch to the device and draws its noise from (sample id, c2).
+  void upload_batch(const HostBatch& batch, uint32_t c2, RngStream stream) {
+    be_.upload(x_.data(), batch.x.data(), batch.x.size());
+    be_.fill_noise(eps_.data(), batch.ids, cfg_.model.latent, key_, c2, stream);
+  }
+
+  struct WaitStats {
+    double max = 0, mean = 0;
+    int slowest_rank = 0;
+  };
+  // Each rank's seconds waiting for data, one slot per rank in one sum.
+  WaitStats gather_wait(double mine) {
+    std::vector<double> table(static_cast<size_t>(comm_.size()), 0.0);
+    table[static_cast<size_t>(comm_.rank())] = mine;
+    comm_.allreduce_sum(table.data(), table.size());
+    WaitStats w;
+    for (int r = 0; r < comm_.size(); ++r) {
+      const double v = table[static_cast<size_t>(r)];
+      w.mean += v / comm_.size();
+      if (v > w.max) {
+        w.max = v;
+        w.slowest_rank = r;
+      }
+    }
+    return w;
   }
 
   // Negative ELBO (beta = 1) over every test sample once, with fixed evaluation noise.
@@ -241,7 +281,8 @@ class Trainer {
       const int64_t n = std::min<int64_t>(batch_, last - start);
       rows.resize(static_cast<size_t>(n));
       for (int64_t i = 0; i < n; ++i) rows[static_cast<size_t>(i)] = start + i;
-      load_batch(data, rows, 0, RngStream::EvalNoise);
+      fill_host_batch(data, rows, 0, eval_batch_);
+      upload_batch(eval_batch_, 0, RngStream::EvalNoise);
       vae_.forward(x_.data(), eps_.data(), static_cast<int>(n));
       sums.add(vae_.loss_sums(static_cast<int>(n)), 1.0, static_cast<int>(n));
     }
@@ -284,9 +325,8 @@ class Trainer {
   Vae vae_;
   Adam adam_;
   RngKey key_;
-  std::vector<float> x_host_;  // [batch, D] staging for reads
+  HostBatch eval_batch_;       // staging for evaluation reads
   DeviceArray x_, eps_;        // [batch, D], [batch, L]
-  std::vector<uint32_t> ids_;  // global sample ids of the current batch
   int64_t step_ = 0, samples_seen_ = 0, epochs_done_ = 0;
   int64_t last_saved_step_ = 0;  // a fresh run has nothing worth saving at step 0
   bool stopping_ = false;        // a stop signal reached some rank
@@ -308,6 +348,24 @@ std::unique_ptr<Communicator> make_communicator(CommBackend choice, const std::s
 
 // Several processes started by mpirun that do not talk would each train alone into the same run
 // directory.
+// Caching reads each row once instead of every epoch (the global shuffle sends every row to
+// every rank over time, so a rank cannot cache only "its" rows). `auto` caches when the data of
+// all ranks on the node takes at most half of the available memory.
+bool should_cache(const ShardedDataset& d, DataCache choice, int local_ranks) {
+  if (choice != DataCache::Auto) return choice == DataCache::Always;
+  const double bytes = static_cast<double>(d.size()) * static_cast<double>(d.features()) *
+                       (d.sample_type() == SampleType::U8 ? 1.0 : 4.0);
+  double available = 1024.0 * 1024.0 * 1024.0;  // when /proc/meminfo says nothing: 1 GiB
+  std::ifstream meminfo("/proc/meminfo");
+  for (std::string key; meminfo >> key;) {
+    double kb = 0;
+    meminfo >> kb;
+    if (key == "MemAvailable:") available = kb * 1024.0;
+    meminfo.ignore(64, '\n');
+  }
+  return bytes * local_ranks <= 0.5 * available;
+}
+
 void refuse_isolated_ranks(const Communicator& comm, const std::string& cfg_path) {
   if (comm.size() == 1 && launched_by_mpi())
     throw_bad_input(std::string("started as one of several MPI ranks, but ") +
@@ -386,15 +444,26 @@ void train_with(const Config& cfg, const std::string& cfg_path, const std::strin
   const bool writer = comm.rank() == 0;  // rank 0 alone writes files (and reads checkpoints)
   if (writer && resume.empty()) check_run_directory_is_free(run_dir);
 
-  configure_cpu_thread(cfg.train.threads);
+  // Ranks on one node share its cores: by default each gets its share of BLAS threads.
+  const int threads = cfg.train.threads > 0 || comm.local_size() == 1
+                          ? cfg.train.threads
+                          : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) /
+                                            comm.local_size());
+  configure_cpu_thread(threads);
   auto backend = make_cpu_backend();
+  const bool cache = should_cache(train, cfg.data.cache, comm.local_size());
   if (writer)
-    std::printf("elbo: backend %s, communicator %s, %d rank(s)\n", backend->name().c_str(),
-                comm.name().c_str(), comm.size());
-  train.cache_in_memory();
-  if (test) test->cache_in_memory();
+    std::printf("elbo: backend %s, communicator %s, %d rank(s), %s threads per rank, data %s\n",
+                backend->name().c_str(), comm.name().c_str(), comm.size(),
+                threads > 0 ? std::to_string(threads).c_str() : "default",
+                cache ? "cached in memory" : "read from the shards each step");
+  if (cache) {
+    train.cache_in_memory();
+    if (test) test->cache_in_memory();
+  }
   for (const ShardedDataset* d : {&train, test.get()}) {
-    if (d && cfg.model.likelihood == Likelihood::Bernoulli &&
+    // Value ranges are known only for cached data; uint8 data is in [0, 1] by construction.
+    if (d && d->cached() && cfg.model.likelihood == Likelihood::Bernoulli &&
         (d->min_value() < 0.0f || d->max_value() > 1.0f))
       throw_bad_input("model.likelihood bernoulli needs data in [0, 1], found values in [" +
                       std::to_string(d->min_value()) + ", " + std::to_string(d->max_value()) +

@@ -28,6 +28,7 @@ data:
   train: data/fashion-mnist/train
   test: data/fashion-mnist/test
   binarize: dynamic
+  cache: never
 model:
   encoder: [512, 256]
   latent: 16
@@ -108,6 +109,7 @@ void expect_same(const Config& a, const Config& b) {
   EXPECT_EQ(a.data.train, b.data.train);
   EXPECT_EQ(a.data.test, b.data.test);
   EXPECT_EQ(a.data.binarize, b.data.binarize);
+  EXPECT_EQ(a.data.cache, b.data.cache);
   EXPECT_EQ(a.model.encoder, b.model.encoder);
   EXPECT_EQ(a.model.latent, b.model.latent);
   EXPECT_EQ(a.model.decoder, b.model.decoder);
@@ -144,6 +146,7 @@ TEST_F(ConfigTest, ParsesEveryKey) {
   EXPECT_EQ(c.data.train, "data/fashion-mnist/train");
   EXPECT_EQ(c.data.test, "data/fashion-mnist/test");
   EXPECT_EQ(c.data.binarize, elbo::Binarize::Dynamic);
+  EXPECT_EQ(c.data.cache, elbo::DataCache::Never);
   EXPECT_EQ(c.model.encoder, (std::vector<int>{512, 256}));
   EXPECT_EQ(c.model.latent, 16);
   EXPECT_EQ(c.model.decoder, (std::vector<int>{256, 512}));
@@ -447,6 +450,7 @@ TEST_F(ConfigTest, ToYamlRoundTrips) {
   c.data.train = "/data/shards/*.h5";
   c.data.test = "";
   c.data.binarize = elbo::Binarize::Dynamic;
+  c.data.cache = elbo::DataCache::Always;
   c.model.encoder = {};
   c.model.latent = 3;
   c.model.decoder = {7, 11};
@@ -474,7 +478,7 @@ TEST_F(ConfigTest, ToYamlRoundTrips) {
 TEST_F(ConfigTest, ToYamlWritesEveryKeyAndRoundTripsAParsedFile) {
   const Config c = load("data: {train: x}\n");
   const std::string yaml = elbo::to_yaml(c);
-  for (const char* key : {"name:", "seed:", "binarize:", "encoder:", "likelihood:", "betas:",
+  for (const char* key : {"name:", "seed:", "binarize:", "cache:", "encoder:", "likelihood:", "betas:",
                           "weight_decay:", "kl_warmup_steps:", "threads:", "max_steps:",
                           "device:", "timeout_s:", "every_steps:", "keep:", "dir:", "log_every:"})
     EXPECT_NE(yaml.find(key), std::string::npos) << key << " missing from\n" << yaml;
