@@ -29,8 +29,9 @@ std::unique_ptr<Communicator> make_single_process_communicator() {
 }
 
 bool launched_by_mpi() {
-  // Open MPI, MPICH/Hydra, PMIx and Slurm each export the world size to every rank.
-  for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "SLURM_NTASKS"}) {
+  // Open MPI, MPICH/Hydra, PMIx and srun each export the world size to every rank (srun as the
+  // size of the job step, which, unlike SLURM_NTASKS, is 1 for the batch script itself).
+  for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "SLURM_STEP_NUM_TASKS"}) {
     const char* v = std::getenv(var);
     if (v && std::atoi(v) > 1) return true;
   }

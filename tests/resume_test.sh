@@ -128,7 +128,9 @@ h, n = 0xcbf29ce484222325, 0
 for line in lines[1:]:
     name, *values = line.split()
     for v in values:
-            for byte in struct.pack("<f", float(v)):
+        f = struct.pack("<f", float(v))
+        assert format(struct.unpack("<f", f)[0], ".9g") == v, f"{name}: {v} is not %.9g of a float32"
+        for byte in f:
             h = ((h ^ byte) * 0x100000001b3) & 0xFFFFFFFFFFFFFFFF
         n += 1
 assert n == head["num_params"], f"--params lists {n} values, num_params is {head['num_params']}"
