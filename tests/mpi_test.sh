@@ -29,7 +29,8 @@ import json, sys
 a, b = ([json.loads(l) for l in open(p)] for p in sys.argv[1:3])
 sa = [r["loss"] for r in a if r["type"] == "step"]
 sb = [r["loss"] for r in b if r["type"] == "step"]
-assert len(sa) == len(sb) == 50, (len(sa), len(sb))
+steps = int(__import__("os").environ.get("compare_steps", "50"))
+assert len(sa) == len(sb) == steps, (len(sa), len(sb))
 worst = max(abs(x - y) / abs(y) for x, y in zip(sa, sb))
 ea = [r for r in a if r["type"] == "epoch"][-1]
 eb = [r for r in b if r["type"] == "epoch"][-1]
@@ -62,7 +63,34 @@ expect_refusal disagree "ranks disagree on the config" \
 expect_refusal isolated "started as one of several MPI ranks" -np 2 --oversubscribe \
   "$elbo" "${common[@]}" output.dir=runs/isolated distributed.backend=none
 
+# Shards of uneven sizes (1000, 1000 and 37 rows), and a test set of 37 rows that 3 ranks split
+# unevenly: every rank runs the same steps and the job ends.
+/usr/bin/python3 - "$src/train-images-idx3-ubyte.gz" <<'PY' || exit 1
+import gzip, struct, sys
+raw = gzip.open(sys.argv[1]).read()
+for name, first, count in (("a", 0, 1000), ("b", 1000, 1000), ("c", 2000, 37)):
+    with open(f"uneven_{name}.idx", "wb") as f:
+        f.write(struct.pack(">IIII", 0x803, count, 28, 28))
+        f.write(raw[16 + first * 784:16 + (first + count) * 784])
+PY
+mkdir -p data/uneven data/uneven_test
+for n in a b c; do
+  "$elbo" prepare --images "uneven_$n.idx" --out "prep_$n" >/dev/null || exit 1
+  mv "prep_$n/shard-00000-of-00001.h5" "data/uneven/$n.h5"
+done
+cp data/uneven/c.h5 data/uneven_test/
+uneven=(train "$configs/smoke.yaml" data.train=data/uneven data.test=data/uneven_test train.epochs=2
+        train.max_steps=0 output.log_every=1 train.batch_size=64 train.threads=1)
+timeout 120 "$elbo" "${uneven[@]}" output.dir=runs/uneven1 >uneven1.log 2>&1 || { echo "FAIL - uneven, 1 rank"; cat uneven1.log; failed=1; }
+if timeout 120 mpirun -np 3 --oversubscribe --mca mpi_yield_when_idle 1 "$elbo" "${uneven[@]}" \
+    output.dir=runs/uneven3 >uneven3.log 2>&1; then
+  echo "ok - uneven shards (1000, 1000, 37) on 3 ranks finish"
+else
+  echo "FAIL - uneven shards on 3 ranks (exit $?)"; cat uneven3.log; failed=1
+fi
+
 compare two one
 compare three one
 compare three_b one_b
+compare_steps=62 compare uneven3 uneven1
 exit $failed
