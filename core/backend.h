@@ -62,7 +62,9 @@ class Backend {
   virtual bool all_finite(const float* v, size_t n) = 0;
   virtual void scale(float* v, size_t n, float s) = 0;
 
-  virtual void adam_step(float* params, const float* grads, float* m, float* v, size_t n,
+  // One Adam/AdamW update over n elements. Returns false when a gradient was NaN or infinite
+  // (checked in the same pass; the caller stops the run).
+  virtual bool adam_step(float* params, const float* grads, float* m, float* v, size_t n,
                          const AdamConstants& c) = 0;
 };
 

@@ -193,7 +193,10 @@ class Trainer {
                        __FILE__, __LINE__);
       comm_.allreduce_sum(vae_.grads(), vae_.num_params());
       if (cfg_.train.grad_clip > 0) clip_grad_norm(be_, vae_.grads(), vae_.num_params(), cfg_.train.grad_clip);
-      adam_.step(vae_.params(), vae_.grads());
+      if (!adam_.step(vae_.params(), vae_.grads()))
+        throw_internal("gradient is not finite at step " + std::to_string(step_ + 1) +
+                           "; stopping before it reaches a checkpoint",
+                       __FILE__, __LINE__);
       ++step_;
       samples_seen_ += cfg_.train.batch_size;
       epoch_sums.add(ls, beta, batch_);

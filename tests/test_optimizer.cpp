@@ -17,14 +17,14 @@ TEST(Adam, TwoStepsMatchHandComputation) {
   Adam adam(*backend, 2, cfg);
   std::vector<float> p = {1.0f, -2.0f};
   std::vector<float> g = {0.5f, -0.25f};
-  adam.step(p.data(), g.data());
+  ASSERT_TRUE(adam.step(p.data(), g.data()));
   // m = 0.1 g, v = 0.001 g^2; m_hat = g, sqrt(v_hat) = |g|: p -= 0.1 g / (|g| + 0.1)
   EXPECT_NEAR(p[0], 1.0 - 0.1 * 0.5 / 0.6, 1e-6);
   EXPECT_NEAR(p[1], -2.0 + 0.1 * 0.25 / 0.35, 1e-6);
   // Second step with g' = (0.1, 0.3):
   std::vector<float> g2 = {0.1f, 0.3f};
   const double p0 = p[0], p1 = p[1];
-  adam.step(p.data(), g2.data());
+  ASSERT_TRUE(adam.step(p.data(), g2.data()));
   auto expected = [](double p_prev, double ga, double gb) {
     const double m = 0.9 * (0.1 * ga) + 0.1 * gb;
     const double v = 0.999 * (0.001 * ga * ga) + 0.001 * gb * gb;
@@ -44,7 +44,7 @@ TEST(Adam, L2WeightDecayAddsToTheGradient) {
   cfg.weight_decay = 0.5f;
   Adam adam(*backend, 1, cfg);
   float p = 2.0f, g = 0.25f;
-  adam.step(&p, &g);
+  ASSERT_TRUE(adam.step(&p, &g));
   const double g_eff = 0.25 + 0.5 * 2.0;  // 1.25
   EXPECT_NEAR(p, 2.0 - 0.1 * g_eff / (g_eff + 0.1), 1e-6);
 }
@@ -58,7 +58,7 @@ TEST(AdamW, DecoupledDecayShrinksWeightsFirst) {
   cfg.decoupled_weight_decay = true;
   Adam adam(*backend, 1, cfg);
   float p = 2.0f, g = 0.25f;
-  adam.step(&p, &g);
+  ASSERT_TRUE(adam.step(&p, &g));
   EXPECT_NEAR(p, 2.0 * (1 - 0.1 * 0.5) - 0.1 * 0.25 / (0.25 + 0.1), 1e-6);
 }
 
@@ -71,6 +71,24 @@ TEST(ClipGradNorm, ScalesOnlyWhenAboveTheLimit) {
   EXPECT_NEAR(g[0], 3.0 / (5.0 + 1e-6), 1e-7);
   EXPECT_NEAR(g[1], 4.0 / (5.0 + 1e-6), 1e-7);
   EXPECT_NEAR(std::hypot(g[0], g[1]), 1.0, 1e-6);
+}
+
+}  // namespace
+}  // namespace elbo
+
+namespace elbo {
+namespace {
+
+TEST(Adam, ReportsNonFiniteGradients) {
+  auto backend = make_cpu_backend();
+  Adam adam(*backend, 40, AdamConfig{});
+  std::vector<float> p(40, 1.0f), g(40, 0.5f);
+  EXPECT_TRUE(adam.step(p.data(), g.data()));
+  for (float bad : {NAN, INFINITY, -INFINITY}) {
+    g[37] = bad;  // past the first vector, so the vectorised part of the loop is covered
+    EXPECT_FALSE(adam.step(p.data(), g.data())) << bad;
+    g[37] = 0.5f;
+  }
 }
 
 }  // namespace

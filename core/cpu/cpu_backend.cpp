@@ -44,9 +44,16 @@ ELBO_CPU_CLONES void loss_rows(const float* out, const float* x, float* dout, fl
   }
 }
 
-ELBO_CPU_CLONES void adam_loop(float* params, const float* grads, float* m, float* v, size_t n,
+// g * 0 is 0 for finite g and NaN for NaN or infinite g, so one sum tells whether all were finite.
+ELBO_CPU_CLONES bool adam_loop(float* params, const float* grads, float* m, float* v, size_t n,
                                const AdamConstants& c) {
-  for (size_t i = 0; i < n; ++i) adam_update(params[i], grads[i], m[i], v[i], c);
+  float probe = 0.0f;
+#pragma omp simd reduction(+ : probe)
+  for (size_t i = 0; i < n; ++i) {
+    probe += grads[i] * 0.0f;
+    adam_update(params[i], grads[i], m[i], v[i], c);
+  }
+  return probe == 0.0f;
 }
 
 
@@ -170,9 +177,9 @@ class CpuBackend final : public Backend {
     for (size_t i = 0; i < n; ++i) v[i] *= s;
   }
 
-  void adam_step(float* params, const float* grads, float* m, float* v, size_t n,
+  bool adam_step(float* params, const float* grads, float* m, float* v, size_t n,
                  const AdamConstants& c) override {
-    adam_loop(params, grads, m, v, n, c);
+    return adam_loop(params, grads, m, v, n, c);
   }
 
  private:
