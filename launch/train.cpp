@@ -22,6 +22,7 @@
 #include "io/shards.h"
 #include "launch/run_directory.h"
 #include "launch/stop_signal.h"
+#include "launch/watchdog.h"
 
 namespace elbo {
 namespace fs = std::filesystem;
@@ -107,6 +108,9 @@ class Trainer {
   }
 
   void run(const CheckpointDirectory& checkpoints, MetricsWriter& metrics) {
+    // With peers, a stalled collective must end the job; one process has nobody to wait for.
+    if (comm_.size() > 1)
+      watchdog_ = std::make_unique<Watchdog>(cfg_.distributed.timeout_s, comm_.rank());
     const int64_t steps_per_epoch = train_.size() / global_batch_;  // the tail is dropped
     // Every rank starts from rank 0's parameters (fresh ones agree already, being drawn from the
     // seed; the broadcast makes it so whatever a rank's library versions do).
@@ -142,6 +146,10 @@ class Trainer {
   }
 
   // A signal may reach one rank only; every rank must stop at the same step.
+  void beat(const char* phase) {
+    if (watchdog_) watchdog_->beat(phase);
+  }
+
   bool stop_agreed() {
     double flag = stop_requested() ? 1.0 : 0.0;
     if (comm_.size() > 1) comm_.allreduce_sum(&flag, 1);
@@ -177,6 +185,7 @@ class Trainer {
     Sums epoch_sums, log_sums;
     auto log_t0 = Clock::now();
     for (int64_t s = first; s < steps && !done(); ++s) {
+      beat("a training step");
       if (stop_agreed()) {
         stopping_ = true;
         break;
@@ -281,6 +290,7 @@ class Trainer {
     const int64_t first = data.size() * comm_.rank() / comm_.size();
     const int64_t last = data.size() * (comm_.rank() + 1) / comm_.size();
     for (int64_t start = first; start < last; start += batch_) {
+      beat("evaluation");
       const int64_t n = std::min<int64_t>(batch_, last - start);
       rows.resize(static_cast<size_t>(n));
       for (int64_t i = 0; i < n; ++i) rows[static_cast<size_t>(i)] = start + i;
@@ -313,6 +323,7 @@ class Trainer {
     be_.download(ck.params.data(), vae_.params(), n);
     be_.download(ck.exp_avg.data(), adam_.exp_avg(), n);
     be_.download(ck.exp_avg_sq.data(), adam_.exp_avg_sq(), n);
+    beat("a checkpoint write");
     checkpoints.save(vae_.layout(), ck);
   }
 
@@ -333,6 +344,7 @@ class Trainer {
   int64_t step_ = 0, samples_seen_ = 0, epochs_done_ = 0;
   int64_t last_saved_step_ = 0;  // a fresh run has nothing worth saving at step 0
   bool stopping_ = false;        // a stop signal reached some rank
+  std::unique_ptr<Watchdog> watchdog_;
 };
 
 

@@ -89,6 +89,29 @@ else
   echo "FAIL - uneven shards on 3 ranks (exit $?)"; cat uneven3.log; failed=1
 fi
 
+# A rank that stalls (SIGSTOP) must not hang the others: the watchdog ends the job after
+# distributed.timeout_s (3 s here) with a message.
+timeout 120 mpirun -np 2 --oversubscribe --mca mpi_yield_when_idle 1 "$elbo" "${common[@]}" \
+  output.dir=runs/stall train.max_steps=0 train.epochs=100 train.threads=1 output.log_every=1000 \
+  distributed.timeout_s=3 >stall.log 2>&1 &
+launcher=$!
+for _ in $(seq 100); do  # wait (at most 20 s) for training to start: the first checkpoint dir
+  [ -d runs/stall/checkpoints ] && break; sleep 0.2
+done
+sleep 1
+victim=$(pgrep -f "elbo train.*output.dir=runs/stall" | sort -n | tail -n 1)
+stopped_ms=$(( $(date +%s%N) / 1000000 ))
+kill -STOP "$victim"
+wait "$launcher"; rc=$?
+took_ms=$(( $(date +%s%N) / 1000000 - stopped_ms ))
+kill -KILL "$victim" 2>/dev/null
+if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && grep -q "made no progress" stall.log && \
+   [ "$took_ms" -lt 33000 ]; then
+  echo "ok - a stalled rank ends the job ${took_ms} ms after SIGSTOP (timeout 3 s)"
+else
+  echo "FAIL - stalled rank: exit $rc after ${took_ms} ms"; cat stall.log; failed=1
+fi
+
 compare two one
 compare three one
 compare three_b one_b
