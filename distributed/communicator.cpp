@@ -18,6 +18,7 @@ class SingleProcessCommunicator final : public Communicator {
   void allreduce_sum(float*, size_t) override {}
   void allreduce_sum(double*, size_t) override {}
   void broadcast(float*, size_t, int) override {}
+  void broadcast_bytes(void*, size_t, int) override {}
   void barrier() override {}
   [[noreturn]] void abort(int exit_code) override { std::_Exit(exit_code); }
 };

@@ -16,11 +16,14 @@ class Communicator {
   virtual int size() const = 0;
   virtual int local_rank() const = 0;
   virtual int local_size() const = 0;  // ranks on this node
-  // In-place sum across ranks of n floats / doubles in the communicator's memory space.
+  // Data plane: in-place sum / copy from root of n floats in the backend's memory (device memory
+  // for the NCCL communicator, host memory otherwise).
   virtual void allreduce_sum(float* data, size_t n) = 0;
-  virtual void allreduce_sum(double* data, size_t n) = 0;
-  // Copies root's n floats to every rank.
   virtual void broadcast(float* data, size_t n, int root) = 0;
+  // Control plane, always host memory: sums of doubles (metrics, agreement tables) and raw bytes
+  // from root (e.g. an ncclUniqueId).
+  virtual void allreduce_sum(double* data, size_t n) = 0;
+  virtual void broadcast_bytes(void* data, size_t n, int root) = 0;
   virtual void barrier() = 0;
   // Ends every rank of the job; never returns.
   [[noreturn]] virtual void abort(int exit_code) = 0;

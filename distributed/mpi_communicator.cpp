@@ -60,6 +60,9 @@ class MpiCommunicator final : public Communicator {
   void broadcast(float* data, size_t n, int root) override {
     ELBO_MPI_CHECK(MPI_Bcast(data, count(n), MPI_FLOAT, root, MPI_COMM_WORLD));
   }
+  void broadcast_bytes(void* data, size_t n, int root) override {
+    ELBO_MPI_CHECK(MPI_Bcast(data, count(n), MPI_BYTE, root, MPI_COMM_WORLD));
+  }
   void barrier() override { ELBO_MPI_CHECK(MPI_Barrier(MPI_COMM_WORLD)); }
   [[noreturn]] void abort(int exit_code) override {
     std::fflush(stdout);
