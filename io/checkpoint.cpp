@@ -161,7 +161,9 @@ CheckpointHeader read_checkpoint_header(const std::string& path) {
   h.config_yaml = f.read_string_attribute("/", "config");
   const std::string out_bias = "/params/decoder.out.bias";
   if (!f.exists(out_bias)) throw_bad_input("checkpoint has no tensor 'decoder.out.bias'" + at(path));
-  h.input_dim = f.dataset_shape(out_bias).at(0);
+  const std::vector<int64_t> shape = f.dataset_shape(out_bias);
+  if (shape.size() != 1) throw_bad_input("tensor 'decoder.out.bias' is not a vector" + at(path));
+  h.input_dim = shape[0];
   return h;
 }
 

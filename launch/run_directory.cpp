@@ -5,6 +5,9 @@
 #include <cstdio>
 #include <fstream>
 
+#include <fcntl.h>
+#include <unistd.h>
+
 #include "core/error.h"
 
 namespace elbo {
@@ -26,11 +29,41 @@ void write_text_file(const fs::path& path, const std::string& text) {
   if (!out) throw_bad_input("cannot write the file (" + path.string() + ")");
 }
 
+void trim_metrics_after(const fs::path& path, int64_t step) {
+  std::ifstream in(path);
+  if (!in) return;
+  std::string kept, line;
+  const std::string key = "\"step\": ";
+  while (std::getline(in, line)) {
+    const size_t at = line.find(key);
+    if (at != std::string::npos && std::stoll(line.substr(at + key.size())) > step) continue;
+    kept += line + "\n";
+  }
+  in.close();
+  const fs::path tmp = path.string() + ".tmp";
+  write_text_file(tmp, kept);
+  fs::rename(tmp, path);
+}
+
 fs::path CheckpointDirectory::path_for_step(int64_t step) const {
   char name[32];
   std::snprintf(name, sizeof name, "step-%09lld.h5", static_cast<long long>(step));
   return dir_ / name;
 }
+
+namespace {
+
+// Makes renames and unlinks in a directory durable before anything relies on them.
+void fsync_directory(const fs::path& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+  if (fd < 0) return;
+  ::fsync(fd);
+  ::close(fd);
+}
+
+int64_t step_of(const fs::path& p) { return std::stoll(p.filename().string().substr(5, 9)); }
+
+}  // namespace
 
 void CheckpointDirectory::save(const ParameterLayout& layout, const CheckpointData& data) const {
   const fs::path target = path_for_step(data.state.step);
@@ -41,9 +74,31 @@ void CheckpointDirectory::save(const ParameterLayout& layout, const CheckpointDa
   fs::remove(tmp_link, ec);
   fs::create_symlink(target.filename(), tmp_link);
   fs::rename(tmp_link, last());
-  const std::vector<fs::path> files = step_files_newest_first();
-  for (size_t i = static_cast<size_t>(std::max(keep_, 1)); i < files.size(); ++i)
-    fs::remove(files[i], ec);
+  fsync_directory(dir_);
+  // Keep the file just written and the newest keep - 1 others.
+  size_t kept = 1;
+  for (const fs::path& p : step_files_newest_first()) {
+    if (p == target) continue;
+    if (kept < static_cast<size_t>(std::max(keep_, 1))) ++kept;
+    else fs::remove(p, ec);
+  }
+}
+
+void CheckpointDirectory::prepare_for_resume_at(int64_t step) const {
+  std::error_code ec;
+  for (const auto& e : fs::directory_iterator(dir_, ec)) {
+    const std::string name = e.path().filename().string();
+    // Temporaries of a save that a crash interrupted.
+    if (name.starts_with("step-") && name.find(".h5.tmp.") != std::string::npos) fs::remove(e.path(), ec);
+  }
+  // Steps after the one resumed from belong to an abandoned continuation; left in place they
+  // would outrank the new run's files in --resume auto and in the rotation.
+  for (const fs::path& p : step_files_newest_first()) {
+    if (step_of(p) <= step) break;
+    std::fprintf(stderr, "elbo: note: removing %s, which is past the resumed step %lld\n",
+                 p.c_str(), static_cast<long long>(step));
+    fs::remove(p, ec);
+  }
 }
 
 std::vector<fs::path> CheckpointDirectory::step_files_newest_first() const {
@@ -61,18 +116,21 @@ std::optional<CheckpointData> CheckpointDirectory::load_newest(const ParameterLa
   std::vector<fs::path> candidates;
   if (fs::exists(last())) candidates.push_back(last());
   for (const fs::path& p : step_files_newest_first()) candidates.push_back(p);
-  std::string first_error;
+  std::vector<std::string> skipped;
   for (const fs::path& p : candidates) {
     try {
-      return read_checkpoint(p.string(), layout);
+      CheckpointData d = read_checkpoint(p.string(), layout);
+      // A file cut short by a crash is passed over for the one before it; say so.
+      for (const std::string& why : skipped)
+        std::fprintf(stderr, "elbo: warning: skipped a checkpoint that does not load: %s\n", why.c_str());
+      return d;
     } catch (const Error& e) {
-      // A file cut short by a crash: say so and fall back to the one before it.
-      std::fprintf(stderr, "elbo: warning: skipping a checkpoint that does not load: %s\n", e.what());
-      if (first_error.empty()) first_error = e.what();
+      skipped.push_back(e.what());
     }
   }
   if (!candidates.empty())
-    throw_bad_input("no checkpoint in the run directory loads; the newest: " + first_error);
+    throw_bad_input("none of the " + std::to_string(candidates.size()) +
+                    " checkpoints in the run directory loads; the newest: " + skipped.front());
   return std::nullopt;
 }
 

@@ -2,13 +2,18 @@
 #include "launch/stop_signal.h"
 
 #include <csignal>
+#include <cstdlib>
 
 namespace elbo {
 namespace {
 
 volatile std::sig_atomic_t g_stop = 0;
 
-extern "C" void on_stop_signal(int) { g_stop = 1; }
+// The first signal asks for a clean stop; a second one (an impatient user) ends the process now.
+extern "C" void on_stop_signal(int sig) {
+  if (g_stop) std::_Exit(128 + sig);
+  g_stop = 1;
+}
 
 }  // namespace
 
@@ -16,6 +21,7 @@ void install_stop_signal_handlers() {
   struct sigaction sa = {};
   sa.sa_handler = on_stop_signal;
   sigemptyset(&sa.sa_mask);
+  sa.sa_flags = SA_RESTART;  // reads and writes in progress carry on
   sigaction(SIGTERM, &sa, nullptr);
   sigaction(SIGINT, &sa, nullptr);
 }

@@ -108,9 +108,6 @@ class Trainer {
   }
 
   void run(const CheckpointDirectory& checkpoints, MetricsWriter& metrics) {
-    // With peers, a stalled collective must end the job; one process has nobody to wait for.
-    if (comm_.size() > 1)
-      watchdog_ = std::make_unique<Watchdog>(cfg_.distributed.timeout_s, comm_.rank());
     const int64_t steps_per_epoch = train_.size() / global_batch_;  // the tail is dropped
     // Every rank starts from rank 0's parameters (fresh ones agree already, being drawn from the
     // seed; the broadcast makes it so whatever a rank's library versions do).
@@ -129,15 +126,16 @@ class Trainer {
       if (stopping_) break;
       const double epoch_s = seconds_since(t0);
       const Sums test_sums = test_ ? evaluate(*test_) : Sums{};
-      write_epoch_record(epoch, train_sums, test_sums, epoch_s, metrics);
-      // An epoch cut short by train.max_steps is not complete.
-      if (step_ == epoch * steps_per_epoch) epochs_done_ = epoch;
+      // An epoch cut short by train.max_steps is recorded, marked incomplete.
+      write_epoch_record(epoch, step_ == epoch * steps_per_epoch, train_sums, test_sums, epoch_s,
+                         metrics);
       save_checkpoint(checkpoints);
     }
     save_checkpoint(checkpoints);  // the end, unless that step is saved already
     if (stopping_ && comm_.rank() == 0)
       std::printf("elbo: stopped by signal at step %lld; checkpoint %s\n",
-                  static_cast<long long>(step_), checkpoints.path_for_step(step_).c_str());
+                  static_cast<long long>(step_),
+                  step_ > 0 ? checkpoints.path_for_step(step_).c_str() : "none (no step taken)");
   }
 
  private:
@@ -146,20 +144,17 @@ class Trainer {
   }
 
   // A signal may reach one rank only; every rank must stop at the same step.
-  void beat(const char* phase) {
-    if (watchdog_) watchdog_->beat(phase);
-  }
-
   bool stop_agreed() {
     double flag = stop_requested() ? 1.0 : 0.0;
     if (comm_.size() > 1) comm_.allreduce_sum(&flag, 1);
     return flag > 0.0;
   }
 
-  void write_epoch_record(int64_t epoch, const Sums& train_sums, const Sums& test_sums,
-                          double epoch_s, MetricsWriter& metrics) {
+  void write_epoch_record(int64_t epoch, bool complete, const Sums& train_sums,
+                          const Sums& test_sums, double epoch_s, MetricsWriter& metrics) {
     JsonLine rec;
     rec.add("type", std::string("epoch")).add("epoch", epoch).add("step", step_)
+        .add("complete", complete ? 1 : 0)
         .add("train_loss", train_sums.per_sample(2)).add("train_recon", train_sums.per_sample(0))
         .add("train_kl", train_sums.per_sample(1));
     if (test_)
@@ -185,7 +180,6 @@ class Trainer {
     Sums epoch_sums, log_sums;
     auto log_t0 = Clock::now();
     for (int64_t s = first; s < steps && !done(); ++s) {
-      beat("a training step");
       if (stop_agreed()) {
         stopping_ = true;
         break;
@@ -228,6 +222,7 @@ class Trainer {
         log_sums = Sums{};
         log_t0 = Clock::now();
       }
+      if (step_ == epoch * steps) epochs_done_ = epoch;  // before a save at this step
       if (cfg_.checkpoint.every_steps > 0 && step_ % cfg_.checkpoint.every_steps == 0)
         save_checkpoint(checkpoints);
     }
@@ -290,7 +285,6 @@ class Trainer {
     const int64_t first = data.size() * comm_.rank() / comm_.size();
     const int64_t last = data.size() * (comm_.rank() + 1) / comm_.size();
     for (int64_t start = first; start < last; start += batch_) {
-      beat("evaluation");
       const int64_t n = std::min<int64_t>(batch_, last - start);
       rows.resize(static_cast<size_t>(n));
       for (int64_t i = 0; i < n; ++i) rows[static_cast<size_t>(i)] = start + i;
@@ -323,7 +317,6 @@ class Trainer {
     be_.download(ck.params.data(), vae_.params(), n);
     be_.download(ck.exp_avg.data(), adam_.exp_avg(), n);
     be_.download(ck.exp_avg_sq.data(), adam_.exp_avg_sq(), n);
-    beat("a checkpoint write");
     checkpoints.save(vae_.layout(), ck);
   }
 
@@ -344,7 +337,6 @@ class Trainer {
   int64_t step_ = 0, samples_seen_ = 0, epochs_done_ = 0;
   int64_t last_saved_step_ = 0;  // a fresh run has nothing worth saving at step 0
   bool stopping_ = false;        // a stop signal reached some rank
-  std::unique_ptr<Watchdog> watchdog_;
 };
 
 
@@ -392,20 +384,23 @@ void refuse_isolated_ranks(const Communicator& comm, const std::string& cfg_path
 // Every rank must hold the same config, model and data shape, or the collectives would mismatch.
 // Each rank writes its figures into its own slot; one sum gives everyone the whole table.
 void check_ranks_agree(Communicator& comm, const Config& cfg, const ShardedDataset& train,
-                       size_t num_params) {
+                       const ShardedDataset* test, size_t num_params) {
   if (comm.size() == 1) return;
   const std::string yaml = to_yaml(cfg);
   uint32_t hash = 2166136261u;  // FNV-1a, 32 bits so that a double holds it exactly
   for (unsigned char c : yaml) hash = (hash ^ c) * 16777619u;
-  const double mine[4] = {static_cast<double>(hash), static_cast<double>(num_params),
-                          static_cast<double>(train.features()), static_cast<double>(train.size())};
-  const char* names[4] = {"config", "parameter count", "sample size", "training set size"};
-  std::vector<double> table(4 * static_cast<size_t>(comm.size()), 0.0);
-  std::copy(mine, mine + 4, table.begin() + 4 * comm.rank());
+  constexpr int K = 5;
+  const double mine[K] = {static_cast<double>(hash), static_cast<double>(num_params),
+                          static_cast<double>(train.features()), static_cast<double>(train.size()),
+                          test ? static_cast<double>(test->size()) : -1.0};
+  const char* names[K] = {"config", "parameter count", "sample size", "training set size",
+                          "test set size"};
+  std::vector<double> table(K * static_cast<size_t>(comm.size()), 0.0);
+  std::copy(mine, mine + K, table.begin() + K * comm.rank());
   comm.allreduce_sum(table.data(), table.size());
   for (int r = 1; r < comm.size(); ++r)
-    for (int k = 0; k < 4; ++k)
-      if (table[4 * static_cast<size_t>(r) + k] != table[k])
+    for (int k = 0; k < K; ++k)
+      if (table[K * static_cast<size_t>(r) + k] != table[k])
         throw_bad_input(std::string("ranks disagree on the ") + names[k] + " (rank " +
                         std::to_string(r) + " differs from rank 0)");
 }
@@ -467,11 +462,6 @@ void train_with(const Config& cfg, const std::string& cfg_path, const std::strin
   configure_cpu_thread(threads);
   auto backend = make_cpu_backend();
   const bool cache = should_cache(train, cfg.data.cache, comm.local_size());
-  if (writer)
-    std::printf("elbo: backend %s, communicator %s, %d rank(s), %s threads per rank, data %s\n",
-                backend->name().c_str(), comm.name().c_str(), comm.size(),
-                threads > 0 ? std::to_string(threads).c_str() : "default",
-                cache ? "cached in memory" : "read from the shards each step");
   if (cache) {
     train.cache_in_memory();
     if (test) test->cache_in_memory();
@@ -487,7 +477,7 @@ void train_with(const Config& cfg, const std::string& cfg_path, const std::strin
 
   // Everything that can fail on bad input happens before the first file is written.
   Trainer trainer(cfg, comm, *backend, train, test.get());
-  check_ranks_agree(comm, cfg, train, trainer.num_params());
+  check_ranks_agree(comm, cfg, train, test.get(), trainer.num_params());
   const CheckpointDirectory checkpoints(run_dir / "checkpoints", cfg.checkpoint.keep);
   std::optional<CheckpointData> ck;
   if (writer && !resume.empty()) {
@@ -504,7 +494,15 @@ void train_with(const Config& cfg, const std::string& cfg_path, const std::strin
     if (ec) throw_bad_input("cannot create the run directory: " + ec.message() + " (" +
                             run_dir.string() + ")");
     write_text_file(run_dir / "config.yaml", to_yaml(cfg));
+    if (ck) {  // what came after the checkpoint never happened, as far as this run is concerned
+      checkpoints.prepare_for_resume_at(ck->state.step);
+      trim_metrics_after(run_dir / "metrics.jsonl", ck->state.step);
+    }
     metrics = MetricsWriter((run_dir / "metrics.jsonl").string());
+    std::printf("elbo: backend %s, communicator %s, %d rank(s), %s threads per rank, data %s\n",
+                backend->name().c_str(), comm.name().c_str(), comm.size(),
+                threads > 0 ? std::to_string(threads).c_str() : "default",
+                cache ? "cached in memory" : "read from the shards each step");
   }
   const auto t0 = Clock::now();
   install_stop_signal_handlers();
@@ -516,7 +514,8 @@ void train_with(const Config& cfg, const std::string& cfg_path, const std::strin
 
 int run_train(const TrainOptions& options) {
   const Config cfg = load_config(options.config_path, options.overrides);
-  auto comm = make_communicator(cfg.distributed.backend, options.config_path);
+  auto comm = watched(make_communicator(cfg.distributed.backend, options.config_path),
+                      cfg.distributed.timeout_s);
   if (comm->size() == 1) {
     train_with(cfg, options.config_path, options.resume, *comm);
     return 0;

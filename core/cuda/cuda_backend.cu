@@ -1,0 +1,292 @@
+// The CUDA backend: GEMMs through cuBLAS, everything else through the kernels of cuda_kernels.cuh.
+// All work is queued on one non-blocking stream; only downloads and reductions wait for it.
+#include <algorithm>
+#include <utility>
+
+#include "core/cuda/cuda_backend.h"
+#include "core/cuda/cuda_check.h"
+#include "core/cuda/cuda_kernels.cuh"
+
+namespace elbo {
+namespace {
+
+// ---- RAII for the CUDA handles -----------------------------------------------------------------
+
+class Stream {
+ public:
+  Stream() { ELBO_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking)); }
+  ~Stream() { cudaStreamDestroy(stream_); }
+  Stream(const Stream&) = delete;
+  Stream& operator=(const Stream&) = delete;
+  cudaStream_t get() const { return stream_; }
+
+ private:
+  cudaStream_t stream_ = nullptr;
+};
+
+class CublasHandle {
+ public:
+  explicit CublasHandle(cudaStream_t stream) {
+    ELBO_CUBLAS_CHECK(cublasCreate(&handle_));
+    try {
+      ELBO_CUBLAS_CHECK(cublasSetStream(handle_, stream));
+      // Plain float32 (no TF32 tensor-core rounding), so GEMMs match the CPU backend's.
+      ELBO_CUBLAS_CHECK(cublasSetMathMode(handle_, CUBLAS_DEFAULT_MATH));
+    } catch (...) {
+      cublasDestroy(handle_);
+      throw;
+    }
+  }
+  ~CublasHandle() { cublasDestroy(handle_); }
+  CublasHandle(const CublasHandle&) = delete;
+  CublasHandle& operator=(const CublasHandle&) = delete;
+  cublasHandle_t get() const { return handle_; }
+
+ private:
+  cublasHandle_t handle_ = nullptr;
+};
+
+struct DeviceFree {
+  void operator()(void* p) const noexcept { cudaFree(p); }
+};
+struct PinnedFree {
+  void operator()(void* p) const noexcept { cudaFreeHost(p); }
+};
+template <typename T>
+using DeviceBuffer = std::unique_ptr<T[], DeviceFree>;
+
+template <typename T>
+DeviceBuffer<T> device_buffer(size_t n) {
+  void* p = nullptr;
+  ELBO_CUDA_CHECK(cudaMalloc(&p, n * sizeof(T)));
+  return DeviceBuffer<T>(static_cast<T*>(p));
+}
+
+// Makes the device current for the calling thread and returns it (used before any member is built).
+int select_device(int device) {
+  const int count = cuda_device_count();
+  if (device < 0 || device >= count)
+    throw_bad_input("CUDA device " + std::to_string(device) + " requested, but " +
+                    std::to_string(count) + " available");
+  ELBO_CUDA_CHECK(cudaSetDevice(device));
+  return device;
+}
+
+cublasOperation_t to_cublas(Trans t) { return t == Trans::Yes ? CUBLAS_OP_T : CUBLAS_OP_N; }
+
+// Pass-1 blocks of a reduction: enough to fill a large GPU, few enough for one block to finish.
+constexpr int kMaxReduceBlocks = 1024;
+
+class CudaBackend final : public Backend {
+ public:
+  explicit CudaBackend(int device)
+      : device_(select_device(device)),
+        cublas_(stream_.get()),
+        partials_(device_buffer<double>(kMaxReduceBlocks + 1)),
+        flag_(device_buffer<int>(1)) {
+    void* host = nullptr;
+    ELBO_CUDA_CHECK(cudaMallocHost(&host, sizeof(HostScratch)));
+    host_.reset(static_cast<HostScratch*>(host));
+  }
+
+  std::string name() const override { return "cuda:" + std::to_string(device_); }
+  cudaStream_t stream() const { return stream_.get(); }
+
+  float* allocate(size_t n) override {
+    void* p = nullptr;
+    ELBO_CUDA_CHECK(cudaMalloc(&p, n * sizeof(float)));
+    return static_cast<float*>(p);
+  }
+  void deallocate(float* p) noexcept override { cudaFree(p); }
+  void upload(float* dst, const float* host_src, size_t n) override {
+    copy_from_host(dst, host_src, n * sizeof(float));
+  }
+  void download(float* host_dst, const float* src, size_t n) override {
+    if (n == 0) return;
+    ELBO_CUDA_CHECK(cudaMemcpyAsync(host_dst, src, n * sizeof(float), cudaMemcpyDeviceToHost, s()));
+    ELBO_CUDA_CHECK(cudaStreamSynchronize(s()));  // the caller reads host_dst next
+  }
+  void fill_zero(float* p, size_t n) override {
+    if (n) ELBO_CUDA_CHECK(cudaMemsetAsync(p, 0, n * sizeof(float), s()));
+  }
+
+  // Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T: a row-major matrix with
+  // leading dimension ld is its transpose in column-major with the same ld, so cuBLAS gets the
+  // operands swapped, M and N swapped, and the same transpose flags and leading dimensions.
+  void gemm(Trans ta, Trans tb, int M, int N, int K, float alpha, const float* A, int lda,
+            const float* B, int ldb, float beta, float* C, int ldc) override {
+    ELBO_CUBLAS_CHECK(cublasSgemm(cublas_.get(), to_cublas(tb), to_cublas(ta), N, M, K, &alpha, B,
+                                  ldb, A, lda, &beta, C, ldc));
+  }
+
+  void bias_activation(float* y, const float* bias, int B, int N, Activation act) override {
+    const size_t total = static_cast<size_t>(B) * static_cast<size_t>(N);
+    if (total == 0) return;
+    kernels::bias_activation<<<blocks(total), kThreadsPerBlock, 0, s()>>>(y, bias, total, N, act);
+    ELBO_CUDA_CHECK_LAUNCH();
+  }
+
+  void activation_backward(float* dy, const float* y, float* dbias, int B, int N,
+                           Activation act) override {
+    if (N <= 0) return;
+    kernels::activation_backward<<<blocks(static_cast<size_t>(N)), kThreadsPerBlock, 0, s()>>>(
+        dy, y, dbias, B, N, act);
+    ELBO_CUDA_CHECK_LAUNCH();
+  }
+
+  void reparameterize(const float* head, const float* eps, float* z, float* kl, int B,
+                      int L) override {
+    if (B <= 0) return;
+    kernels::reparameterize<<<blocks(static_cast<size_t>(B)), kThreadsPerBlock, 0, s()>>>(
+        head, eps, z, kl, B, L);
+    ELBO_CUDA_CHECK_LAUNCH();
+  }
+
+  void reparameterize_backward(const float* head, const float* eps, const float* dz, float* dhead,
+                               int B, int L, float kl_weight) override {
+    const size_t total = static_cast<size_t>(B) * static_cast<size_t>(L);
+    if (total == 0) return;
+    kernels::reparameterize_backward<<<blocks(total), kThreadsPerBlock, 0, s()>>>(
+        head, eps, dz, dhead, total, L, kl_weight);
+    ELBO_CUDA_CHECK_LAUNCH();
+  }
+
+  void reconstruction_loss(const float* out, const float* x, float* dout, float* recon, int B,
+                           int D, Likelihood lik, float grad_scale) override {
+    if (B <= 0) return;
+    const int rows = std::min(B, kMaxBlocks);  // one block per row, grid-stride beyond
+    if (lik == Likelihood::Bernoulli)
+      kernels::reconstruction_loss<Likelihood::Bernoulli>
+          <<<rows, kThreadsPerBlock, 0, s()>>>(out, x, dout, recon, B, D, grad_scale);
+    else
+      kernels::reconstruction_loss<Likelihood::Gaussian>
+          <<<rows, kThreadsPerBlock, 0, s()>>>(out, x, dout, recon, B, D, grad_scale);
+    ELBO_CUDA_CHECK_LAUNCH();
+  }
+
+  void fill_noise(float* eps, std::span<const uint32_t> sample_ids, int L, RngKey key, uint32_t c2,
+                  RngStream stream) override {
+    const size_t B = sample_ids.size();
+    if (B == 0 || L <= 0) return;
+    if (B > ids_capacity_) {  // grows rarely: the batch size is fixed
+      ids_ = device_buffer<uint32_t>(B);
+      ids_capacity_ = B;
+    }
+    copy_from_host(ids_.get(), sample_ids.data(), B * sizeof(uint32_t));
+    const size_t groups = (static_cast<size_t>(L) + 3) / 4;
+    kernels::fill_noise<<<blocks(B * groups), kThreadsPerBlock, 0, s()>>>(eps, ids_.get(), B, L,
+                                                                          key, c2, stream);
+    ELBO_CUDA_CHECK_LAUNCH();
+  }
+
+  double sum(const float* v, size_t n) override { return reduce<false>(v, n); }
+  double sum_of_squares(const float* v, size_t n) override { return reduce<true>(v, n); }
+
+  bool all_finite(const float* v, size_t n) override {
+    if (n == 0) return true;
+    clear_flag();
+    kernels::find_nonfinite<<<blocks(n), kThreadsPerBlock, 0, s()>>>(v, n, flag_.get());
+    ELBO_CUDA_CHECK_LAUNCH();
+    return read_flag() == 0;
+  }
+
+  void scale(float* v, size_t n, float factor) override {
+    if (n == 0) return;
+    kernels::scale<<<blocks(n), kThreadsPerBlock, 0, s()>>>(v, n, factor);
+    ELBO_CUDA_CHECK_LAUNCH();
+  }
+
+  // Reading the flag back is a host synchronisation once per step; it goes when the finiteness
+  // check (and the step count) move to the device.
+  bool adam_step(float* params, const float* grads, float* m, float* v, size_t n,
+                 const AdamConstants& c) override {
+    if (n == 0) return true;
+    clear_flag();
+    kernels::adam_step<<<blocks(n), kThreadsPerBlock, 0, s()>>>(params, grads, m, v, n, c,
+                                                                flag_.get());
+    ELBO_CUDA_CHECK_LAUNCH();
+    return read_flag() == 0;
+  }
+
+ private:
+  // Pinned, so that the one-value read-backs are plain DMA.
+  struct HostScratch {
+    double value;
+    int flag;
+  };
+
+  cudaStream_t s() const { return stream_.get(); }
+  static int blocks(size_t n) { return launch_blocks(n, kThreadsPerBlock); }
+
+  // From pageable memory the copy has consumed the source when the call returns (the driver stages
+  // it); from pinned memory it has not, so wait then, letting the caller reuse its buffer at once.
+  void copy_from_host(void* dst, const void* src, size_t bytes) {
+    if (bytes == 0) return;
+    ELBO_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, s()));
+    cudaPointerAttributes attr{};
+    ELBO_CUDA_CHECK(cudaPointerGetAttributes(&attr, src));
+    if (attr.type == cudaMemoryTypeHost) ELBO_CUDA_CHECK(cudaStreamSynchronize(s()));
+  }
+
+  template <bool squares>
+  double reduce(const float* v, size_t n) {
+    if (n == 0) return 0.0;
+    const int grid = std::min(blocks(n), kMaxReduceBlocks);
+    double* result = partials_.get() + kMaxReduceBlocks;
+    kernels::reduce_partials<squares><<<grid, kThreadsPerBlock, 0, s()>>>(v, n, partials_.get());
+    ELBO_CUDA_CHECK_LAUNCH();
+    kernels::reduce_final<<<1, kThreadsPerBlock, 0, s()>>>(partials_.get(), grid, result);
+    ELBO_CUDA_CHECK_LAUNCH();
+    ELBO_CUDA_CHECK(
+        cudaMemcpyAsync(&host_->value, result, sizeof(double), cudaMemcpyDeviceToHost, s()));
+    ELBO_CUDA_CHECK(cudaStreamSynchronize(s()));
+    return host_->value;
+  }
+
+  void clear_flag() { ELBO_CUDA_CHECK(cudaMemsetAsync(flag_.get(), 0, sizeof(int), s())); }
+  int read_flag() {
+    ELBO_CUDA_CHECK(
+        cudaMemcpyAsync(&host_->flag, flag_.get(), sizeof(int), cudaMemcpyDeviceToHost, s()));
+    ELBO_CUDA_CHECK(cudaStreamSynchronize(s()));
+    return host_->flag;
+  }
+
+  // Declaration order is construction order: the device is current before anything is created.
+  int device_;
+  Stream stream_;
+  CublasHandle cublas_;
+  DeviceBuffer<double> partials_;  // (kMaxReduceBlocks + 1): pass-1 partials, then the result
+  DeviceBuffer<int> flag_;         // (1): set by kernels that find a non-finite value
+  std::unique_ptr<HostScratch, PinnedFree> host_;
+  DeviceBuffer<uint32_t> ids_;  // (ids_capacity_): fill_noise's sample ids
+  size_t ids_capacity_ = 0;
+};
+
+}  // namespace
+
+int cuda_device_count() {
+  int count = 0;
+  if (cudaGetDeviceCount(&count) != cudaSuccess) {
+    (void)cudaGetLastError();  // clear it, so that no later check reports it
+    return 0;
+  }
+  return count;
+}
+
+std::string cuda_device_name(int device) {
+  cudaDeviceProp prop{};
+  ELBO_CUDA_CHECK(cudaGetDeviceProperties(&prop, device));
+  return prop.name;
+}
+
+std::unique_ptr<Backend> make_cuda_backend(int device) {
+  return std::make_unique<CudaBackend>(device);
+}
+
+void* cuda_stream(Backend& backend) {
+  auto* cuda = dynamic_cast<CudaBackend*>(&backend);
+  ELBO_CHECK(cuda != nullptr, "backend " + backend.name() + " has no CUDA stream");
+  return cuda->stream();
+}
+
+}  // namespace elbo

@@ -1,0 +1,25 @@
+// The CUDA backend's entry points, in plain C++ (no CUDA types) so that code compiled without nvcc
+// (launch/, the tests) can probe devices and create the backend. Built only with ELBO_HAVE_CUDA.
+#pragma once
+
+#include <memory>
+#include <string>
+
+#include "core/backend.h"
+
+namespace elbo {
+
+// Number of usable CUDA devices; 0 on any error (no driver, driver too old, no device).
+int cuda_device_count();
+// The device's marketing name, e.g. "NVIDIA H100 80GB HBM3". Throws on an invalid device.
+std::string cuda_device_name(int device);
+// A backend on the given device, which it makes current for the calling thread. Call its methods
+// from that thread (or one that has made the same device current). Throws when the device does
+// not exist.
+std::unique_ptr<Backend> make_cuda_backend(int device);
+// The stream (a cudaStream_t) that all of a CUDA backend's work runs on, for work that must be
+// ordered with it, such as NCCL all-reduces of the gradients. It is a non-blocking stream, so the
+// legacy default stream (nullptr) is NOT ordered with it. Throws when backend is not a CUDA one.
+void* cuda_stream(Backend& backend);
+
+}  // namespace elbo

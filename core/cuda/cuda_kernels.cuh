@@ -1,0 +1,175 @@
+// The CUDA kernels: loops over the shared ELBO_HD math of core/elementwise.h and core/philox.h,
+// each the device twin of a loop in core/cpu/cpu_backend.cpp (tests/test_cuda.cpp compares them).
+// Every kernel loops grid-stride, so any grid size from launch_blocks() covers the whole range.
+// The kernels are defined here, so only cuda_backend.cu includes this file.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+
+#include "core/cuda/grid.h"
+#include "core/elementwise.h"
+#include "core/philox.h"
+
+namespace elbo::kernels {
+
+__device__ __forceinline__ size_t grid_start() {
+  return static_cast<size_t>(blockIdx.x) * blockDim.x + threadIdx.x;
+}
+__device__ __forceinline__ size_t grid_step() {
+  return static_cast<size_t>(gridDim.x) * blockDim.x;
+}
+
+// Sum of v over the block, returned to every thread; shared holds blockDim.x values, and
+// blockDim.x must be a power of two (kThreadsPerBlock). A fixed tree, so results repeat exactly.
+template <typename T>
+__device__ T block_sum(T v, T* shared) {
+  shared[threadIdx.x] = v;
+  __syncthreads();
+  for (unsigned s = blockDim.x / 2; s > 0; s >>= 1) {
+    if (threadIdx.x < s) shared[threadIdx.x] += shared[threadIdx.x + s];
+    __syncthreads();
+  }
+  const T total = shared[0];
+  __syncthreads();  // before the caller writes shared again
+  return total;
+}
+
+// y[B,N] = act(y + bias), over total = B*N elements.
+__global__ void bias_activation(float* y, const float* bias, size_t total, int N, Activation act) {
+  const size_t n = static_cast<size_t>(N);
+  for (size_t i = grid_start(); i < total; i += grid_step())
+    y[i] = activate(y[i] + bias[i % n], act);
+}
+
+// dy[B,N] *= act'(y), dbias[j] = column sum. One thread per column: neighbouring threads read
+// neighbouring columns (coalesced), and each column is summed over rows in the CPU's order.
+__global__ void activation_backward(float* dy, const float* y, float* dbias, int B, int N,
+                                    Activation act) {
+  const size_t n = static_cast<size_t>(N);
+  for (size_t j = grid_start(); j < n; j += grid_step()) {
+    float column = 0.0f;
+    for (int b = 0; b < B; ++b) {
+      const size_t k = static_cast<size_t>(b) * n + j;
+      float d = dy[k];
+      if (act != Activation::None) {
+        d *= activation_grad_from_output(y[k], act);
+        dy[k] = d;
+      }
+      column += d;
+    }
+    dbias[j] = column;
+  }
+}
+
+// head[B,2L] = [mu | logvar] -> z[B,L], kl[B]. One thread per sample; L is small.
+__global__ void reparameterize(const float* head, const float* eps, float* z, float* kl, int B,
+                               int L) {
+  const size_t l = static_cast<size_t>(L);
+  for (size_t b = grid_start(); b < static_cast<size_t>(B); b += grid_step()) {
+    const float* mu = head + b * 2 * l;
+    const float* logvar = mu + l;
+    float kl_sum = 0.0f;
+    for (size_t j = 0; j < l; ++j) {
+      const LatentForward f = elbo::reparameterize(mu[j], logvar[j], eps[b * l + j]);
+      z[b * l + j] = f.z;
+      kl_sum += f.kl;
+    }
+    kl[b] = kl_sum;
+  }
+}
+
+// dhead[B,2L] from dz[B,L], over total = B*L latent units.
+__global__ void reparameterize_backward(const float* head, const float* eps, const float* dz,
+                                        float* dhead, size_t total, int L, float kl_weight) {
+  const size_t l = static_cast<size_t>(L);
+  for (size_t i = grid_start(); i < total; i += grid_step()) {
+    const size_t row = (i / l) * 2 * l, j = i % l;
+    const LatentGrad g =
+        elbo::reparameterize_backward(head[row + j], head[row + l + j], eps[i], dz[i], kl_weight);
+    dhead[row + j] = g.dmu;
+    dhead[row + l + j] = g.dlogvar;
+  }
+}
+
+// recon[B] and, when dout is not null, dout[B,D] = grad_scale * d(recon)/d(out), in one pass.
+// One block per row; launch with kThreadsPerBlock threads.
+template <Likelihood lik>
+__global__ void reconstruction_loss(const float* out, const float* x, float* dout, float* recon,
+                                    int B, int D, float grad_scale) {
+  __shared__ float shared[kThreadsPerBlock];
+  const size_t d = static_cast<size_t>(D);
+  for (int b = static_cast<int>(blockIdx.x); b < B; b += static_cast<int>(gridDim.x)) {
+    const size_t row = static_cast<size_t>(b) * d;
+    float total = 0.0f;
+    for (size_t j = threadIdx.x; j < d; j += blockDim.x) {
+      const ValueGrad vg = lik == Likelihood::Bernoulli
+                               ? bce_with_logits(out[row + j], x[row + j])
+                               : gaussian_sq_error(out[row + j], x[row + j]);
+      total += vg.value;
+      if (dout) dout[row + j] = grad_scale * vg.grad;
+    }
+    total = block_sum(total, shared);
+    if (threadIdx.x == 0)
+      recon[b] = lik == Likelihood::Gaussian ? total + static_cast<float>(D) * kHalfLog2Pi : total;
+  }
+}
+
+// eps[B,L] for the samples ids[B]. One thread per (sample, group of 4 latents): one Philox draw
+// gives four normals, with the CPU's counters (group, sample id, c2, stream).
+__global__ void fill_noise(float* eps, const uint32_t* ids, size_t B, int L, RngKey key,
+                           uint32_t c2, RngStream stream) {
+  const size_t l = static_cast<size_t>(L), groups = (l + 3) / 4;
+  for (size_t i = grid_start(); i < B * groups; i += grid_step()) {
+    const size_t b = i / groups, j0 = (i % groups) * 4;
+    const Philox4 draw = philox_draw(key, static_cast<uint32_t>(j0 >> 2), ids[b], c2, stream);
+    float* row = eps + b * l;
+    for (size_t k = 0; k < 4 && j0 + k < l; ++k)
+      row[j0 + k] = normal_from_draw(draw, static_cast<int>(k));
+  }
+}
+
+// Reductions in two passes, both in double: per-block partials, then one block sums them. The
+// grid depends only on n, so the summation order (and the result) repeats exactly.
+template <bool squares>
+__global__ void reduce_partials(const float* v, size_t n, double* partials) {
+  __shared__ double shared[kThreadsPerBlock];
+  double s = 0.0;
+  for (size_t i = grid_start(); i < n; i += grid_step()) {
+    const double x = v[i];
+    s += squares ? x * x : x;
+  }
+  s = block_sum(s, shared);
+  if (threadIdx.x == 0) partials[blockIdx.x] = s;
+}
+
+__global__ void reduce_final(const double* partials, int count, double* result) {
+  __shared__ double shared[kThreadsPerBlock];
+  double s = 0.0;
+  for (int i = static_cast<int>(threadIdx.x); i < count; i += static_cast<int>(blockDim.x))
+    s += partials[i];
+  s = block_sum(s, shared);
+  if (threadIdx.x == 0) *result = s;
+}
+
+// *flag = 1 when any element is NaN or infinite (the caller clears it first).
+__global__ void find_nonfinite(const float* v, size_t n, int* flag) {
+  for (size_t i = grid_start(); i < n; i += grid_step())
+    if (!isfinite(v[i])) *flag = 1;
+}
+
+__global__ void scale(float* v, size_t n, float s) {
+  for (size_t i = grid_start(); i < n; i += grid_step()) v[i] *= s;
+}
+
+// One Adam/AdamW update over the flat buffers; *nonfinite = 1 when a gradient is NaN or infinite.
+__global__ void adam_step(float* params, const float* grads, float* m, float* v, size_t n,
+                          AdamConstants c, int* nonfinite) {
+  for (size_t i = grid_start(); i < n; i += grid_step()) {
+    const float g = grads[i];
+    if (!isfinite(g)) *nonfinite = 1;
+    adam_update(params[i], g, m[i], v[i], c);
+  }
+}
+
+}  // namespace elbo::kernels
