@@ -21,6 +21,8 @@ class Backend {
  public:
   virtual ~Backend() = default;
   virtual std::string name() const = 0;
+  // True when the backend's memory is host memory and reading it back costs nothing.
+  virtual bool is_host() const { return false; }
 
   // Memory.
   virtual float* allocate(size_t n) = 0;
@@ -62,10 +64,16 @@ class Backend {
   virtual bool all_finite(const float* v, size_t n) = 0;
   virtual void scale(float* v, size_t n, float s) = 0;
 
-  // One Adam/AdamW update over n elements. Returns false when a gradient was NaN or infinite
-  // (checked in the same pass; the caller stops the run).
-  virtual bool adam_step(float* params, const float* grads, float* m, float* v, size_t n,
-                         const AdamConstants& c) = 0;
+  // One Adam/AdamW update over n elements. Sets *nonfinite (backend memory) to 1 when a gradient
+  // is NaN or infinite, checked in the same pass; never clears it. Nothing is read back, so a
+  // device need not synchronise.
+  virtual void adam_step(float* params, const float* grads, float* m, float* v, size_t n,
+                         const AdamConstants& c, float* nonfinite) = 0;
+
+  // acc[0..3] += (sum of recon, sum of kl, sum of recon + beta kl, B) over a batch's per-sample
+  // terms: running loss sums kept in backend memory until the caller downloads them.
+  virtual void accumulate_losses(const float* recon, const float* kl, int B, float beta,
+                                 float* acc) = 0;
 };
 
 // Owning array in a backend's memory.

@@ -11,7 +11,7 @@ Adam::Adam(Backend& backend, size_t n, const AdamConfig& config)
   backend_.fill_zero(v_.data(), n);
 }
 
-bool Adam::step(float* params, const float* grads) {
+void Adam::step(float* params, const float* grads, float* nonfinite) {
   ++steps_;
   const double t = static_cast<double>(steps_);
   // Computed in double, as PyTorch does on the host, then rounded once.
@@ -26,7 +26,7 @@ bool Adam::step(float* params, const float* grads) {
   c.inv_bias_correction2_sqrt = static_cast<float>(1.0 / std::sqrt(bc2));
   c.decay = decoupled ? 1.0f - config_.lr * config_.weight_decay : 1.0f;
   c.l2 = decoupled ? 0.0f : config_.weight_decay;
-  return backend_.adam_step(params, grads, m_.data(), v_.data(), m_.size(), c);
+  backend_.adam_step(params, grads, m_.data(), v_.data(), m_.size(), c, nonfinite);
 }
 
 double clip_grad_norm(Backend& backend, float* grads, size_t n, double max_norm) {

@@ -15,9 +15,9 @@ struct AdamConfig {
 class Adam {
  public:
   Adam(Backend& backend, size_t n, const AdamConfig& config);
-  // One update of params from grads; increments the step count first, as PyTorch does. Returns
-  // false when a gradient was not finite (the parameters are then unusable).
-  [[nodiscard]] bool step(float* params, const float* grads);
+  // One update of params from grads; increments the step count first, as PyTorch does. Sets
+  // *nonfinite (backend memory) to 1 when a gradient was not finite.
+  void step(float* params, const float* grads, float* nonfinite);
   int64_t steps_taken() const { return steps_; }
   void set_steps_taken(int64_t s) { steps_ = s; }
   float* exp_avg() { return m_.data(); }

@@ -23,7 +23,7 @@ std::vector<unsigned char> share_unique_id(
 #if !defined(ELBO_HAVE_NCCL)
 bool nccl_available() { return false; }
 
-std::unique_ptr<Communicator> make_nccl_communicator(std::unique_ptr<Communicator>, void*, double) {
+std::unique_ptr<Communicator> make_nccl_communicator(Communicator&, void*, double) {
   throw_bad_input(
       "distributed.backend: nccl requested, but this build has no CUDA/NCCL (configure on a "
       "machine with the CUDA toolkit, NCCL and MPI, or choose backend: mpi)");

@@ -91,18 +91,18 @@ struct Pending {
 
 class NcclCommunicator final : public Communicator {
  public:
-  NcclCommunicator(std::unique_ptr<Communicator> control, cudaStream_t stream, double timeout_s)
-      : control_(std::move(control)),
+  NcclCommunicator(Communicator& control, cudaStream_t stream, double timeout_s)
+      : control_(control),
         stream_(stream),
         timeout_s_(timeout_s),
-        rank_(control_->rank()),
+        rank_(control_.rank()),
         device_(current_device()) {
     ELBO_CHECK(timeout_s > 0, "distributed.timeout_s must be positive");
     // Start-up is watched too: a peer that never arrives must not hang the job.
     wait_on_host("start-up (unique id, ncclCommInitRank)");
     watchdog_ = std::jthread([this](std::stop_token stop) { watch(stop); });
 
-    const std::vector<unsigned char> id_bytes = share_unique_id(*control_, [] {
+    const std::vector<unsigned char> id_bytes = share_unique_id(control_, [] {
       ncclUniqueId id;
       ELBO_NCCL_CHECK(ncclGetUniqueId(&id));
       const auto* bytes = reinterpret_cast<const unsigned char*>(&id);
@@ -113,7 +113,7 @@ class NcclCommunicator final : public Communicator {
     ncclUniqueId id;
     std::memcpy(&id, id_bytes.data(), sizeof(id));
     ncclComm_t comm = nullptr;
-    ELBO_NCCL_CHECK(ncclCommInitRank(&comm, control_->size(), id, rank_));
+    ELBO_NCCL_CHECK(ncclCommInitRank(&comm, control_.size(), id, rank_));
     std::lock_guard<std::mutex> lock(mu_);
     comm_.store(comm);
     pending_ = Pending{};
@@ -143,9 +143,9 @@ class NcclCommunicator final : public Communicator {
 
   std::string name() const override { return "nccl"; }
   int rank() const override { return rank_; }
-  int size() const override { return control_->size(); }
-  int local_rank() const override { return control_->local_rank(); }
-  int local_size() const override { return control_->local_size(); }
+  int size() const override { return control_.size(); }
+  int local_rank() const override { return control_.local_rank(); }
+  int local_size() const override { return control_.local_size(); }
 
   // Enqueued on the stream; the caller orders later work by the stream, never by a host wait.
   void allreduce_sum(float* data, size_t n) override {
@@ -157,15 +157,15 @@ class NcclCommunicator final : public Communicator {
     issued("broadcast", n);
   }
 
-  void allreduce_sum(double* data, size_t n) override { control_->allreduce_sum(data, n); }
+  void allreduce_sum(double* data, size_t n) override { control_.allreduce_sum(data, n); }
   void broadcast_bytes(void* data, size_t n, int root) override {
-    control_->broadcast_bytes(data, n, root);
+    control_.broadcast_bytes(data, n, root);
   }
-  void barrier() override { control_->barrier(); }
+  void barrier() override { control_.barrier(); }
 
   [[noreturn]] void abort(int exit_code) override {
     if (ncclComm_t comm = take_comm("abort (ncclCommAbort)")) ncclCommAbort(comm);
-    control_->abort(exit_code);
+    control_.abort(exit_code);
     std::_Exit(exit_code);  // not reached; the compiler cannot see through the virtual call
   }
 
@@ -239,7 +239,7 @@ class NcclCommunicator final : public Communicator {
     std::_Exit(1);
   }
 
-  const std::unique_ptr<Communicator> control_;
+  Communicator& control_;  // outlives this object
   const cudaStream_t stream_;
   const double timeout_s_;
   const int rank_;
@@ -254,10 +254,9 @@ class NcclCommunicator final : public Communicator {
 
 }  // namespace
 
-std::unique_ptr<Communicator> make_nccl_communicator(std::unique_ptr<Communicator> control,
-                                                     void* cuda_stream, double timeout_s) {
-  ELBO_CHECK(control != nullptr, "the NCCL communicator needs a control communicator");
-  return std::make_unique<NcclCommunicator>(std::move(control),
+std::unique_ptr<Communicator> make_nccl_communicator(Communicator& control, void* cuda_stream,
+                                                     double timeout_s) {
+  return std::make_unique<NcclCommunicator>(control,
                                             static_cast<cudaStream_t>(cuda_stream), timeout_s);
 }
 

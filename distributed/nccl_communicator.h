@@ -11,12 +11,12 @@ namespace elbo {
 // A communicator whose float collectives run in place on device buffers with NCCL, enqueued on
 // `cuda_stream` (a cudaStream_t; nullptr for the legacy default stream) without any host
 // synchronisation. rank, size, barrier, abort, the double all-reduce and broadcast_bytes go to
-// `control`, which also carries the ncclUniqueId. The caller has already made this rank's device
+// `control` (which must outlive it), which also carries the ncclUniqueId. The caller has already made this rank's device
 // current (cudaSetDevice). A watchdog ends the process with one message when a collective fails
 // or stays unfinished for `timeout_s` seconds (a dead or stalled peer). Throws elbo::Error when
 // the build has no NCCL (bad input) or NCCL fails to start (internal).
-std::unique_ptr<Communicator> make_nccl_communicator(std::unique_ptr<Communicator> control,
-                                                     void* cuda_stream, double timeout_s);
+std::unique_ptr<Communicator> make_nccl_communicator(Communicator& control, void* cuda_stream,
+                                                     double timeout_s);
 
 bool nccl_available();  // whether this build has the NCCL communicator
 

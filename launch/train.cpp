@@ -47,6 +47,12 @@ void binarize_rows(float* x, std::span<const uint32_t> ids, int64_t D, RngKey ke
   }
 }
 
+std::string format_g(double v) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%g", v);
+  return buf;
+}
+
 // Rank r's part of a global batch of B rows: B / W rows, one more for the first B % W ranks.
 struct Share {
   int count;
@@ -79,7 +85,9 @@ class Trainer {
         vae_(backend, model_spec(cfg, static_cast<int>(train.features())), batch_, cfg.seed),
         adam_(backend, vae_.num_params(), adam_config(cfg)), key_(rng_key(cfg.seed)),
         x_(backend, static_cast<size_t>(batch_) * static_cast<size_t>(D_)),
-        eps_(backend, static_cast<size_t>(batch_) * cfg.model.latent) {}
+        eps_(backend, static_cast<size_t>(batch_) * cfg.model.latent), health_(backend, 5) {
+    be_.fill_zero(health_.data(), 5);
+  }
 
   size_t num_params() const { return vae_.num_params(); }
   const ParameterLayout& layout() const { return vae_.layout(); }
@@ -105,6 +113,7 @@ class Trainer {
     comm_.broadcast(adam_.exp_avg(), vae_.num_params(), 0);
     comm_.broadcast(adam_.exp_avg_sq(), vae_.num_params(), 0);
     last_saved_step_ = step_;
+    health_since_ = step_;
   }
 
   void run(const CheckpointDirectory& checkpoints, MetricsWriter& metrics) {
@@ -188,23 +197,16 @@ class Trainer {
       const double beta = kl_weight();
       vae_.forward_backward(x_.data(), eps_.data(), batch_, static_cast<float>(beta),
                             1.0f / static_cast<float>(global_batch_));
-      const LossSums ls = vae_.loss_sums(batch_);
-      if (!std::isfinite(ls.recon) || !std::isfinite(ls.kl))
-        throw_internal("loss is not finite at step " + std::to_string(step_ + 1) +
-                           " (recon " + std::to_string(ls.recon) + ", kl " + std::to_string(ls.kl) +
-                           "); stopping before it reaches a checkpoint",
-                       __FILE__, __LINE__);
+      be_.accumulate_losses(vae_.recon_per_sample(), vae_.kl_per_sample(), batch_,
+                            static_cast<float>(beta), health_.data());
       comm_.allreduce_sum(vae_.grads(), vae_.num_params());
       if (cfg_.train.grad_clip > 0) clip_grad_norm(be_, vae_.grads(), vae_.num_params(), cfg_.train.grad_clip);
-      if (!adam_.step(vae_.params(), vae_.grads()))
-        throw_internal("gradient is not finite at step " + std::to_string(step_ + 1) +
-                           "; stopping before it reaches a checkpoint",
-                       __FILE__, __LINE__);
+      adam_.step(vae_.params(), vae_.grads(), health_.data() + 4);
       ++step_;
       samples_seen_ += cfg_.train.batch_size;
-      epoch_sums.add(ls, beta, batch_);
-      log_sums.add(ls, beta, batch_);
-      if (step_ % cfg_.output.log_every == 0) {
+      const bool log_now = step_ % cfg_.output.log_every == 0;
+      if (log_now || be_.is_host() || step_ == epoch * steps) read_health({&epoch_sums, &log_sums});
+      if (log_now) {
         comm_.allreduce_sum(log_sums.v, 4);
         const double dt = seconds_since(log_t0);
         const WaitStats wait = gather_wait(loader.take_wait_seconds());
@@ -226,8 +228,34 @@ class Trainer {
       if (cfg_.checkpoint.every_steps > 0 && step_ % cfg_.checkpoint.every_steps == 0)
         save_checkpoint(checkpoints);
     }
+    read_health({&epoch_sums, &log_sums});  // a stop or max_steps can end the epoch between reads
     comm_.allreduce_sum(epoch_sums.v, 4);
     return epoch_sums;
+  }
+
+  // Reads the loss sums and the gradient flag that the steps since the last read left in backend
+  // memory: every step on the CPU, where reading is free, and only at log points and epoch ends
+  // on a device, which would otherwise stall each step. A non-finite value stops the run before
+  // it can reach a checkpoint, naming the step (or the steps since the last read).
+  void read_health(std::initializer_list<Sums*> into) {
+    float h[5];
+    be_.download(h, health_.data(), 5);
+    be_.fill_zero(health_.data(), 5);
+    const int64_t first = health_since_ + 1;
+    health_since_ = step_;
+    if (first > step_) return;
+    const std::string when = first == step_ ? "at step " + std::to_string(step_)
+                                            : "within steps " + std::to_string(first) + "-" +
+                                                  std::to_string(step_);
+    if (!std::isfinite(h[0]) || !std::isfinite(h[1]) || !std::isfinite(h[2]))
+      throw_internal("loss is not finite " + when + " (recon sum " + format_g(h[0]) + ", kl sum " +
+                         format_g(h[1]) + "); stopping before it reaches a checkpoint",
+                     __FILE__, __LINE__);
+    if (h[4] != 0.0f)
+      throw_internal("gradient is not finite " + when + "; stopping before it reaches a checkpoint",
+                     __FILE__, __LINE__);
+    for (Sums* sums : into)
+      for (int i = 0; i < 4; ++i) sums->v[i] += h[i];
   }
 
   // beta, ramped linearly from 0 over the warm-up steps when configured.
@@ -337,6 +365,8 @@ class Trainer {
   int64_t step_ = 0, samples_seen_ = 0, epochs_done_ = 0;
   int64_t last_saved_step_ = 0;  // a fresh run has nothing worth saving at step 0
   bool stopping_ = false;        // a stop signal reached some rank
+  DeviceArray health_;           // (5): loss sums [recon, kl, objective, count], gradient flag
+  int64_t health_since_ = 0;     // the step health_ was last read at
 };
 
 

@@ -281,6 +281,24 @@ expect_error "--shards" "$ELBO" prepare --from idx --images "$W/tiny-images-idx3
   --out "$W/data/zero" --shards 0
 
 # ---------------------------------------------------------------------------------------------
+# 7b. A run that diverges (lr 1e30) stops with a message naming the step, exit 1, and the last
+#     checkpoint (written every step) is the finite one before it.
+DIVERGE="$W/runs/diverge"
+"$ELBO" train "$CONFIGS/smoke.yaml" "data.train=$W/data/train" "data.test=$W/data/test" \
+  "output.dir=$DIVERGE" "train.optimizer={name: adam, lr: 1.0e+30}" checkpoint.every_steps=1 \
+  >"$W/log/diverge.out" 2>"$W/log/diverge.err"
+rc=$?
+bad_step=$(sed -n 's/.*not finite at step \([0-9]*\).*/\1/p' "$W/log/diverge.err")
+saved_step=$("$ELBO" info "$DIVERGE/checkpoints/last.h5" 2>/dev/null |
+             sed -n 's/.*"step": \([0-9]*\).*/\1/p')
+if [ "$rc" -eq 1 ] && [ -n "$bad_step" ] && [ "$(wc -l <"$W/log/diverge.err")" -eq 1 ] &&
+   [ -n "$saved_step" ] && [ "$saved_step" -lt "$bad_step" ]; then
+  ok "divergence stops at step $bad_step (exit 1); last checkpoint is step $saved_step and loads"
+else
+  fail "divergence: exit $rc, bad step '$bad_step', saved step '$saved_step'"; show "$W/log/diverge.err"
+fi
+
+# ---------------------------------------------------------------------------------------------
 # 8. Command line.
 expect_error "(command line" "$ELBO"
 expect_error "(command line" "$ELBO" frobnicate

@@ -288,8 +288,11 @@ TEST_F(CudaVsCpu, AdamStepOnIdenticalInputs) {
                     1 / std::sqrt(1 - 0.999f * 0.999f * 0.999f),
                     decoupled ? 1 - 1e-5f : 1.0f,
                     decoupled ? 0.0f : 0.01f};
-    EXPECT_TRUE(cpu_->adam_step(p.cpu.data(), g.cpu.data(), m.cpu.data(), v.cpu.data(), n, c));
-    EXPECT_TRUE(gpu_->adam_step(p.gpu.data(), g.gpu.data(), m.gpu.data(), v.gpu.data(), n, c));
+    Pair flag = both(std::vector<float>(1, 0.0f));
+    cpu_->adam_step(p.cpu.data(), g.cpu.data(), m.cpu.data(), v.cpu.data(), n, c, flag.cpu.data());
+    gpu_->adam_step(p.gpu.data(), g.gpu.data(), m.gpu.data(), v.gpu.data(), n, c, flag.gpu.data());
+    EXPECT_EQ(cpu_values(flag.cpu)[0], 0.0f);
+    EXPECT_EQ(gpu_values(flag.gpu)[0], 0.0f);
     // The same single-precision update per element; only fused multiply-adds differ.
     EXPECT_LE(max_abs_diff(cpu_values(p.cpu), gpu_values(p.gpu)), 1e-6);
     EXPECT_LE(max_abs_diff(cpu_values(m.cpu), gpu_values(m.gpu)), 1e-8);
@@ -301,8 +304,11 @@ TEST_F(CudaVsCpu, AdamStepOnIdenticalInputs) {
   Pair p = both(uniform(n, -1, 1, 19)), g = both(grads);
   Pair m = both(std::vector<float>(n)), v = both(std::vector<float>(n));
   const AdamConstants c{0.9f, 0.999f, 1e-8f, 1e-2f, 1 / std::sqrt(0.001f), 1.0f, 0.0f};
-  EXPECT_FALSE(gpu_->adam_step(p.gpu.data(), g.gpu.data(), m.gpu.data(), v.gpu.data(), n, c));
-  EXPECT_TRUE(gpu_->adam_step(p.gpu.data(), g.gpu.data(), m.gpu.data(), v.gpu.data(), n - 1, c));
+  Pair flag = both(std::vector<float>(1, 0.0f));
+  gpu_->adam_step(p.gpu.data(), g.gpu.data(), m.gpu.data(), v.gpu.data(), n - 1, c, flag.gpu.data());
+  EXPECT_EQ(gpu_values(flag.gpu)[0], 0.0f);
+  gpu_->adam_step(p.gpu.data(), g.gpu.data(), m.gpu.data(), v.gpu.data(), n, c, flag.gpu.data());
+  EXPECT_EQ(gpu_values(flag.gpu)[0], 1.0f);
 }
 
 // ---- the whole model
@@ -377,14 +383,19 @@ TEST_P(CudaModelParity, ForwardGradientsAndTenAdamSteps) {
   // whatever the gradient's size, so parity holds to a fraction of lr = 1e-3: 1e-4 absolute.
   const AdamConfig config{};  // lr 1e-3, PyTorch's defaults
   Adam cpu_adam(*cpu_, P, config), gpu_adam(*gpu_, P, config);
+  DeviceArray cpu_flag(*cpu_, 1), gpu_flag(*gpu_, 1);
+  cpu_->fill_zero(cpu_flag.data(), 1);
+  gpu_->fill_zero(gpu_flag.data(), 1);
   for (int step = 0; step < 10; ++step) {
     if (step > 0) {
       cpu_vae.forward_backward(x.cpu.data(), eps_cpu.data(), B, beta, grad_scale);
       gpu_vae.forward_backward(x.gpu.data(), eps_gpu.data(), B, beta, grad_scale);
     }
-    ASSERT_TRUE(cpu_adam.step(cpu_vae.params(), cpu_vae.grads()));
-    ASSERT_TRUE(gpu_adam.step(gpu_vae.params(), gpu_vae.grads()));
+    cpu_adam.step(cpu_vae.params(), cpu_vae.grads(), cpu_flag.data());
+    gpu_adam.step(gpu_vae.params(), gpu_vae.grads(), gpu_flag.data());
   }
+  EXPECT_EQ(from_backend(*cpu_, cpu_flag.data(), 1)[0], 0.0f);
+  EXPECT_EQ(from_backend(*gpu_, gpu_flag.data(), 1)[0], 0.0f);
   const std::vector<float> p_cpu = from_backend(*cpu_, cpu_vae.params(), P);
   const std::vector<float> p_gpu = from_backend(*gpu_, gpu_vae.params(), P);
   EXPECT_LE(max_abs_diff(p_cpu, p_gpu), 1e-4);

@@ -134,5 +134,16 @@ TEST(Activation, DerivativeFromOutputMatchesFiniteDifferences) {
   }
 }
 
+TEST(Backend, AccumulateLossesAddsBatchSums) {
+  auto backend = make_cpu_backend();
+  const std::vector<float> recon = {10.0f, 20.0f, 30.5f}, kl = {1.0f, 2.0f, 0.5f};
+  std::vector<float> acc = {1.0f, 2.0f, 3.0f, 4.0f};
+  backend->accumulate_losses(recon.data(), kl.data(), 3, 0.5f, acc.data());
+  EXPECT_FLOAT_EQ(acc[0], 1.0f + 60.5f);
+  EXPECT_FLOAT_EQ(acc[1], 2.0f + 3.5f);
+  EXPECT_FLOAT_EQ(acc[2], 3.0f + 60.5f + 0.5f * 3.5f);
+  EXPECT_FLOAT_EQ(acc[3], 4.0f + 3.0f);
+}
+
 }  // namespace
 }  // namespace elbo

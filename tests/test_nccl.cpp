@@ -98,7 +98,8 @@ TEST(ShareUniqueId, OtherRanksTakeTheLengthThenTheBytesFromRoot) {
 TEST(NcclCommunicator, BuildsWithoutNcclSayWhy) {
   if (nccl_available()) GTEST_SKIP() << "this build has NCCL";
   try {
-    make_nccl_communicator(make_single_process_communicator(), nullptr, 60);
+    auto control = make_single_process_communicator();
+    make_nccl_communicator(*control, nullptr, 60);
     ADD_FAILURE() << "expected an error";
   } catch (const Error& e) {
     EXPECT_EQ(e.exit_code(), 2);
@@ -135,7 +136,8 @@ TEST(NcclOneRank, AllReduceInPlace) {
             cudaSuccess);
   {
     // A short timeout: the watchdog must stay quiet while nothing is outstanding.
-    auto comm = make_nccl_communicator(make_single_process_communicator(), s.stream, 0.5);
+    auto control = make_single_process_communicator();
+    auto comm = make_nccl_communicator(*control, s.stream, 0.5);
     EXPECT_EQ(comm->name(), "nccl");
     EXPECT_EQ(comm->rank(), 0);
     EXPECT_EQ(comm->size(), 1);

@@ -15,16 +15,17 @@ TEST(Adam, TwoStepsMatchHandComputation) {
   cfg.lr = 0.1f;
   cfg.eps = 0.1f;  // large, so the step is not just lr * sign(g)
   Adam adam(*backend, 2, cfg);
+  float nonfinite = 0.0f;  // set by a step that sees a NaN or infinite gradient
   std::vector<float> p = {1.0f, -2.0f};
   std::vector<float> g = {0.5f, -0.25f};
-  ASSERT_TRUE(adam.step(p.data(), g.data()));
+  adam.step(p.data(), g.data(), &nonfinite);
   // m = 0.1 g, v = 0.001 g^2; m_hat = g, sqrt(v_hat) = |g|: p -= 0.1 g / (|g| + 0.1)
   EXPECT_NEAR(p[0], 1.0 - 0.1 * 0.5 / 0.6, 1e-6);
   EXPECT_NEAR(p[1], -2.0 + 0.1 * 0.25 / 0.35, 1e-6);
   // Second step with g' = (0.1, 0.3):
   std::vector<float> g2 = {0.1f, 0.3f};
   const double p0 = p[0], p1 = p[1];
-  ASSERT_TRUE(adam.step(p.data(), g2.data()));
+  adam.step(p.data(), g2.data(), &nonfinite);
   auto expected = [](double p_prev, double ga, double gb) {
     const double m = 0.9 * (0.1 * ga) + 0.1 * gb;
     const double v = 0.999 * (0.001 * ga * ga) + 0.001 * gb * gb;
@@ -43,8 +44,9 @@ TEST(Adam, L2WeightDecayAddsToTheGradient) {
   cfg.eps = 0.1f;
   cfg.weight_decay = 0.5f;
   Adam adam(*backend, 1, cfg);
+  float nonfinite = 0.0f;  // set by a step that sees a NaN or infinite gradient
   float p = 2.0f, g = 0.25f;
-  ASSERT_TRUE(adam.step(&p, &g));
+  adam.step(&p, &g, &nonfinite);
   const double g_eff = 0.25 + 0.5 * 2.0;  // 1.25
   EXPECT_NEAR(p, 2.0 - 0.1 * g_eff / (g_eff + 0.1), 1e-6);
 }
@@ -57,8 +59,9 @@ TEST(AdamW, DecoupledDecayShrinksWeightsFirst) {
   cfg.weight_decay = 0.5f;
   cfg.decoupled_weight_decay = true;
   Adam adam(*backend, 1, cfg);
+  float nonfinite = 0.0f;  // set by a step that sees a NaN or infinite gradient
   float p = 2.0f, g = 0.25f;
-  ASSERT_TRUE(adam.step(&p, &g));
+  adam.step(&p, &g, &nonfinite);
   EXPECT_NEAR(p, 2.0 * (1 - 0.1 * 0.5) - 0.1 * 0.25 / (0.25 + 0.1), 1e-6);
 }
 
@@ -83,11 +86,17 @@ TEST(Adam, ReportsNonFiniteGradients) {
   auto backend = make_cpu_backend();
   Adam adam(*backend, 40, AdamConfig{});
   std::vector<float> p(40, 1.0f), g(40, 0.5f);
-  EXPECT_TRUE(adam.step(p.data(), g.data()));
+  float flag = 0.0f;
+  adam.step(p.data(), g.data(), &flag);
+  EXPECT_EQ(flag, 0.0f);
   for (float bad : {NAN, INFINITY, -INFINITY}) {
     g[37] = bad;  // past the first vector, so the vectorised part of the loop is covered
-    EXPECT_FALSE(adam.step(p.data(), g.data())) << bad;
+    adam.step(p.data(), g.data(), &flag);
+    EXPECT_EQ(flag, 1.0f) << bad;
     g[37] = 0.5f;
+    flag = 0.0f;
+    adam.step(p.data(), g.data(), &flag);  // the flag is never cleared by the step itself
+    EXPECT_EQ(flag, 0.0f) << "after " << bad;
   }
 }
 

@@ -60,6 +60,7 @@ ELBO_CPU_CLONES bool adam_loop(float* params, const float* grads, float* m, floa
 class CpuBackend final : public Backend {
  public:
   std::string name() const override { return "cpu"; }
+  bool is_host() const override { return true; }
 
   float* allocate(size_t n) override {
     // 64-byte alignment keeps rows friendly to vector loads and BLAS packing.
@@ -177,9 +178,22 @@ class CpuBackend final : public Backend {
     for (size_t i = 0; i < n; ++i) v[i] *= s;
   }
 
-  bool adam_step(float* params, const float* grads, float* m, float* v, size_t n,
-                 const AdamConstants& c) override {
-    return adam_loop(params, grads, m, v, n, c);
+  void adam_step(float* params, const float* grads, float* m, float* v, size_t n,
+                 const AdamConstants& c, float* nonfinite) override {
+    if (!adam_loop(params, grads, m, v, n, c)) *nonfinite = 1.0f;
+  }
+
+  void accumulate_losses(const float* recon, const float* kl, int B, float beta,
+                         float* acc) override {
+    float r = 0.0f, k = 0.0f;
+    for (int b = 0; b < B; ++b) {
+      r += recon[b];
+      k += kl[b];
+    }
+    acc[0] += r;
+    acc[1] += k;
+    acc[2] += r + beta * k;
+    acc[3] += static_cast<float>(B);
   }
 
  private:

@@ -198,14 +198,19 @@ class CudaBackend final : public Backend {
 
   // Reading the flag back is a host synchronisation once per step; it goes when the finiteness
   // check (and the step count) move to the device.
-  bool adam_step(float* params, const float* grads, float* m, float* v, size_t n,
-                 const AdamConstants& c) override {
-    if (n == 0) return true;
-    clear_flag();
+  void adam_step(float* params, const float* grads, float* m, float* v, size_t n,
+                 const AdamConstants& c, float* nonfinite) override {
+    if (n == 0) return;
     kernels::adam_step<<<blocks(n), kThreadsPerBlock, 0, s()>>>(params, grads, m, v, n, c,
-                                                                flag_.get());
+                                                                nonfinite);
     ELBO_CUDA_CHECK_LAUNCH();
-    return read_flag() == 0;
+  }
+
+  void accumulate_losses(const float* recon, const float* kl, int B, float beta,
+                         float* acc) override {
+    if (B <= 0) return;
+    kernels::accumulate_losses<<<1, kThreadsPerBlock, 0, s()>>>(recon, kl, B, beta, acc);
+    ELBO_CUDA_CHECK_LAUNCH();
   }
 
  private:

@@ -164,11 +164,31 @@ __global__ void scale(float* v, size_t n, float s) {
 
 // One Adam/AdamW update over the flat buffers; *nonfinite = 1 when a gradient is NaN or infinite.
 __global__ void adam_step(float* params, const float* grads, float* m, float* v, size_t n,
-                          AdamConstants c, int* nonfinite) {
+                          AdamConstants c, float* nonfinite) {
   for (size_t i = grid_start(); i < n; i += grid_step()) {
     const float g = grads[i];
-    if (!isfinite(g)) *nonfinite = 1;
+    if (!isfinite(g)) *nonfinite = 1.0f;
     adam_update(params[i], g, m[i], v[i], c);
+  }
+}
+
+// acc[0..3] += (sum recon, sum kl, sum recon + beta kl, B); one block, so no atomics and a fixed
+// summation order.
+__global__ void accumulate_losses(const float* recon, const float* kl, int B, float beta,
+                                  float* acc) {
+  __shared__ float shared[kThreadsPerBlock];
+  float r = 0.0f, k = 0.0f;
+  for (int b = static_cast<int>(threadIdx.x); b < B; b += blockDim.x) {
+    r += recon[b];
+    k += kl[b];
+  }
+  r = block_sum(r, shared);
+  k = block_sum(k, shared);
+  if (threadIdx.x == 0) {
+    acc[0] += r;
+    acc[1] += k;
+    acc[2] += r + beta * k;
+    acc[3] += static_cast<float>(B);
   }
 }
 
