@@ -20,6 +20,9 @@
 #include "io/metrics.h"
 #include "io/sampler.h"
 #include "io/shards.h"
+#include "core/cuda/cuda_backend.h"
+#include "distributed/nccl_communicator.h"
+#include "launch/device_plan.h"
 #include "launch/run_directory.h"
 #include "launch/stop_signal.h"
 #include "launch/watchdog.h"
@@ -370,13 +373,14 @@ class Trainer {
 };
 
 
-std::unique_ptr<Communicator> make_communicator(CommBackend choice, const std::string& cfg_path) {
+// The control plane: MPI whenever ranks are to talk (NCCL's data plane bootstraps over it too),
+// a single process otherwise.
+std::unique_ptr<Communicator> make_control_communicator(CommBackend choice) {
   switch (choice) {
     case CommBackend::None: return make_single_process_communicator();
     case CommBackend::Mpi: return make_mpi_communicator();
     case CommBackend::Nccl:
-      throw_bad_input("distributed.backend: nccl needs the CUDA backend, which this build lacks (" +
-                      cfg_path + ")");
+      return mpi_available() ? make_mpi_communicator() : make_single_process_communicator();
     case CommBackend::Auto: break;
   }
   return launched_by_mpi() && mpi_available() ? make_mpi_communicator()
@@ -459,10 +463,13 @@ void check_resumable(const Config& cfg, const CheckpointData& ck, const std::str
 }
 
 void train_with(const Config& cfg, const std::string& cfg_path, const std::string& resume,
-                Communicator& comm) {
-  refuse_isolated_ranks(comm, cfg_path);
-  if (cfg.device == DeviceChoice::Cuda)
-    throw_bad_input("device: cuda requested, but this build has no CUDA backend (" + cfg_path + ")");
+                Communicator& control) {
+  refuse_isolated_ranks(control, cfg_path);
+  const DevicePlan device = plan_device(cfg.device, cuda_backend_built(), cuda_device_count(),
+                                        control.local_rank(), cfg_path);
+  const DataPlane plane = plan_data_plane(cfg.distributed.backend, device.cuda, control.size(),
+                                          cfg_path);
+  Communicator& comm = control;  // until the data plane is up, the control plane does it all
   // Validate all inputs before touching the run directory.
   ShardedDataset train = ShardedDataset::open(cfg.data.train);
   std::unique_ptr<ShardedDataset> test;
@@ -490,7 +497,16 @@ void train_with(const Config& cfg, const std::string& cfg_path, const std::strin
                           : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) /
                                             comm.local_size());
   configure_cpu_thread(threads);
-  auto backend = make_cpu_backend();
+  auto backend = device.cuda ? make_cuda_backend(device.index) : make_cpu_backend();
+  const std::string device_name =
+      device.cuda ? "cuda:" + std::to_string(device.index) + " (" + cuda_device_name(device.index) + ")"
+                  : "cpu";
+  // NCCL moves the gradients between GPUs, ordered on the backend's stream; MPI stays the
+  // control plane (metrics, agreement, the NCCL id).
+  std::unique_ptr<Communicator> nccl;
+  if (plane == DataPlane::Nccl)
+    nccl = make_nccl_communicator(control, cuda_stream(*backend), cfg.distributed.timeout_s);
+  Communicator& data_comm = nccl ? *nccl : control;
   const bool cache = should_cache(train, cfg.data.cache, comm.local_size());
   if (cache) {
     train.cache_in_memory();
@@ -506,7 +522,7 @@ void train_with(const Config& cfg, const std::string& cfg_path, const std::strin
   }
 
   // Everything that can fail on bad input happens before the first file is written.
-  Trainer trainer(cfg, comm, *backend, train, test.get());
+  Trainer trainer(cfg, data_comm, *backend, train, test.get());
   check_ranks_agree(comm, cfg, train, test.get(), trainer.num_params());
   const CheckpointDirectory checkpoints(run_dir / "checkpoints", cfg.checkpoint.keep);
   std::optional<CheckpointData> ck;
@@ -529,8 +545,8 @@ void train_with(const Config& cfg, const std::string& cfg_path, const std::strin
       trim_metrics_after(run_dir / "metrics.jsonl", ck->state.step);
     }
     metrics = MetricsWriter((run_dir / "metrics.jsonl").string());
-    std::printf("elbo: backend %s, communicator %s, %d rank(s), %s threads per rank, data %s\n",
-                backend->name().c_str(), comm.name().c_str(), comm.size(),
+    std::printf("elbo: device %s, communicator %s, %d rank(s), %s threads per rank, data %s\n",
+                device_name.c_str(), data_comm.name().c_str(), comm.size(),
                 threads > 0 ? std::to_string(threads).c_str() : "default",
                 cache ? "cached in memory" : "read from the shards each step");
   }
@@ -544,8 +560,7 @@ void train_with(const Config& cfg, const std::string& cfg_path, const std::strin
 
 int run_train(const TrainOptions& options) {
   const Config cfg = load_config(options.config_path, options.overrides);
-  auto comm = watched(make_communicator(cfg.distributed.backend, options.config_path),
-                      cfg.distributed.timeout_s);
+  auto comm = watched(make_control_communicator(cfg.distributed.backend), cfg.distributed.timeout_s);
   if (comm->size() == 1) {
     train_with(cfg, options.config_path, options.resume, *comm);
     return 0;

@@ -269,6 +269,8 @@ class CudaBackend final : public Backend {
 
 }  // namespace
 
+bool cuda_backend_built() { return true; }
+
 int cuda_device_count() {
   int count = 0;
   if (cudaGetDeviceCount(&count) != cudaSuccess) {

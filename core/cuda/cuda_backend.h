@@ -1,5 +1,6 @@
 // The CUDA backend's entry points, in plain C++ (no CUDA types) so that code compiled without nvcc
-// (launch/, the tests) can probe devices and create the backend. Built only with ELBO_HAVE_CUDA.
+// (launch/, the tests) can probe devices and create the backend. Defined by cuda_backend.cu with
+// ELBO_HAVE_CUDA, and by core/no_cuda.cpp without it.
 #pragma once
 
 #include <memory>
@@ -9,6 +10,8 @@
 
 namespace elbo {
 
+// Whether this build has the CUDA backend (without it, core/no_cuda.cpp answers: no devices).
+bool cuda_backend_built();
 // Number of usable CUDA devices; 0 on any error (no driver, driver too old, no device).
 int cuda_device_count();
 // The device's marketing name, e.g. "NVIDIA H100 80GB HBM3". Throws on an invalid device.
