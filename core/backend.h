@@ -29,6 +29,10 @@ class Backend {
   virtual void deallocate(float* p) noexcept = 0;
   virtual void upload(float* dst, const float* host_src, size_t n) = 0;
   virtual void download(float* host_dst, const float* src, size_t n) = 0;
+  // A training batch to the device, without waiting: on a device it overlaps the previous step's
+  // compute. Contract: the caller alternates dst between two buffers, so that the one written
+  // was last read by work enqueued before the previous call. host_src may be reused on return.
+  virtual void upload_input(float* dst, const float* host_src, size_t n) = 0;
   virtual void fill_zero(float* p, size_t n) = 0;
 
   // C[M,N] = alpha op(A)[M,K] op(B)[K,N] + beta C.

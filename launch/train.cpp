@@ -87,7 +87,8 @@ class Trainer {
         batch_offset_(share(global_batch_, comm.rank(), comm.size()).offset),
         vae_(backend, model_spec(cfg, static_cast<int>(train.features())), batch_, cfg.seed),
         adam_(backend, vae_.num_params(), adam_config(cfg)), key_(rng_key(cfg.seed)),
-        x_(backend, static_cast<size_t>(batch_) * static_cast<size_t>(D_)),
+        x_{DeviceArray(backend, static_cast<size_t>(batch_) * static_cast<size_t>(D_)),
+           DeviceArray(backend, static_cast<size_t>(batch_) * static_cast<size_t>(D_))},
         eps_(backend, static_cast<size_t>(batch_) * cfg.model.latent), health_(backend, 5) {
     be_.fill_zero(health_.data(), 5);
   }
@@ -196,9 +197,9 @@ class Trainer {
         stopping_ = true;
         break;
       }
-      upload_batch(loader.next(), c2, RngStream::Noise);
+      const float* x = upload_batch(loader.next(), c2, RngStream::Noise, true);
       const double beta = kl_weight();
-      vae_.forward_backward(x_.data(), eps_.data(), batch_, static_cast<float>(beta),
+      vae_.forward_backward(x, eps_.data(), batch_, static_cast<float>(beta),
                             1.0f / static_cast<float>(global_batch_));
       be_.accumulate_losses(vae_.recon_per_sample(), vae_.kl_per_sample(), batch_,
                             static_cast<float>(beta), health_.data());
@@ -281,10 +282,15 @@ class Trainer {
     if (cfg_.data.binarize == Binarize::Dynamic) binarize_rows(batch.x.data(), batch.ids, D_, key_, c2);
   }
 
-  // Copies a batch to the device and draws its noise from (sample id, c2).
-  void upload_batch(const HostBatch& batch, uint32_t c2, RngStream stream) {
-    be_.upload(x_.data(), batch.x.data(), batch.x.size());
+  // Copies a batch to the device and draws its noise from (sample id, c2); returns where the
+  // batch now is. Training batches alternate between two device buffers, so that a device copies
+  // the next one while still computing on the last (Backend::upload_input).
+  const float* upload_batch(const HostBatch& batch, uint32_t c2, RngStream stream, bool training) {
+    float* x = x_[training ? (++uploads_ & 1) : 0].data();
+    if (training) be_.upload_input(x, batch.x.data(), batch.x.size());
+    else be_.upload(x, batch.x.data(), batch.x.size());
     be_.fill_noise(eps_.data(), batch.ids, cfg_.model.latent, key_, c2, stream);
+    return x;
   }
 
   struct WaitStats {
@@ -320,8 +326,8 @@ class Trainer {
       rows.resize(static_cast<size_t>(n));
       for (int64_t i = 0; i < n; ++i) rows[static_cast<size_t>(i)] = start + i;
       fill_host_batch(data, rows, 0, eval_batch_);
-      upload_batch(eval_batch_, 0, RngStream::EvalNoise);
-      vae_.forward(x_.data(), eps_.data(), static_cast<int>(n));
+      const float* x = upload_batch(eval_batch_, 0, RngStream::EvalNoise, false);
+      vae_.forward(x, eps_.data(), static_cast<int>(n));
       sums.add(vae_.loss_sums(static_cast<int>(n)), 1.0, static_cast<int>(n));
     }
     comm_.allreduce_sum(sums.v, 4);
@@ -364,7 +370,9 @@ class Trainer {
   Adam adam_;
   RngKey key_;
   HostBatch eval_batch_;       // staging for evaluation reads
-  DeviceArray x_, eps_;        // [batch, D], [batch, L]
+  DeviceArray x_[2];           // [batch, D] each: training batches alternate between them
+  DeviceArray eps_;            // [batch, L]
+  uint64_t uploads_ = 0;
   int64_t step_ = 0, samples_seen_ = 0, epochs_done_ = 0;
   int64_t last_saved_step_ = 0;  // a fresh run has nothing worth saving at step 0
   bool stopping_ = false;        // a stop signal reached some rank

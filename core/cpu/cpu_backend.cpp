@@ -68,6 +68,7 @@ class CpuBackend final : public Backend {
   }
   void deallocate(float* p) noexcept override { ::operator delete[](p, std::align_val_t{64}); }
   void upload(float* dst, const float* src, size_t n) override { copy(dst, src, n); }
+  void upload_input(float* dst, const float* src, size_t n) override { copy(dst, src, n); }
   void download(float* dst, const float* src, size_t n) override { copy(dst, src, n); }
   void fill_zero(float* p, size_t n) override { std::memset(p, 0, n * sizeof(float)); }
 

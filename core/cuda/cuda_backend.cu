@@ -1,6 +1,7 @@
 // The CUDA backend: GEMMs through cuBLAS, everything else through the kernels of cuda_kernels.cuh.
 // All work is queued on one non-blocking stream; only downloads and reductions wait for it.
 #include <algorithm>
+#include <cstring>
 #include <utility>
 
 #include "core/cuda/cuda_backend.h"
@@ -46,6 +47,18 @@ class CublasHandle {
   cublasHandle_t handle_ = nullptr;
 };
 
+class Event {
+ public:
+  Event() { ELBO_CUDA_CHECK(cudaEventCreateWithFlags(&event_, cudaEventDisableTiming)); }
+  ~Event() { cudaEventDestroy(event_); }
+  Event(const Event&) = delete;
+  Event& operator=(const Event&) = delete;
+  cudaEvent_t get() const { return event_; }
+
+ private:
+  cudaEvent_t event_ = nullptr;
+};
+
 struct DeviceFree {
   void operator()(void* p) const noexcept { cudaFree(p); }
 };
@@ -61,6 +74,41 @@ DeviceBuffer<T> device_buffer(size_t n) {
   ELBO_CUDA_CHECK(cudaMalloc(&p, n * sizeof(T)));
   return DeviceBuffer<T>(static_cast<T*>(p));
 }
+
+// Two pinned host buffers used in turn for host-to-device copies, each guarded by an event: a
+// buffer is refilled only once the copy that last read it has finished, so the host may run one
+// copy ahead of the device and never further, and never waits for the whole stream.
+class PinnedRing {
+ public:
+  // A pinned buffer of at least `bytes`, free to write.
+  void* acquire(size_t bytes) {
+    Slot& slot = slots_[next_];
+    ELBO_CUDA_CHECK(cudaEventSynchronize(slot.copied.get()));
+    if (bytes > slot.capacity) {
+      void* p = nullptr;
+      ELBO_CUDA_CHECK(cudaMallocHost(&p, bytes));
+      slot.memory.reset(p);
+      slot.capacity = bytes;
+    }
+    return slot.memory.get();
+  }
+  // The copy out of the buffer last acquired is now enqueued on `stream`.
+  cudaEvent_t release(cudaStream_t stream) {
+    Slot& slot = slots_[next_];
+    next_ = 1 - next_;
+    ELBO_CUDA_CHECK(cudaEventRecord(slot.copied.get(), stream));
+    return slot.copied.get();
+  }
+
+ private:
+  struct Slot {
+    std::unique_ptr<void, PinnedFree> memory;
+    size_t capacity = 0;
+    Event copied;
+  };
+  Slot slots_[2];
+  int next_ = 0;
+};
 
 // Makes the device current for the calling thread and returns it (used before any member is built).
 int select_device(int device) {
@@ -100,6 +148,23 @@ class CudaBackend final : public Backend {
   void deallocate(float* p) noexcept override { cudaFree(p); }
   void upload(float* dst, const float* host_src, size_t n) override {
     copy_from_host(dst, host_src, n * sizeof(float));
+  }
+
+  // The batch goes through pinned staging on the copy stream, so it crosses the bus while the
+  // compute stream still works on the previous step. dst alternates between two buffers (the
+  // contract in backend.h): the copy into it waits for the work enqueued before the previous call,
+  // the last that read it; the compute stream waits for the copy.
+  void upload_input(float* dst, const float* host_src, size_t n) override {
+    if (n == 0) return;
+    const size_t bytes = n * sizeof(float);
+    void* staged = input_staging_.acquire(bytes);
+    std::memcpy(staged, host_src, bytes);
+    ELBO_CUDA_CHECK(cudaStreamWaitEvent(copy_stream_.get(), compute_marker_.get(), 0));
+    ELBO_CUDA_CHECK(
+        cudaMemcpyAsync(dst, staged, bytes, cudaMemcpyHostToDevice, copy_stream_.get()));
+    const cudaEvent_t copied = input_staging_.release(copy_stream_.get());
+    ELBO_CUDA_CHECK(cudaEventRecord(compute_marker_.get(), s()));
+    ELBO_CUDA_CHECK(cudaStreamWaitEvent(s(), copied, 0));
   }
   void download(float* host_dst, const float* src, size_t n) override {
     if (n == 0) return;
@@ -172,7 +237,13 @@ class CudaBackend final : public Backend {
       ids_ = device_buffer<uint32_t>(B);
       ids_capacity_ = B;
     }
-    copy_from_host(ids_.get(), sample_ids.data(), B * sizeof(uint32_t));
+    // Through pinned staging, on the compute stream: no wait for the stream, and ordered before
+    // the kernel that reads the ids.
+    const size_t bytes = B * sizeof(uint32_t);
+    void* staged = ids_staging_.acquire(bytes);
+    std::memcpy(staged, sample_ids.data(), bytes);
+    ELBO_CUDA_CHECK(cudaMemcpyAsync(ids_.get(), staged, bytes, cudaMemcpyHostToDevice, s()));
+    ids_staging_.release(s());
     const size_t groups = (static_cast<size_t>(L) + 3) / 4;
     kernels::fill_noise<<<blocks(B * groups), kThreadsPerBlock, 0, s()>>>(eps, ids_.get(), B, L,
                                                                           key, c2, stream);
@@ -265,6 +336,10 @@ class CudaBackend final : public Backend {
   std::unique_ptr<HostScratch, PinnedFree> host_;
   DeviceBuffer<uint32_t> ids_;  // (ids_capacity_): fill_noise's sample ids
   size_t ids_capacity_ = 0;
+  Stream copy_stream_;        // input batches, overlapping the compute stream
+  Event compute_marker_;      // the compute stream's work as of the previous upload_input
+  PinnedRing input_staging_;  // batches on their way to the device
+  PinnedRing ids_staging_;    // sample ids for fill_noise
 };
 
 }  // namespace
