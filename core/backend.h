@@ -68,11 +68,13 @@ class Backend {
   virtual bool all_finite(const float* v, size_t n) = 0;
   virtual void scale(float* v, size_t n, float s) = 0;
 
-  // One Adam/AdamW update over n elements. Sets *nonfinite (backend memory) to 1 when a gradient
-  // is NaN or infinite, checked in the same pass; never clears it. Nothing is read back, so a
-  // device need not synchronise.
+  // One Adam/AdamW update over n elements: advances the step counter (*counter, an int32 in a
+  // float's bits, see counter_value), computes that step's constants (adam_constants) and updates
+  // every element. Sets *nonfinite to 1 when a gradient is NaN or infinite, checked in the same
+  // pass; never clears it. All state is in backend memory and nothing is read back, so a device
+  // neither synchronises nor depends on host arguments that change per step (graph replay).
   virtual void adam_step(float* params, const float* grads, float* m, float* v, size_t n,
-                         const AdamConstants& c, float* nonfinite) = 0;
+                         const AdamHyper& h, float* counter, float* nonfinite) = 0;
 
   // acc[0..3] += (sum of recon, sum of kl, sum of recon + beta kl, B) over a batch's per-sample
   // terms: running loss sums kept in backend memory until the caller downloads them.

@@ -111,15 +111,48 @@ ELBO_HD LatentGrad reparameterize_backward(float mu, float logvar, float eps, fl
   return LatentGrad{dz + w * mu, dz * 0.5f * sigma * eps + w * 0.5f * (sigma * sigma - 1.0f)};
 }
 
-// PyTorch's Adam/AdamW update for one element, branch-free so that it vectorises. The per-step
-// constants come from adam_constants(): AdamW sets decay = 1 - lr*wd and l2 = 0; Adam with L2
-// weight decay sets decay = 1 and l2 = wd (added to the gradient).
+// Adam/AdamW as PyTorch defines them. The hyper-parameters are fixed for a run; the constants
+// of update t (from 1) follow from them, computed in double as PyTorch does on the host, by the
+// same function on the CPU and on a device (where it runs inside the step, so that a captured
+// step replays correctly). AdamW decays the weights (decay = 1 - lr wd, l2 = 0); Adam with L2
+// weight decay adds wd p to the gradient (decay = 1, l2 = wd).
+struct AdamHyper {
+  float lr, beta1, beta2, eps, weight_decay;
+  bool decoupled;
+};
 struct AdamConstants {
   float beta1, beta2, eps;
-  float step_size;              // lr / (1 - beta1^t)
+  float step_size;                  // lr / (1 - beta1^t)
   float inv_bias_correction2_sqrt;  // 1 / sqrt(1 - beta2^t)
   float decay, l2;
 };
+ELBO_HD AdamConstants adam_constants(const AdamHyper& h, int32_t t) {
+  const double bc1 = 1.0 - pow(static_cast<double>(h.beta1), static_cast<double>(t));
+  const double bc2 = 1.0 - pow(static_cast<double>(h.beta2), static_cast<double>(t));
+  AdamConstants c;
+  c.beta1 = h.beta1;
+  c.beta2 = h.beta2;
+  c.eps = h.eps;
+  c.step_size = static_cast<float>(static_cast<double>(h.lr) / bc1);
+  c.inv_bias_correction2_sqrt = static_cast<float>(1.0 / sqrt(bc2));
+  c.decay = h.decoupled ? 1.0f - h.lr * h.weight_decay : 1.0f;
+  c.l2 = h.decoupled ? 0.0f : h.weight_decay;
+  return c;
+}
+
+// The optimizer's step counter lives in backend memory as an int32 in a float's bits.
+ELBO_HD int32_t counter_value(float stored) {
+  int32_t v;
+  memcpy(&v, &stored, sizeof v);
+  return v;
+}
+ELBO_HD float counter_storage(int32_t v) {
+  float f;
+  memcpy(&f, &v, sizeof f);
+  return f;
+}
+
+// One element of the update, branch-free so that it vectorises.
 ELBO_HD void adam_update(float& p, float g, float& m, float& v, const AdamConstants& c) {
   g += c.l2 * p;
   p *= c.decay;

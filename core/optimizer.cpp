@@ -1,32 +1,33 @@
-// Adam/AdamW over the flat buffers: one backend call per step, constants computed on the host.
+// Adam/AdamW over the flat buffers: one backend call per step; the step count lives in backend
+// memory beside the moments.
 #include "core/optimizer.h"
 
 #include <cmath>
+#include <cstdint>
+
+#include "core/error.h"
 
 namespace elbo {
 
 Adam::Adam(Backend& backend, size_t n, const AdamConfig& config)
-    : backend_(backend), config_(config), m_(backend, n), v_(backend, n) {
+    : backend_(backend), config_(config), m_(backend, n), v_(backend, n), counter_(backend, 1) {
   backend_.fill_zero(m_.data(), n);
   backend_.fill_zero(v_.data(), n);
+  set_steps_taken(0);
 }
 
 void Adam::step(float* params, const float* grads, float* nonfinite) {
   ++steps_;
-  const double t = static_cast<double>(steps_);
-  // Computed in double, as PyTorch does on the host, then rounded once.
-  const double bc1 = 1.0 - std::pow(static_cast<double>(config_.beta1), t);
-  const double bc2 = 1.0 - std::pow(static_cast<double>(config_.beta2), t);
-  const bool decoupled = config_.decoupled_weight_decay;
-  AdamConstants c{};
-  c.beta1 = config_.beta1;
-  c.beta2 = config_.beta2;
-  c.eps = config_.eps;
-  c.step_size = static_cast<float>(config_.lr / bc1);
-  c.inv_bias_correction2_sqrt = static_cast<float>(1.0 / std::sqrt(bc2));
-  c.decay = decoupled ? 1.0f - config_.lr * config_.weight_decay : 1.0f;
-  c.l2 = decoupled ? 0.0f : config_.weight_decay;
-  backend_.adam_step(params, grads, m_.data(), v_.data(), m_.size(), c, nonfinite);
+  const AdamHyper h{config_.lr, config_.beta1, config_.beta2, config_.eps, config_.weight_decay,
+                    config_.decoupled_weight_decay};
+  backend_.adam_step(params, grads, m_.data(), v_.data(), m_.size(), h, counter_.data(), nonfinite);
+}
+
+void Adam::set_steps_taken(int64_t s) {
+  ELBO_CHECK(s >= 0 && s <= INT32_MAX, "optimizer step count out of range");
+  steps_ = s;
+  const float stored = counter_storage(static_cast<int32_t>(s));
+  backend_.upload(counter_.data(), &stored, 1);
 }
 
 double clip_grad_norm(Backend& backend, float* grads, size_t n, double max_norm) {

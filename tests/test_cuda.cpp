@@ -281,33 +281,36 @@ TEST_F(CudaVsCpu, AdamStepOnIdenticalInputs) {
   for (bool decoupled : {false, true}) {
     Pair p = both(uniform(n, -1, 1, 14)), g = both(uniform(n, -0.1f, 0.1f, 15));
     Pair m = both(uniform(n, -0.01f, 0.01f, 16)), v = both(uniform(n, 0, 1e-4f, 17));
-    AdamConstants c{0.9f,
-                    0.999f,
-                    1e-8f,
-                    1e-3f / (1 - 0.9f * 0.9f * 0.9f),
-                    1 / std::sqrt(1 - 0.999f * 0.999f * 0.999f),
-                    decoupled ? 1 - 1e-5f : 1.0f,
-                    decoupled ? 0.0f : 0.01f};
+    const AdamHyper h{1e-3f, 0.9f, 0.999f, 1e-8f, decoupled ? 0.01f : 0.01f, decoupled};
+    // Both start at step 2, so the third update's constants are used on each side.
+    Pair counter = both(std::vector<float>(1, counter_storage(2)));
     Pair flag = both(std::vector<float>(1, 0.0f));
-    cpu_->adam_step(p.cpu.data(), g.cpu.data(), m.cpu.data(), v.cpu.data(), n, c, flag.cpu.data());
-    gpu_->adam_step(p.gpu.data(), g.gpu.data(), m.gpu.data(), v.gpu.data(), n, c, flag.gpu.data());
+    cpu_->adam_step(p.cpu.data(), g.cpu.data(), m.cpu.data(), v.cpu.data(), n, h,
+                    counter.cpu.data(), flag.cpu.data());
+    gpu_->adam_step(p.gpu.data(), g.gpu.data(), m.gpu.data(), v.gpu.data(), n, h,
+                    counter.gpu.data(), flag.gpu.data());
     EXPECT_EQ(cpu_values(flag.cpu)[0], 0.0f);
     EXPECT_EQ(gpu_values(flag.gpu)[0], 0.0f);
+    EXPECT_EQ(counter_value(cpu_values(counter.cpu)[0]), 3);
+    EXPECT_EQ(counter_value(gpu_values(counter.gpu)[0]), 3);
     // The same single-precision update per element; only fused multiply-adds differ.
     EXPECT_LE(max_abs_diff(cpu_values(p.cpu), gpu_values(p.gpu)), 1e-6);
     EXPECT_LE(max_abs_diff(cpu_values(m.cpu), gpu_values(m.gpu)), 1e-8);
     EXPECT_LE(max_abs_diff(cpu_values(v.cpu), gpu_values(v.gpu)), 1e-10);
   }
-  // A non-finite gradient is reported, and the next clean step clears the report.
+  // A non-finite gradient is reported; the flag stays set until its owner clears it.
   std::vector<float> grads = uniform(n, -0.1f, 0.1f, 18);
   grads[n - 1] = std::numeric_limits<float>::quiet_NaN();
   Pair p = both(uniform(n, -1, 1, 19)), g = both(grads);
   Pair m = both(std::vector<float>(n)), v = both(std::vector<float>(n));
-  const AdamConstants c{0.9f, 0.999f, 1e-8f, 1e-2f, 1 / std::sqrt(0.001f), 1.0f, 0.0f};
+  const AdamHyper h{1e-2f, 0.9f, 0.999f, 1e-8f, 0.0f, false};
+  Pair counter = both(std::vector<float>(1, counter_storage(0)));
   Pair flag = both(std::vector<float>(1, 0.0f));
-  gpu_->adam_step(p.gpu.data(), g.gpu.data(), m.gpu.data(), v.gpu.data(), n - 1, c, flag.gpu.data());
+  gpu_->adam_step(p.gpu.data(), g.gpu.data(), m.gpu.data(), v.gpu.data(), n - 1, h,
+                  counter.gpu.data(), flag.gpu.data());
   EXPECT_EQ(gpu_values(flag.gpu)[0], 0.0f);
-  gpu_->adam_step(p.gpu.data(), g.gpu.data(), m.gpu.data(), v.gpu.data(), n, c, flag.gpu.data());
+  gpu_->adam_step(p.gpu.data(), g.gpu.data(), m.gpu.data(), v.gpu.data(), n, h,
+                  counter.gpu.data(), flag.gpu.data());
   EXPECT_EQ(gpu_values(flag.gpu)[0], 1.0f);
 }
 

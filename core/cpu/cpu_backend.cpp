@@ -180,8 +180,10 @@ class CpuBackend final : public Backend {
   }
 
   void adam_step(float* params, const float* grads, float* m, float* v, size_t n,
-                 const AdamConstants& c, float* nonfinite) override {
-    if (!adam_loop(params, grads, m, v, n, c)) *nonfinite = 1.0f;
+                 const AdamHyper& h, float* counter, float* nonfinite) override {
+    const int32_t t = counter_value(*counter) + 1;
+    *counter = counter_storage(t);
+    if (!adam_loop(params, grads, m, v, n, adam_constants(h, t))) *nonfinite = 1.0f;
   }
 
   void accumulate_losses(const float* recon, const float* kl, int B, float beta,

@@ -131,7 +131,8 @@ class CudaBackend final : public Backend {
       : device_(select_device(device)),
         cublas_(stream_.get()),
         partials_(device_buffer<double>(kMaxReduceBlocks + 1)),
-        flag_(device_buffer<int>(1)) {
+        flag_(device_buffer<int>(1)),
+        adam_constants_(device_buffer<AdamConstants>(1)) {
     void* host = nullptr;
     ELBO_CUDA_CHECK(cudaMallocHost(&host, sizeof(HostScratch)));
     host_.reset(static_cast<HostScratch*>(host));
@@ -270,10 +271,12 @@ class CudaBackend final : public Backend {
   // Reading the flag back is a host synchronisation once per step; it goes when the finiteness
   // check (and the step count) move to the device.
   void adam_step(float* params, const float* grads, float* m, float* v, size_t n,
-                 const AdamConstants& c, float* nonfinite) override {
+                 const AdamHyper& h, float* counter, float* nonfinite) override {
+    kernels::adam_advance<<<1, 1, 0, s()>>>(h, counter, adam_constants_.get());
+    ELBO_CUDA_CHECK_LAUNCH();
     if (n == 0) return;
-    kernels::adam_step<<<blocks(n), kThreadsPerBlock, 0, s()>>>(params, grads, m, v, n, c,
-                                                                nonfinite);
+    kernels::adam_step<<<blocks(n), kThreadsPerBlock, 0, s()>>>(params, grads, m, v, n,
+                                                                adam_constants_.get(), nonfinite);
     ELBO_CUDA_CHECK_LAUNCH();
   }
 
@@ -333,6 +336,7 @@ class CudaBackend final : public Backend {
   CublasHandle cublas_;
   DeviceBuffer<double> partials_;  // (kMaxReduceBlocks + 1): pass-1 partials, then the result
   DeviceBuffer<int> flag_;         // (1): set by kernels that find a non-finite value
+  DeviceBuffer<AdamConstants> adam_constants_;  // (1): this step's, from adam_advance
   std::unique_ptr<HostScratch, PinnedFree> host_;
   DeviceBuffer<uint32_t> ids_;  // (ids_capacity_): fill_noise's sample ids
   size_t ids_capacity_ = 0;

@@ -163,8 +163,16 @@ __global__ void scale(float* v, size_t n, float s) {
 }
 
 // One Adam/AdamW update over the flat buffers; *nonfinite = 1 when a gradient is NaN or infinite.
+// Advances the step counter and computes that step's constants, once, for adam_step to read.
+__global__ void adam_advance(AdamHyper h, float* counter, AdamConstants* constants) {
+  const int32_t t = counter_value(*counter) + 1;
+  *counter = counter_storage(t);
+  *constants = adam_constants(h, t);
+}
+
 __global__ void adam_step(float* params, const float* grads, float* m, float* v, size_t n,
-                          AdamConstants c, float* nonfinite) {
+                          const AdamConstants* constants, float* nonfinite) {
+  const AdamConstants c = *constants;
   for (size_t i = grid_start(); i < n; i += grid_step()) {
     const float g = grads[i];
     if (!isfinite(g)) *nonfinite = 1.0f;
