@@ -5,6 +5,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 #include <span>
 #include <string>
@@ -17,10 +18,26 @@ namespace elbo {
 
 enum class Trans { No, Yes };
 
+// Backend work recorded once and replayed as a whole (a CUDA graph): one launch per step instead
+// of dozens, with no per-launch host cost.
+class CapturedWork {
+ public:
+  virtual ~CapturedWork() = default;
+  virtual void replay() = 0;
+};
+
 class Backend {
  public:
   virtual ~Backend() = default;
   virtual std::string name() const = 0;
+  // Records the backend work that `work` enqueues, without running it, for replay. Returns
+  // nullptr when this backend cannot (the CPU) or the work cannot be recorded (it synchronises,
+  // or a library refuses); the caller then runs `work` itself. Everything `work` passes to the
+  // backend must stay valid, and its host-side arguments fixed, for as long as it is replayed.
+  virtual std::unique_ptr<CapturedWork> capture(const std::function<void()>& work) {
+    (void)work;
+    return nullptr;
+  }
   // True when the backend's memory is host memory and reading it back costs nothing.
   virtual bool is_host() const { return false; }
 

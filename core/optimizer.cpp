@@ -17,7 +17,6 @@ Adam::Adam(Backend& backend, size_t n, const AdamConfig& config)
 }
 
 void Adam::step(float* params, const float* grads, float* nonfinite) {
-  ++steps_;
   const AdamHyper h{config_.lr, config_.beta1, config_.beta2, config_.eps, config_.weight_decay,
                     config_.decoupled_weight_decay};
   backend_.adam_step(params, grads, m_.data(), v_.data(), m_.size(), h, counter_.data(), nonfinite);
@@ -25,9 +24,14 @@ void Adam::step(float* params, const float* grads, float* nonfinite) {
 
 void Adam::set_steps_taken(int64_t s) {
   ELBO_CHECK(s >= 0 && s <= INT32_MAX, "optimizer step count out of range");
-  steps_ = s;
   const float stored = counter_storage(static_cast<int32_t>(s));
   backend_.upload(counter_.data(), &stored, 1);
+}
+
+int64_t Adam::steps_taken() const {
+  float stored = 0.0f;
+  backend_.download(&stored, counter_.data(), 1);
+  return counter_value(stored);
 }
 
 double clip_grad_norm(Backend& backend, float* grads, size_t n, double max_norm) {

@@ -18,7 +18,7 @@ class Adam {
   // One update of params from grads; increments the step count first, as PyTorch does. Sets
   // *nonfinite (backend memory) to 1 when a gradient was not finite.
   void step(float* params, const float* grads, float* nonfinite);
-  int64_t steps_taken() const { return steps_; }
+  int64_t steps_taken() const;  // reads the backend's counter (replayed steps count too)
   void set_steps_taken(int64_t s);  // e.g. when resuming; also sets the backend's counter
   float* exp_avg() { return m_.data(); }
   float* exp_avg_sq() { return v_.data(); }
@@ -29,8 +29,7 @@ class Adam {
   Backend& backend_;
   AdamConfig config_;
   DeviceArray m_, v_;
-  DeviceArray counter_;  // (1): the step count in backend memory, read by adam_step
-  int64_t steps_ = 0;    // the same count on the host
+  DeviceArray counter_;  // (1): the step count in backend memory, advanced by adam_step
 };
 
 // PyTorch's clip_grad_norm_: when the global L2 norm exceeds max_norm, scale every gradient by

@@ -25,6 +25,9 @@ class Communicator {
   virtual void allreduce_sum(double* data, size_t n) = 0;
   virtual void broadcast_bytes(void* data, size_t n, int root) = 0;
   virtual void barrier() = 0;
+  // The data-plane collectives of a captured step were just replayed (CUDA graphs): a
+  // communicator that times its collectives starts timing them now.
+  virtual void replayed() {}
   // Ends every rank of the job; never returns.
   [[noreturn]] virtual void abort(int exit_code) = 0;
 };

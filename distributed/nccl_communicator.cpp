@@ -176,7 +176,13 @@ class NcclCommunicator final : public Communicator {
     return comm;
   }
 
+  void replayed() override { issued("a replayed step (CUDA graph)", 0); }
+
   void issued(const char* what, size_t n) {
+    // While the stream is being captured nothing runs; the replays are timed instead.
+    cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
+    ELBO_CUDA_CHECK(cudaStreamIsCapturing(stream_, &capture));
+    if (capture != cudaStreamCaptureStatusNone) return;
     std::lock_guard<std::mutex> lock(mu_);  // the watchdog reads the event and its time together
     ELBO_CUDA_CHECK(cudaEventRecord(done_.get(), stream_));
     pending_ = Pending{what, n, now_ns(), true};

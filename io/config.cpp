@@ -146,6 +146,16 @@ double number(const Field& f) {
   return value;
 }
 
+bool boolean(const Field& f) {
+  if (f.node.IsScalar()) {
+    const std::string& s = f.node.Scalar();
+    if (s == "true") return true;
+    if (s == "false") return false;
+  }
+  fail(f, "must be true or false, got " + describe(f.node));
+  return false;
+}
+
 template <class T>
 T integer_at_least(const Field& f, T lo) {
   const T value = integer<T>(f);
@@ -310,6 +320,7 @@ TrainConfig read_train(MapReader m, const Locator& loc) {
   if (auto f = m.take("kl_warmup_steps")) t.kl_warmup_steps = integer_at_least<int64_t>(*f, 0);
   if (auto f = m.take("threads")) t.threads = integer_at_least(*f, 0);
   if (auto f = m.take("max_steps")) t.max_steps = integer_at_least<int64_t>(*f, 0);
+  if (auto f = m.take("cuda_graphs")) t.cuda_graphs = boolean(*f);
   m.finish();
   return t;
 }
@@ -504,6 +515,7 @@ std::string to_yaml(const Config& c) {
   out << Key << "kl_warmup_steps" << Value << t.kl_warmup_steps;
   out << Key << "threads" << Value << t.threads;
   out << Key << "max_steps" << Value << t.max_steps;
+  out << Key << "cuda_graphs" << Value << (t.cuda_graphs ? "true" : "false");
   out << EndMap;
   out << Key << "device" << Value << name_of<DeviceChoice>(kDevice, c.device);
   out << Key << "distributed" << Value << BeginMap;

@@ -50,6 +50,7 @@ struct TrainConfig {
   int64_t kl_warmup_steps = 0;
   int threads = 0;            // BLAS threads per process; 0 = the library's default
   int64_t max_steps = 0;      // 0 = no limit; otherwise stop after this many steps in total
+  bool cuda_graphs = false;   // replay the steady-state step as a CUDA graph (device: cuda)
 };
 
 struct DistributedConfig {

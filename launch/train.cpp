@@ -199,13 +199,7 @@ class Trainer {
       }
       const float* x = upload_batch(loader.next(), c2, RngStream::Noise, true);
       const double beta = kl_weight();
-      vae_.forward_backward(x, eps_.data(), batch_, static_cast<float>(beta),
-                            1.0f / static_cast<float>(global_batch_));
-      be_.accumulate_losses(vae_.recon_per_sample(), vae_.kl_per_sample(), batch_,
-                            static_cast<float>(beta), health_.data());
-      comm_.allreduce_sum(vae_.grads(), vae_.num_params());
-      if (cfg_.train.grad_clip > 0) clip_grad_norm(be_, vae_.grads(), vae_.num_params(), cfg_.train.grad_clip);
-      adam_.step(vae_.params(), vae_.grads(), health_.data() + 4);
+      run_step(x, beta);
       ++step_;
       samples_seen_ += cfg_.train.batch_size;
       const bool log_now = step_ % cfg_.output.log_every == 0;
@@ -260,6 +254,45 @@ class Trainer {
                      __FILE__, __LINE__);
     for (Sums* sums : into)
       for (int i = 0; i < 4; ++i) sums->v[i] += h[i];
+  }
+
+  // Forward and backward, the loss sums, the gradient all-reduce, clipping and Adam: run as they
+  // are, or, with train.cuda_graphs on a device, captured once per input buffer and replayed.
+  void run_step(const float* x, double beta) {
+    const auto work = [this, x, beta] {
+      vae_.forward_backward(x, eps_.data(), batch_, static_cast<float>(beta),
+                            1.0f / static_cast<float>(global_batch_));
+      be_.accumulate_losses(vae_.recon_per_sample(), vae_.kl_per_sample(), batch_,
+                            static_cast<float>(beta), health_.data());
+      comm_.allreduce_sum(vae_.grads(), vae_.num_params());
+      if (cfg_.train.grad_clip > 0)
+        clip_grad_norm(be_, vae_.grads(), vae_.num_params(), cfg_.train.grad_clip);
+      adam_.step(vae_.params(), vae_.grads(), health_.data() + 4);
+    };
+    if (!graphs_wanted()) {
+      work();
+      return;
+    }
+    std::unique_ptr<CapturedWork>& graph = graphs_[x == x_[1].data() ? 1 : 0];
+    if (!graph) graph = be_.capture(work);
+    if (!graph) {  // capture is not possible here: say so once, and carry on without graphs
+      graphs_failed_ = true;
+      if (comm_.rank() == 0)
+        std::printf("elbo: note: this step cannot be captured as a CUDA graph; running it as is\n");
+      work();
+      return;
+    }
+    graph->replay();
+    comm_.replayed();
+  }
+
+  // A graph bakes in its arguments, so only the steady state is captured: after the KL warm-up
+  // (beta changes every step until then) and a few plain steps that let cuBLAS and NCCL set up.
+  // Clipping reads the gradient norm back to the host, which a graph cannot do.
+  bool graphs_wanted() const {
+    constexpr int64_t kPlainSteps = 3;
+    return cfg_.train.cuda_graphs && !graphs_failed_ && !be_.is_host() &&
+           cfg_.train.grad_clip == 0.0 && step_ >= std::max(cfg_.train.kl_warmup_steps, kPlainSteps);
   }
 
   // beta, ramped linearly from 0 over the warm-up steps when configured.
@@ -376,6 +409,8 @@ class Trainer {
   int64_t step_ = 0, samples_seen_ = 0, epochs_done_ = 0;
   int64_t last_saved_step_ = 0;  // a fresh run has nothing worth saving at step 0
   bool stopping_ = false;        // a stop signal reached some rank
+  std::unique_ptr<CapturedWork> graphs_[2];  // the captured step, per input buffer
+  bool graphs_failed_ = false;
   DeviceArray health_;           // (5): loss sums [recon, kl, objective, count], gradient flag
   int64_t health_since_ = 0;     // the step health_ was last read at
 };

@@ -44,6 +44,7 @@ train:
   kl_warmup_steps: 1000
   threads: 4
   max_steps: 250
+  cuda_graphs: true
 device: cpu
 distributed:
   backend: mpi
@@ -128,6 +129,7 @@ void expect_same(const Config& a, const Config& b) {
   EXPECT_EQ(a.train.kl_warmup_steps, b.train.kl_warmup_steps);
   EXPECT_EQ(a.train.threads, b.train.threads);
   EXPECT_EQ(a.train.max_steps, b.train.max_steps);
+  EXPECT_EQ(a.train.cuda_graphs, b.train.cuda_graphs);
   EXPECT_EQ(a.device, b.device);
   EXPECT_EQ(a.distributed.backend, b.distributed.backend);
   EXPECT_EQ(a.distributed.timeout_s, b.distributed.timeout_s);
@@ -165,6 +167,7 @@ TEST_F(ConfigTest, ParsesEveryKey) {
   EXPECT_EQ(c.train.kl_warmup_steps, 1000);
   EXPECT_EQ(c.train.threads, 4);
   EXPECT_EQ(c.train.max_steps, 250);
+  EXPECT_TRUE(c.train.cuda_graphs);
   EXPECT_EQ(c.device, elbo::DeviceChoice::Cpu);
   EXPECT_EQ(c.distributed.backend, elbo::CommBackend::Mpi);
   EXPECT_EQ(c.distributed.timeout_s, 60.0);
@@ -464,6 +467,7 @@ TEST_F(ConfigTest, ToYamlRoundTrips) {
   c.train.kl_warmup_steps = std::numeric_limits<int64_t>::max();
   c.train.threads = 3;
   c.train.max_steps = 17;
+  c.train.cuda_graphs = true;
   c.device = elbo::DeviceChoice::Cuda;
   c.distributed = {elbo::CommBackend::Nccl, 1e-3};
   c.checkpoint = {5, 9};
@@ -479,7 +483,7 @@ TEST_F(ConfigTest, ToYamlWritesEveryKeyAndRoundTripsAParsedFile) {
   const Config c = load("data: {train: x}\n");
   const std::string yaml = elbo::to_yaml(c);
   for (const char* key : {"name:", "seed:", "binarize:", "cache:", "encoder:", "likelihood:", "betas:",
-                          "weight_decay:", "kl_warmup_steps:", "threads:", "max_steps:",
+                          "weight_decay:", "kl_warmup_steps:", "threads:", "max_steps:", "cuda_graphs:",
                           "device:", "timeout_s:", "every_steps:", "keep:", "dir:", "log_every:"})
     EXPECT_NE(yaml.find(key), std::string::npos) << key << " missing from\n" << yaml;
   expect_same(elbo::parse_config(yaml, "x"), c);
@@ -506,6 +510,23 @@ TEST_F(ConfigTest, ModelSpecAndAdamConfig) {
 
   EXPECT_FALSE(elbo::adam_config(load(kFullConfig, {"train.optimizer.name=adam"}))
                    .decoupled_weight_decay);
+}
+
+TEST_F(ConfigTest, BooleansAreTrueOrFalse) {
+  EXPECT_FALSE(elbo::parse_config("data: {train: x}\n", "b.yaml").train.cuda_graphs);
+  EXPECT_TRUE(elbo::parse_config("data: {train: x}\n", "b.yaml", {"train.cuda_graphs=true"})
+                  .train.cuda_graphs);
+  for (const char* bad : {"yes", "1", "[true]"}) {
+    try {
+      elbo::parse_config("data: {train: x}\ntrain: {cuda_graphs: " + std::string(bad) + "}\n", "b.yaml");
+      ADD_FAILURE() << bad << " was accepted";
+    } catch (const elbo::Error& e) {
+      EXPECT_EQ(e.kind(), elbo::ErrorKind::BadInput);
+      EXPECT_NE(std::string(e.what()).find("key 'train.cuda_graphs' must be true or false"),
+                std::string::npos) << e.what();
+      EXPECT_NE(std::string(e.what()).find("(b.yaml:2)"), std::string::npos) << e.what();
+    }
+  }
 }
 
 }  // namespace

@@ -2,6 +2,7 @@
 // All work is queued on one non-blocking stream; only downloads and reductions wait for it.
 #include <algorithm>
 #include <cstring>
+#include <functional>
 #include <utility>
 
 #include "core/cuda/cuda_backend.h"
@@ -110,6 +111,20 @@ class PinnedRing {
   int next_ = 0;
 };
 
+// A captured stream section, instantiated; replays on the stream it was captured from.
+class CudaGraph final : public CapturedWork {
+ public:
+  CudaGraph(cudaGraphExec_t exec, cudaStream_t stream) : exec_(exec), stream_(stream) {}
+  ~CudaGraph() override { cudaGraphExecDestroy(exec_); }
+  CudaGraph(const CudaGraph&) = delete;
+  CudaGraph& operator=(const CudaGraph&) = delete;
+  void replay() override { ELBO_CUDA_CHECK(cudaGraphLaunch(exec_, stream_)); }
+
+ private:
+  cudaGraphExec_t exec_;
+  cudaStream_t stream_;
+};
+
 // Makes the device current for the calling thread and returns it (used before any member is built).
 int select_device(int device) {
   const int count = cuda_device_count();
@@ -130,15 +145,45 @@ class CudaBackend final : public Backend {
   explicit CudaBackend(int device)
       : device_(select_device(device)),
         cublas_(stream_.get()),
+        cublas_workspace_(device_buffer<char>(kCublasWorkspaceBytes)),
         partials_(device_buffer<double>(kMaxReduceBlocks + 1)),
         flag_(device_buffer<int>(1)),
         adam_constants_(device_buffer<AdamConstants>(1)) {
+    ELBO_CUBLAS_CHECK(
+        cublasSetWorkspace(cublas_.get(), cublas_workspace_.get(), kCublasWorkspaceBytes));
     void* host = nullptr;
     ELBO_CUDA_CHECK(cudaMallocHost(&host, sizeof(HostScratch)));
     host_.reset(static_cast<HostScratch*>(host));
   }
 
   std::string name() const override { return "cuda:" + std::to_string(device_); }
+
+  // Thread-local capture: only this thread's work on the stream is recorded. Anything that
+  // cannot be captured (a synchronisation, a read-back) makes the capture fail; then the capture
+  // is ended and discarded, the error state cleared, and the caller runs the work eagerly.
+  std::unique_ptr<CapturedWork> capture(const std::function<void()>& work) override {
+    if (cudaStreamBeginCapture(s(), cudaStreamCaptureModeThreadLocal) != cudaSuccess) {
+      (void)cudaGetLastError();
+      return nullptr;
+    }
+    bool recorded = true;
+    try {
+      work();
+    } catch (const Error&) {
+      recorded = false;  // e.g. a check that saw cudaErrorStreamCaptureUnsupported
+    }
+    cudaGraph_t graph = nullptr;
+    const cudaError_t ended = cudaStreamEndCapture(s(), &graph);
+    cudaGraphExec_t exec = nullptr;
+    if (recorded && ended == cudaSuccess && graph &&
+        cudaGraphInstantiateWithFlags(&exec, graph, 0) == cudaSuccess) {
+      cudaGraphDestroy(graph);
+      return std::make_unique<CudaGraph>(exec, s());
+    }
+    if (graph) cudaGraphDestroy(graph);
+    (void)cudaGetLastError();
+    return nullptr;
+  }
   cudaStream_t stream() const { return stream_.get(); }
 
   float* allocate(size_t n) override {
@@ -334,6 +379,9 @@ class CudaBackend final : public Backend {
   int device_;
   Stream stream_;
   CublasHandle cublas_;
+  // cuBLAS's scratch, given up front so that it never allocates inside a captured graph.
+  static constexpr size_t kCublasWorkspaceBytes = size_t{32} << 20;
+  DeviceBuffer<char> cublas_workspace_;
   DeviceBuffer<double> partials_;  // (kMaxReduceBlocks + 1): pass-1 partials, then the result
   DeviceBuffer<int> flag_;         // (1): set by kernels that find a non-finite value
   DeviceBuffer<AdamConstants> adam_constants_;  // (1): this step's, from adam_advance
