@@ -1,5 +1,5 @@
-// The training loop. It reads like the textbook loop: next batch -> forward and backward ->
-// all-reduce -> optimizer step -> metrics and checkpoints; everything else is set-up.
+// `elbo train`: the set-up around the training loop (launch/trainer.cpp): communicators, device,
+// data, start-up checks, the run directory, resume, and turning errors into a job-wide stop.
 #include "launch/train.h"
 
 #include <algorithm>
@@ -14,406 +14,26 @@
 #include "core/model.h"
 #include "core/optimizer.h"
 #include "distributed/communicator.h"
-#include "io/batch_loader.h"
 #include "io/checkpoint.h"
 #include "io/config.h"
 #include "io/metrics.h"
-#include "io/sampler.h"
 #include "io/shards.h"
 #include "core/cuda/cuda_backend.h"
 #include "distributed/nccl_communicator.h"
 #include "launch/device_plan.h"
 #include "launch/run_directory.h"
+#include "launch/trainer.h"
 #include "launch/stop_signal.h"
 #include "launch/watchdog.h"
+
 
 namespace elbo {
 namespace fs = std::filesystem;
 namespace {
 
-using Clock = std::chrono::steady_clock;
-double seconds_since(Clock::time_point t) {
-  return std::chrono::duration<double>(Clock::now() - t).count();
+double seconds_since(std::chrono::steady_clock::time_point t) {
+  return std::chrono::duration<double>(std::chrono::steady_clock::now() - t).count();
 }
-
-// Dynamic binarization: each pixel becomes 1 with probability equal to its grey value, with the
-// random number keyed by (sample, epoch, feature) so that it does not depend on the rank.
-void binarize_rows(float* x, std::span<const uint32_t> ids, int64_t D, RngKey key, uint32_t epoch) {
-  for (size_t b = 0; b < ids.size(); ++b) {
-    float* row = x + b * static_cast<size_t>(D);
-    for (int64_t j0 = 0; j0 < D; j0 += 4) {
-      const Philox4 d =
-          philox_draw(key, static_cast<uint32_t>(j0 >> 2), ids[b], epoch, RngStream::Binarize);
-      for (int64_t k = 0; k < 4 && j0 + k < D; ++k)
-        row[j0 + k] = uniform_open01(d.v[k]) < row[j0 + k] ? 1.0f : 0.0f;
-    }
-  }
-}
-
-std::string format_g(double v) {
-  char buf[32];
-  std::snprintf(buf, sizeof buf, "%g", v);
-  return buf;
-}
-
-// Rank r's part of a global batch of B rows: B / W rows, one more for the first B % W ranks.
-struct Share {
-  int count;
-  int64_t offset;
-};
-Share share(int B, int rank, int world) {
-  const int base = B / world, extra = B % world;
-  return Share{base + (rank < extra ? 1 : 0), static_cast<int64_t>(rank) * base + std::min(rank, extra)};
-}
-
-struct Sums {  // [recon, kl, objective, count]: one small buffer for one all-reduce
-  double v[4] = {0, 0, 0, 0};
-  void add(const LossSums& s, double beta, int B) {
-    v[0] += s.recon;
-    v[1] += s.kl;
-    v[2] += s.recon + beta * s.kl;
-    v[3] += B;
-  }
-  double per_sample(int i) const { return v[3] > 0 ? v[i] / v[3] : 0.0; }
-};
-
-class Trainer {
- public:
-  Trainer(const Config& cfg, Communicator& comm, Backend& backend, const ShardedDataset& train,
-          const ShardedDataset* test)
-      : cfg_(cfg), comm_(comm), be_(backend), train_(train), test_(test),
-        D_(train.features()), global_batch_(cfg.train.batch_size),
-        batch_(share(global_batch_, comm.rank(), comm.size()).count),
-        batch_offset_(share(global_batch_, comm.rank(), comm.size()).offset),
-        vae_(backend, model_spec(cfg, static_cast<int>(train.features())), batch_, cfg.seed),
-        adam_(backend, vae_.num_params(), adam_config(cfg)), key_(rng_key(cfg.seed)),
-        x_{DeviceArray(backend, static_cast<size_t>(batch_) * static_cast<size_t>(D_)),
-           DeviceArray(backend, static_cast<size_t>(batch_) * static_cast<size_t>(D_))},
-        eps_(backend, static_cast<size_t>(batch_) * cfg.model.latent), health_(backend, 5) {
-    be_.fill_zero(health_.data(), 5);
-  }
-
-  size_t num_params() const { return vae_.num_params(); }
-  const ParameterLayout& layout() const { return vae_.layout(); }
-
-  // Continues from a checkpoint that rank 0 read (others pass nothing): rank 0 sends the training
-  // position, the parameters and the Adam moments to every rank.
-  void restore(const CheckpointData* ck) {
-    double position[4] = {0, 0, 0, 0};  // step, samples seen, completed epochs, Adam steps
-    if (ck) {
-      position[0] = static_cast<double>(ck->state.step);
-      position[1] = static_cast<double>(ck->state.samples_seen);
-      position[2] = static_cast<double>(ck->state.epoch);
-      position[3] = static_cast<double>(ck->optimizer_steps);
-      be_.upload(vae_.params(), ck->params.data(), ck->params.size());
-      be_.upload(adam_.exp_avg(), ck->exp_avg.data(), ck->exp_avg.size());
-      be_.upload(adam_.exp_avg_sq(), ck->exp_avg_sq.data(), ck->exp_avg_sq.size());
-    }
-    comm_.allreduce_sum(position, 4);  // only rank 0 contributes
-    step_ = static_cast<int64_t>(position[0]);
-    samples_seen_ = static_cast<int64_t>(position[1]);
-    epochs_done_ = static_cast<int64_t>(position[2]);
-    adam_.set_steps_taken(static_cast<int64_t>(position[3]));
-    comm_.broadcast(adam_.exp_avg(), vae_.num_params(), 0);
-    comm_.broadcast(adam_.exp_avg_sq(), vae_.num_params(), 0);
-    last_saved_step_ = step_;
-    health_since_ = step_;
-  }
-
-  void run(const CheckpointDirectory& checkpoints, MetricsWriter& metrics) {
-    const int64_t steps_per_epoch = train_.size() / global_batch_;  // the tail is dropped
-    // Every rank starts from rank 0's parameters (fresh ones agree already, being drawn from the
-    // seed; the broadcast makes it so whatever a rank's library versions do).
-    comm_.broadcast(vae_.params(), vae_.num_params(), 0);
-    if (comm_.rank() == 0) {
-      std::printf("elbo: %zu parameters, %lld training samples, %lld steps per epoch\n",
-                  vae_.num_params(), static_cast<long long>(train_.size()),
-                  static_cast<long long>(steps_per_epoch));
-      if (step_ > 0) std::printf("elbo: resuming at step %lld\n", static_cast<long long>(step_));
-    }
-    for (int64_t epoch = step_ / steps_per_epoch + 1; epoch <= cfg_.train.epochs && !done();
-         ++epoch) {
-      const auto t0 = Clock::now();
-      const int64_t first = step_ - (epoch - 1) * steps_per_epoch;  // > 0 when resuming mid-epoch
-      const Sums train_sums = train_epoch(epoch, first, steps_per_epoch, checkpoints, metrics);
-      if (stopping_) break;
-      const double epoch_s = seconds_since(t0);
-      const Sums test_sums = test_ ? evaluate(*test_) : Sums{};
-      // An epoch cut short by train.max_steps is recorded, marked incomplete.
-      write_epoch_record(epoch, step_ == epoch * steps_per_epoch, train_sums, test_sums, epoch_s,
-                         metrics);
-      save_checkpoint(checkpoints);
-    }
-    save_checkpoint(checkpoints);  // the end, unless that step is saved already
-    if (stopping_ && comm_.rank() == 0)
-      std::printf("elbo: stopped by signal at step %lld; checkpoint %s\n",
-                  static_cast<long long>(step_),
-                  step_ > 0 ? checkpoints.path_for_step(step_).c_str() : "none (no step taken)");
-  }
-
- private:
-  bool done() const {
-    return stopping_ || (cfg_.train.max_steps > 0 && step_ >= cfg_.train.max_steps);
-  }
-
-  // A signal may reach one rank only; every rank must stop at the same step.
-  bool stop_agreed() {
-    double flag = stop_requested() ? 1.0 : 0.0;
-    if (comm_.size() > 1) comm_.allreduce_sum(&flag, 1);
-    return flag > 0.0;
-  }
-
-  void write_epoch_record(int64_t epoch, bool complete, const Sums& train_sums,
-                          const Sums& test_sums, double epoch_s, MetricsWriter& metrics) {
-    JsonLine rec;
-    rec.add("type", std::string("epoch")).add("epoch", epoch).add("step", step_)
-        .add("complete", complete ? 1 : 0)
-        .add("train_loss", train_sums.per_sample(2)).add("train_recon", train_sums.per_sample(0))
-        .add("train_kl", train_sums.per_sample(1));
-    if (test_)
-      rec.add("test_neg_elbo", test_sums.per_sample(0) + test_sums.per_sample(1))
-          .add("test_recon", test_sums.per_sample(0)).add("test_kl", test_sums.per_sample(1));
-    rec.add("samples_per_s", train_sums.v[3] / epoch_s).add("epoch_s", epoch_s);
-    metrics.write(rec);
-    if (comm_.rank() != 0) return;
-    std::printf("epoch %lld  train_loss %.3f", static_cast<long long>(epoch), train_sums.per_sample(2));
-    if (test_) std::printf("  test_neg_elbo %.3f", test_sums.per_sample(0) + test_sums.per_sample(1));
-    std::printf("  %.0f samples/s  %.2f s\n", train_sums.v[3] / epoch_s, epoch_s);
-    std::fflush(stdout);
-  }
-
-  Sums train_epoch(int64_t epoch, int64_t first, int64_t steps,
-                   const CheckpointDirectory& checkpoints, MetricsWriter& metrics) {
-    const std::vector<int64_t> perm = epoch_permutation(cfg_.seed, epoch, train_.size());
-    const uint32_t c2 = static_cast<uint32_t>(epoch);
-    BatchLoader loader(first, steps, [&](int64_t s, HostBatch& batch) {
-      fill_host_batch(train_, {perm.data() + s * global_batch_ + batch_offset_,
-                               static_cast<size_t>(batch_)}, c2, batch);
-    });
-    Sums epoch_sums, log_sums;
-    auto log_t0 = Clock::now();
-    for (int64_t s = first; s < steps && !done(); ++s) {
-      if (stop_agreed()) {
-        stopping_ = true;
-        break;
-      }
-      const float* x = upload_batch(loader.next(), c2, RngStream::Noise, true);
-      const double beta = kl_weight();
-      run_step(x, beta);
-      ++step_;
-      samples_seen_ += cfg_.train.batch_size;
-      const bool log_now = step_ % cfg_.output.log_every == 0;
-      if (log_now || be_.is_host() || step_ == epoch * steps) read_health({&epoch_sums, &log_sums});
-      if (log_now) {
-        comm_.allreduce_sum(log_sums.v, 4);
-        const double dt = seconds_since(log_t0);
-        const WaitStats wait = gather_wait(loader.take_wait_seconds());
-        metrics.write(JsonLine().add("type", std::string("step")).add("epoch", epoch)
-                          .add("step", step_).add("loss", log_sums.per_sample(2))
-                          .add("recon", log_sums.per_sample(0)).add("kl", log_sums.per_sample(1))
-                          .add("beta", beta).add("samples_per_s", log_sums.v[3] / dt)
-                          .add("data_wait_s_max", wait.max).add("data_wait_s_mean", wait.mean)
-                          .add("data_wait_slowest_rank", wait.slowest_rank));
-        if (comm_.rank() == 0)
-          std::printf("step %lld  loss %.3f  recon %.3f  kl %.3f  %.0f samples/s  data wait %.3f s "
-                      "(rank %d)\n", static_cast<long long>(step_), log_sums.per_sample(2),
-                      log_sums.per_sample(0), log_sums.per_sample(1), log_sums.v[3] / dt, wait.max,
-                      wait.slowest_rank);
-        log_sums = Sums{};
-        log_t0 = Clock::now();
-      }
-      if (step_ == epoch * steps) epochs_done_ = epoch;  // before a save at this step
-      if (cfg_.checkpoint.every_steps > 0 && step_ % cfg_.checkpoint.every_steps == 0)
-        save_checkpoint(checkpoints);
-    }
-    read_health({&epoch_sums, &log_sums});  // a stop or max_steps can end the epoch between reads
-    comm_.allreduce_sum(epoch_sums.v, 4);
-    return epoch_sums;
-  }
-
-  // Reads the loss sums and the gradient flag that the steps since the last read left in backend
-  // memory: every step on the CPU, where reading is free, and only at log points and epoch ends
-  // on a device, which would otherwise stall each step. A non-finite value stops the run before
-  // it can reach a checkpoint, naming the step (or the steps since the last read).
-  void read_health(std::initializer_list<Sums*> into) {
-    float h[5];
-    be_.download(h, health_.data(), 5);
-    be_.fill_zero(health_.data(), 5);
-    const int64_t first = health_since_ + 1;
-    health_since_ = step_;
-    if (first > step_) return;
-    const std::string when = first == step_ ? "at step " + std::to_string(step_)
-                                            : "within steps " + std::to_string(first) + "-" +
-                                                  std::to_string(step_);
-    if (!std::isfinite(h[0]) || !std::isfinite(h[1]) || !std::isfinite(h[2]))
-      throw_internal("loss is not finite " + when + " (recon sum " + format_g(h[0]) + ", kl sum " +
-                         format_g(h[1]) + "); stopping before it reaches a checkpoint",
-                     __FILE__, __LINE__);
-    if (h[4] != 0.0f)
-      throw_internal("gradient is not finite " + when + "; stopping before it reaches a checkpoint",
-                     __FILE__, __LINE__);
-    for (Sums* sums : into)
-      for (int i = 0; i < 4; ++i) sums->v[i] += h[i];
-  }
-
-  // Forward and backward, the loss sums, the gradient all-reduce, clipping and Adam: run as they
-  // are, or, with train.cuda_graphs on a device, captured once per input buffer and replayed.
-  void run_step(const float* x, double beta) {
-    const auto work = [this, x, beta] {
-      vae_.forward_backward(x, eps_.data(), batch_, static_cast<float>(beta),
-                            1.0f / static_cast<float>(global_batch_));
-      be_.accumulate_losses(vae_.recon_per_sample(), vae_.kl_per_sample(), batch_,
-                            static_cast<float>(beta), health_.data());
-      comm_.allreduce_sum(vae_.grads(), vae_.num_params());
-      if (cfg_.train.grad_clip > 0)
-        clip_grad_norm(be_, vae_.grads(), vae_.num_params(), cfg_.train.grad_clip);
-      adam_.step(vae_.params(), vae_.grads(), health_.data() + 4);
-    };
-    if (!graphs_wanted()) {
-      work();
-      return;
-    }
-    std::unique_ptr<CapturedWork>& graph = graphs_[x == x_[1].data() ? 1 : 0];
-    if (!graph) graph = be_.capture(work);
-    if (!graph) {  // capture is not possible here: say so once, and carry on without graphs
-      graphs_failed_ = true;
-      if (comm_.rank() == 0)
-        std::printf("elbo: note: this step cannot be captured as a CUDA graph; running it as is\n");
-      work();
-      return;
-    }
-    graph->replay();
-    comm_.replayed();
-  }
-
-  // A graph bakes in its arguments, so only the steady state is captured: after the KL warm-up
-  // (beta changes every step until then) and a few plain steps that let cuBLAS and NCCL set up.
-  // Clipping reads the gradient norm back to the host, which a graph cannot do.
-  bool graphs_wanted() const {
-    constexpr int64_t kPlainSteps = 3;
-    return cfg_.train.cuda_graphs && !graphs_failed_ && !be_.is_host() &&
-           cfg_.train.grad_clip == 0.0 && step_ >= std::max(cfg_.train.kl_warmup_steps, kPlainSteps);
-  }
-
-  // beta, ramped linearly from 0 over the warm-up steps when configured.
-  double kl_weight() const {
-    const double w = cfg_.train.kl_warmup_steps > 0
-                         ? std::min(1.0, static_cast<double>(step_ + 1) /
-                                             static_cast<double>(cfg_.train.kl_warmup_steps))
-                         : 1.0;
-    return cfg_.train.beta * w;
-  }
-
-  // Reads rows into a host batch (on the loader thread during training): const, touches no
-  // member that the training step writes.
-  void fill_host_batch(const ShardedDataset& data, std::span<const int64_t> rows, uint32_t c2,
-                       HostBatch& batch) const {
-    batch.ids.resize(rows.size());
-    for (size_t i = 0; i < rows.size(); ++i) batch.ids[i] = static_cast<uint32_t>(rows[i]);
-    batch.x.resize(rows.size() * static_cast<size_t>(D_));
-    data.read_rows(rows, batch.x.data());
-    if (cfg_.data.binarize == Binarize::Dynamic) binarize_rows(batch.x.data(), batch.ids, D_, key_, c2);
-  }
-
-  // Copies a batch to the device and draws its noise from (sample id, c2); returns where the
-  // batch now is. Training batches alternate between two device buffers, so that a device copies
-  // the next one while still computing on the last (Backend::upload_input).
-  const float* upload_batch(const HostBatch& batch, uint32_t c2, RngStream stream, bool training) {
-    float* x = x_[training ? (++uploads_ & 1) : 0].data();
-    if (training) be_.upload_input(x, batch.x.data(), batch.x.size());
-    else be_.upload(x, batch.x.data(), batch.x.size());
-    be_.fill_noise(eps_.data(), batch.ids, cfg_.model.latent, key_, c2, stream);
-    return x;
-  }
-
-  struct WaitStats {
-    double max = 0, mean = 0;
-    int slowest_rank = 0;
-  };
-  // Each rank's seconds waiting for data, one slot per rank in one sum.
-  WaitStats gather_wait(double mine) {
-    std::vector<double> table(static_cast<size_t>(comm_.size()), 0.0);
-    table[static_cast<size_t>(comm_.rank())] = mine;
-    comm_.allreduce_sum(table.data(), table.size());
-    WaitStats w;
-    for (int r = 0; r < comm_.size(); ++r) {
-      const double v = table[static_cast<size_t>(r)];
-      w.mean += v / comm_.size();
-      if (v > w.max) {
-        w.max = v;
-        w.slowest_rank = r;
-      }
-    }
-    return w;
-  }
-
-  // Negative ELBO (beta = 1) over every test sample once, with fixed evaluation noise.
-  Sums evaluate(const ShardedDataset& data) {
-    Sums sums;
-    std::vector<int64_t> rows;
-    // Contiguous parts, one per rank, so that every sample is seen exactly once.
-    const int64_t first = data.size() * comm_.rank() / comm_.size();
-    const int64_t last = data.size() * (comm_.rank() + 1) / comm_.size();
-    for (int64_t start = first; start < last; start += batch_) {
-      const int64_t n = std::min<int64_t>(batch_, last - start);
-      rows.resize(static_cast<size_t>(n));
-      for (int64_t i = 0; i < n; ++i) rows[static_cast<size_t>(i)] = start + i;
-      fill_host_batch(data, rows, 0, eval_batch_);
-      const float* x = upload_batch(eval_batch_, 0, RngStream::EvalNoise, false);
-      vae_.forward(x, eps_.data(), static_cast<int>(n));
-      sums.add(vae_.loss_sums(static_cast<int>(n)), 1.0, static_cast<int>(n));
-    }
-    comm_.allreduce_sum(sums.v, 4);
-    return sums;
-  }
-
-  // Rank 0 writes; a step is saved once. NaN never reaches a checkpoint.
-  void save_checkpoint(const CheckpointDirectory& checkpoints) {
-    if (step_ == last_saved_step_) return;
-    last_saved_step_ = step_;
-    if (comm_.rank() != 0) return;
-    const size_t n = vae_.num_params();
-    if (!be_.all_finite(vae_.params(), n))
-      throw_internal("parameters are not finite at step " + std::to_string(step_) +
-                         "; checkpoint not written", __FILE__, __LINE__);
-    CheckpointData ck;
-    ck.state = TrainingState{epochs_done_, step_, samples_seen_, cfg_.seed, comm_.size()};
-    ck.config_yaml = to_yaml(cfg_);
-    ck.optimizer_name = cfg_.train.optimizer.name;
-    ck.optimizer_steps = adam_.steps_taken();
-    ck.params.resize(n);
-    ck.exp_avg.resize(n);
-    ck.exp_avg_sq.resize(n);
-    be_.download(ck.params.data(), vae_.params(), n);
-    be_.download(ck.exp_avg.data(), adam_.exp_avg(), n);
-    be_.download(ck.exp_avg_sq.data(), adam_.exp_avg_sq(), n);
-    checkpoints.save(vae_.layout(), ck);
-  }
-
-  const Config& cfg_;
-  Communicator& comm_;
-  Backend& be_;
-  const ShardedDataset& train_;
-  const ShardedDataset* test_;
-  int64_t D_;
-  int global_batch_;
-  int batch_;             // this rank's rows per step
-  int64_t batch_offset_;  // where they start within the global batch
-  Vae vae_;
-  Adam adam_;
-  RngKey key_;
-  HostBatch eval_batch_;       // staging for evaluation reads
-  DeviceArray x_[2];           // [batch, D] each: training batches alternate between them
-  DeviceArray eps_;            // [batch, L]
-  uint64_t uploads_ = 0;
-  int64_t step_ = 0, samples_seen_ = 0, epochs_done_ = 0;
-  int64_t last_saved_step_ = 0;  // a fresh run has nothing worth saving at step 0
-  bool stopping_ = false;        // a stop signal reached some rank
-  std::unique_ptr<CapturedWork> graphs_[2];  // the captured step, per input buffer
-  bool graphs_failed_ = false;
-  DeviceArray health_;           // (5): loss sums [recon, kl, objective, count], gradient flag
-  int64_t health_since_ = 0;     // the step health_ was last read at
-};
 
 
 // The control plane: MPI whenever ranks are to talk (NCCL's data plane bootstraps over it too),
@@ -565,17 +185,17 @@ void train_with(const Config& cfg, const std::string& cfg_path, const std::strin
   }
 
   // Everything that can fail on bad input happens before the first file is written.
-  Trainer trainer(cfg, data_comm, *backend, train, test.get());
-  check_ranks_agree(comm, cfg, train, test.get(), trainer.num_params());
+  const std::unique_ptr<Trainer> trainer = make_trainer(cfg, data_comm, *backend, train, test.get());
+  check_ranks_agree(comm, cfg, train, test.get(), trainer->num_params());
   const CheckpointDirectory checkpoints(run_dir / "checkpoints", cfg.checkpoint.keep);
   std::optional<CheckpointData> ck;
   if (writer && !resume.empty()) {
     const std::string from = resume == "auto" ? checkpoints.last().string() : resume;
-    ck = resume == "auto" ? checkpoints.load_newest(trainer.layout())
-                          : read_checkpoint(resume, trainer.layout());
+    ck = resume == "auto" ? checkpoints.load_newest(trainer->layout())
+                          : read_checkpoint(resume, trainer->layout());
     if (ck) check_resumable(cfg, *ck, from);
   }
-  trainer.restore(ck ? &*ck : nullptr);
+  trainer->restore(ck ? &*ck : nullptr);
   MetricsWriter metrics;
   if (writer) {
     std::error_code ec;
@@ -593,9 +213,9 @@ void train_with(const Config& cfg, const std::string& cfg_path, const std::strin
                 threads > 0 ? std::to_string(threads).c_str() : "default",
                 cache ? "cached in memory" : "read from the shards each step");
   }
-  const auto t0 = Clock::now();
+  const auto t0 = std::chrono::steady_clock::now();
   install_stop_signal_handlers();
-  trainer.run(checkpoints, metrics);
+  trainer->run(checkpoints, metrics);
   if (writer) std::printf("elbo: done in %.1f s; run directory %s\n", seconds_since(t0), run_dir.c_str());
 }
 
