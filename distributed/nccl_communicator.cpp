@@ -148,11 +148,15 @@ class NcclCommunicator final : public Communicator {
   int local_size() const override { return control_.local_size(); }
 
   // Enqueued on the stream; the caller orders later work by the stream, never by a host wait.
+  // The call itself may block on peers (NCCL connects lazily on first use), so it is timed on
+  // the host until it returns, and on the stream after.
   void allreduce_sum(float* data, size_t n) override {
+    wait_on_host("all-reduce (enqueue)");
     ELBO_NCCL_CHECK(ncclAllReduce(data, data, n, ncclFloat, ncclSum, comm(), stream_));
     issued("all-reduce", n);
   }
   void broadcast(float* data, size_t n, int root) override {
+    wait_on_host("broadcast (enqueue)");
     ELBO_NCCL_CHECK(ncclBroadcast(data, data, n, ncclFloat, root, comm(), stream_));
     issued("broadcast", n);
   }
@@ -182,8 +186,11 @@ class NcclCommunicator final : public Communicator {
     // While the stream is being captured nothing runs; the replays are timed instead.
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
     ELBO_CUDA_CHECK(cudaStreamIsCapturing(stream_, &capture));
-    if (capture != cudaStreamCaptureStatusNone) return;
     std::lock_guard<std::mutex> lock(mu_);  // the watchdog reads the event and its time together
+    if (capture != cudaStreamCaptureStatusNone) {
+      pending_ = Pending{};
+      return;
+    }
     ELBO_CUDA_CHECK(cudaEventRecord(done_.get(), stream_));
     pending_ = Pending{what, n, now_ns(), true};
   }
@@ -228,7 +235,8 @@ class NcclCommunicator final : public Communicator {
     const double age = static_cast<double>(now_ns() - pending_.issued_ns) * 1e-9;
     if (age <= timeout_s_) return {};
     std::string what = pending_.what;
-    if (pending_.on_stream) what += " of " + std::to_string(pending_.count) + " floats";
+    if (pending_.on_stream && pending_.count > 0)
+      what += " of " + std::to_string(pending_.count) + " floats";
     char seconds[32];
     std::snprintf(seconds, sizeof(seconds), "%.0f", age);
     return what + " unfinished after " + seconds + " s: a peer is gone or stalled";

@@ -6,13 +6,17 @@
 namespace elbo {
 
 DevicePlan plan_device(DeviceChoice choice, bool built_with_cuda, int visible_devices,
-                       int local_rank, const std::string& where) {
+                       int local_rank, int local_size, const std::string& where) {
   if (choice == DeviceChoice::Cpu) return DevicePlan{};
   const bool usable = built_with_cuda && visible_devices > 0;
   if (choice == DeviceChoice::Cuda && !usable)
     throw_bad_input(built_with_cuda ? "device: cuda, but no CUDA device is visible (" + where + ")"
                                     : "device: cuda, but this build has no CUDA backend (" + where + ")");
   if (!usable) return DevicePlan{};
+  if (local_size > visible_devices)
+    throw_bad_input(std::to_string(local_size) + " ranks on this node but " +
+                    std::to_string(visible_devices) + " visible GPU(s): start at most one rank per "
+                    "GPU, or train on the CPU with device=cpu (" + where + ")");
   return DevicePlan{true, local_rank % visible_devices};
 }
 

@@ -16,8 +16,10 @@ struct DevicePlan {
 
 // auto: CUDA when this build has it and a device is visible, else the CPU. cuda: required, an
 // error (naming `where`) when unavailable.
+// More ranks on a node than visible GPUs would put two ranks on one GPU, which NCCL refuses: an
+// error for auto and cuda alike, saying how to fix it.
 DevicePlan plan_device(DeviceChoice choice, bool built_with_cuda, int visible_devices,
-                       int local_rank, const std::string& where);
+                       int local_rank, int local_size, const std::string& where);
 
 enum class DataPlane { Single, Mpi, Nccl };
 

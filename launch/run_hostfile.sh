@@ -39,8 +39,14 @@ command -v mpirun >/dev/null || die "mpirun not found on PATH (install openmpi-b
 # starves the other ranks and the kernel's TCP processing when cores are scarce.
 # btl tcp,self,vader: TCP between nodes, shared memory within a node.
 # shellcheck disable=SC2054 # the commas in tcp,self,vader are Open MPI's list syntax
+# oob_tcp_keepalive_*: mpirun notices a node that is gone (power, cable) in about 25 s rather
+# than Open MPI's default of minutes. elbo's watchdog ends the ranks that wait on it after
+# distributed.timeout_s, but without keepalives mpirun then waits on the dead node's daemon for
+# about 15 minutes of TCP retransmissions (seen with the test hosts of tests/netns).
 args=(--hostfile "$hostfile" --map-by "ppr:$ranks_per_node:node" --wdir "$PWD"
-      --bind-to "${ELBO_BIND:-none}" --mca mpi_yield_when_idle 1 --mca btl tcp,self,vader)
+      --bind-to "${ELBO_BIND:-none}" --mca mpi_yield_when_idle 1 --mca btl tcp,self,vader
+      --mca oob_tcp_keepalive_time 10 --mca oob_tcp_keepalive_intvl 5
+      --mca oob_tcp_keepalive_probes 3)
 # Nodes often have several interfaces (docker0, a management network); Open MPI may try one that
 # the other nodes cannot reach and hang at start-up. ELBO_IFACE pins both MPI traffic and the
 # launcher's own (oob) connections to one network.

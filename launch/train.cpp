@@ -129,7 +129,7 @@ void train_with(const Config& cfg, const std::string& cfg_path, const std::strin
                 Communicator& control) {
   refuse_isolated_ranks(control, cfg_path);
   const DevicePlan device = plan_device(cfg.device, cuda_backend_built(), cuda_device_count(),
-                                        control.local_rank(), cfg_path);
+                                        control.local_rank(), control.local_size(), cfg_path);
   const DataPlane plane = plan_data_plane(cfg.distributed.backend, device.cuda, control.size(),
                                           cfg_path);
   Communicator& comm = control;  // until the data plane is up, the control plane does it all

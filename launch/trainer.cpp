@@ -74,6 +74,7 @@ class StepLoop final : public Trainer {
         adam_(backend, vae_.num_params(), adam_config(cfg)), key_(rng_key(cfg.seed)),
         x_{DeviceArray(backend, static_cast<size_t>(batch_) * static_cast<size_t>(D_)),
            DeviceArray(backend, static_cast<size_t>(batch_) * static_cast<size_t>(D_))},
+        x_eval_(backend, static_cast<size_t>(batch_) * static_cast<size_t>(D_)),
         eps_(backend, static_cast<size_t>(batch_) * cfg.model.latent), health_(backend, 5) {
     be_.fill_zero(health_.data(), 5);
   }
@@ -256,6 +257,7 @@ class StepLoop final : public Trainer {
     };
     if (!graphs_wanted()) {
       work();
+      ++plain_steps_;
       return;
     }
     std::unique_ptr<CapturedWork>& graph = graphs_[x == x_[1].data() ? 1 : 0];
@@ -277,7 +279,8 @@ class StepLoop final : public Trainer {
   bool graphs_wanted() const {
     constexpr int64_t kPlainSteps = 3;
     return cfg_.train.cuda_graphs && !graphs_failed_ && !be_.is_host() &&
-           cfg_.train.grad_clip == 0.0 && step_ >= std::max(cfg_.train.kl_warmup_steps, kPlainSteps);
+           cfg_.train.grad_clip == 0.0 && step_ >= cfg_.train.kl_warmup_steps &&
+           plain_steps_ >= kPlainSteps;  // counted in this process: a resumed run warms up too
   }
 
   // beta, ramped linearly from 0 over the warm-up steps when configured.
@@ -304,7 +307,8 @@ class StepLoop final : public Trainer {
   // batch now is. Training batches alternate between two device buffers, so that a device copies
   // the next one while still computing on the last (Backend::upload_input).
   const float* upload_batch(const HostBatch& batch, uint32_t c2, RngStream stream, bool training) {
-    float* x = x_[training ? (++uploads_ & 1) : 0].data();
+    // Evaluation has a buffer of its own, outside the two that training copies alternate between.
+    float* x = training ? x_[++uploads_ & 1].data() : x_eval_.data();
     if (training) be_.upload_input(x, batch.x.data(), batch.x.size());
     else be_.upload(x, batch.x.data(), batch.x.size());
     be_.fill_noise(eps_.data(), batch.ids, cfg_.model.latent, key_, c2, stream);
@@ -389,6 +393,7 @@ class StepLoop final : public Trainer {
   RngKey key_;
   HostBatch eval_batch_;       // staging for evaluation reads
   DeviceArray x_[2];           // [batch, D] each: training batches alternate between them
+  DeviceArray x_eval_;         // [batch, D]
   DeviceArray eps_;            // [batch, L]
   uint64_t uploads_ = 0;
   int64_t step_ = 0, samples_seen_ = 0, epochs_done_ = 0;
@@ -396,6 +401,7 @@ class StepLoop final : public Trainer {
   bool stopping_ = false;        // a stop signal reached some rank
   std::unique_ptr<CapturedWork> graphs_[2];  // the captured step, per input buffer
   bool graphs_failed_ = false;
+  int64_t plain_steps_ = 0;  // steps run without a graph by this process
   DeviceArray health_;           // (5): loss sums [recon, kl, objective, count], gradient flag
   int64_t health_since_ = 0;     // the step health_ was last read at
 };

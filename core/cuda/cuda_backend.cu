@@ -144,8 +144,8 @@ class CudaBackend final : public Backend {
  public:
   explicit CudaBackend(int device)
       : device_(select_device(device)),
-        cublas_(stream_.get()),
         cublas_workspace_(device_buffer<char>(kCublasWorkspaceBytes)),
+        cublas_(stream_.get()),
         partials_(device_buffer<double>(kMaxReduceBlocks + 1)),
         flag_(device_buffer<int>(1)),
         adam_constants_(device_buffer<AdamConstants>(1)) {
@@ -171,6 +171,12 @@ class CudaBackend final : public Backend {
       work();
     } catch (const Error&) {
       recorded = false;  // e.g. a check that saw cudaErrorStreamCaptureUnsupported
+    } catch (...) {      // anything else is not about capture: end it, then let it through
+      cudaGraph_t partial = nullptr;
+      cudaStreamEndCapture(s(), &partial);
+      if (partial) cudaGraphDestroy(partial);
+      (void)cudaGetLastError();
+      throw;
     }
     cudaGraph_t graph = nullptr;
     const cudaError_t ended = cudaStreamEndCapture(s(), &graph);
@@ -378,10 +384,11 @@ class CudaBackend final : public Backend {
   // Declaration order is construction order: the device is current before anything is created.
   int device_;
   Stream stream_;
-  CublasHandle cublas_;
-  // cuBLAS's scratch, given up front so that it never allocates inside a captured graph.
+  // cuBLAS's scratch, given up front so that it never allocates inside a captured graph; declared
+  // before the handle so that it outlives it.
   static constexpr size_t kCublasWorkspaceBytes = size_t{32} << 20;
   DeviceBuffer<char> cublas_workspace_;
+  CublasHandle cublas_;
   DeviceBuffer<double> partials_;  // (kMaxReduceBlocks + 1): pass-1 partials, then the result
   DeviceBuffer<int> flag_;         // (1): set by kernels that find a non-finite value
   DeviceBuffer<AdamConstants> adam_constants_;  // (1): this step's, from adam_advance
