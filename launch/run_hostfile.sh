@@ -46,7 +46,10 @@ command -v mpirun >/dev/null || die "mpirun not found on PATH (install openmpi-b
 args=(--hostfile "$hostfile" --map-by "ppr:$ranks_per_node:node" --wdir "$PWD"
       --bind-to "${ELBO_BIND:-none}" --mca mpi_yield_when_idle 1 --mca btl tcp,self,vader
       --mca oob_tcp_keepalive_time 10 --mca oob_tcp_keepalive_intvl 5
-      --mca oob_tcp_keepalive_probes 3)
+      --mca oob_tcp_keepalive_probes 3 --mca btl_tcp_links 2)
+# btl_tcp_links 2: with one TCP connection per pair of ranks, messages above the eager limit got
+# about half the link rate on the test hosts; two connections restore it (the 2.6 MB gradient
+# all-reduce at 1 Gbit/s: 40.8 -> 21.9 ms; docs/PERFORMANCE.md, bench/netns_scaling.sh).
 # Nodes often have several interfaces (docker0, a management network); Open MPI may try one that
 # the other nodes cannot reach and hang at start-up. ELBO_IFACE pins both MPI traffic and the
 # launcher's own (oob) connections to one network.

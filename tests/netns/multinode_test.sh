@@ -2,6 +2,7 @@
 # Several nodes on one machine: two network namespaces ("hosts", tests/netns/hosts.sh) joined by a
 # bridge, mpirun in the root namespace starting its daemons in them through a plm_rsh_agent, Open
 # MPI forced onto TCP between the hosts (shared memory within one).
+#   0. mpirun places 2 ranks on each host; the all-reduce benchmark runs across them, correctly;
 #   a. 2 hosts x 2 ranks train 50 steps of the smoke config with the step losses of 1 process
 #      (1e-5 relative);
 #   b. 1 process resumes the 4-rank run (--resume auto) to step 80: exit 0, world size 1;
@@ -78,6 +79,24 @@ placement=$(timeout -k 5 60 "${mpi[@]}" --map-by ppr:2:node sh -c \
 want="${netns_ns[1]} x2 (${netns_ip[1]}/24), ${netns_ns[2]} x2 (${netns_ip[2]}/24)"
 if [ "$placement" = "$want" ]; then ok "mpirun across the hosts places $placement"
 else fail "placement '$placement', want '$want'"; fi
+
+# 0b. The all-reduce benchmark across the hosts (2 x 1 rank, TCP): every size correct; the 4 KB
+#     and 2.5 MB (about the model's gradient) figures are printed.
+bench="$(dirname "$elbo")/allreduce_bench"
+if [ -x "$bench" ]; then
+  timeout -k 5 120 "${mpi[@]}" --map-by ppr:1:node "$bench" --min-bytes 4K --max-bytes 4M \
+    --factor 4 --iters 10 >bench.log 2>&1
+  rc=$?
+  if [ "$rc" -eq 0 ] && grep -q '"wrong_sizes":0' bench.log && grep -q '"nodes":2' bench.log; then
+    ok "all-reduce across 2 hosts: $(grep -E '"bytes":(4096|4194304),' bench.log |
+         sed -E 's/.*"bytes":([0-9]+).*"time_us":([0-9.]+).*"busbw_GBps":([0-9.e-]+).*/\1 B in \2 us (busbw \3 GB\/s)/' |
+         paste -sd ';' -)"
+  else
+    fail "all-reduce benchmark across the hosts: exit $rc"; show bench.log
+  fi
+else
+  fail "no all-reduce benchmark next to elbo ($bench)"
+fi
 
 # a. 2 hosts x 2 ranks against 1 process: every step loss within 1e-5 relative.
 steps=(train.max_steps=50 output.log_every=1)
