@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "core/cuda/cuda_check.h"
+#include "core/cuda/cuda_raii.h"
 #include "core/error.h"
 #include "distributed/nccl_bootstrap.h"
 
@@ -66,19 +67,6 @@ int current_device() {
   ELBO_CUDA_CHECK(cudaGetDevice(&device));
   return device;
 }
-
-// One CUDA event without timing, the cheapest kind to record and query.
-class CudaEvent {
- public:
-  CudaEvent() { ELBO_CUDA_CHECK(cudaEventCreateWithFlags(&event_, cudaEventDisableTiming)); }
-  ~CudaEvent() { cudaEventDestroy(event_); }
-  CudaEvent(const CudaEvent&) = delete;
-  CudaEvent& operator=(const CudaEvent&) = delete;
-  cudaEvent_t get() const { return event_; }
-
- private:
-  cudaEvent_t event_ = nullptr;
-};
 
 // What the watchdog is waiting for: the last collective enqueued on the stream (done when `done`
 // has fired), or a blocking host call (done when the main thread clears `what`).
@@ -258,7 +246,7 @@ class NcclCommunicator final : public Communicator {
   const double timeout_s_;
   const int rank_;
   const int device_;
-  CudaEvent done_;  // recorded after each collective
+  Event done_;  // recorded after each collective
   std::mutex mu_;   // guards pending_ and the record/query of done_
   std::condition_variable_any wake_;
   Pending pending_;

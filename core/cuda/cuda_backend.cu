@@ -8,23 +8,12 @@
 #include "core/cuda/cuda_backend.h"
 #include "core/cuda/cuda_check.h"
 #include "core/cuda/cuda_kernels.cuh"
+#include "core/cuda/cuda_raii.h"
 
 namespace elbo {
 namespace {
 
 // ---- RAII for the CUDA handles -----------------------------------------------------------------
-
-class Stream {
- public:
-  Stream() { ELBO_CUDA_CHECK(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking)); }
-  ~Stream() { cudaStreamDestroy(stream_); }
-  Stream(const Stream&) = delete;
-  Stream& operator=(const Stream&) = delete;
-  cudaStream_t get() const { return stream_; }
-
- private:
-  cudaStream_t stream_ = nullptr;
-};
 
 class CublasHandle {
  public:
@@ -46,18 +35,6 @@ class CublasHandle {
 
  private:
   cublasHandle_t handle_ = nullptr;
-};
-
-class Event {
- public:
-  Event() { ELBO_CUDA_CHECK(cudaEventCreateWithFlags(&event_, cudaEventDisableTiming)); }
-  ~Event() { cudaEventDestroy(event_); }
-  Event(const Event&) = delete;
-  Event& operator=(const Event&) = delete;
-  cudaEvent_t get() const { return event_; }
-
- private:
-  cudaEvent_t event_ = nullptr;
 };
 
 struct DeviceFree {
