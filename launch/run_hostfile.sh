@@ -68,17 +68,8 @@ fi
 extra=()
 read -r -a extra <<<"${MPIRUN_ARGS:-}"
 
-# Share a node's cores among its ranks, unless the user chose the thread count. The cores of the
-# other nodes are not known here: this node's nproc stands in for all of them (pass train.threads=
-# when the nodes differ).
-cores=$(nproc)
-threads=$(( cores / ranks_per_node > 1 ? cores / ranks_per_node : 1 ))
-for a in "$@"; do
-  if [[ $a == train.threads=* ]]; then threads=""; fi
-done
-overrides=()
-if [ -n "$threads" ]; then overrides+=("train.threads=$threads"); fi
-
-cmd=(mpirun "${args[@]}" "${extra[@]}" "$ELBO" train "$config" "${overrides[@]}" "$@")
+# BLAS threads: elbo gives each rank its node's cores / ranks on the node unless train.threads
+# is set, counting the cores of the node it runs on.
+cmd=(mpirun "${args[@]}" "${extra[@]}" "$ELBO" train "$config" "$@")
 line=$(printf "%q " "${cmd[@]}"); echo "+ ${line% }" >&2
 exec "${cmd[@]}"

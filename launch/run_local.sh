@@ -31,14 +31,8 @@ fi
 extra=()
 read -r -a extra <<<"${MPIRUN_ARGS:-}"
 
-# Share the cores among the ranks, unless the user chose the thread count.
-threads=$(( cores / np > 1 ? cores / np : 1 ))
-for a in "$@"; do
-  if [[ $a == train.threads=* ]]; then threads=""; fi
-done
-overrides=()
-if [ -n "$threads" ]; then overrides+=("train.threads=$threads"); fi
-
-cmd=(mpirun "${args[@]}" "${extra[@]}" "$ELBO" train "$config" "${overrides[@]}" "$@")
+# BLAS threads: elbo gives each rank its node's cores / ranks on the node unless train.threads
+# is set, counting the cores of the node it runs on.
+cmd=(mpirun "${args[@]}" "${extra[@]}" "$ELBO" train "$config" "$@")
 line=$(printf "%q " "${cmd[@]}"); echo "+ ${line% }" >&2
 exec "${cmd[@]}"
