@@ -68,13 +68,10 @@ class Vae {
   // Parameters start from initial_parameters(layout(), seed).
   Vae(Backend& backend, const ModelSpec& spec, int max_batch, uint64_t seed);
 
-  const ModelSpec& spec() const { return spec_; }
   const ParameterLayout& layout() const { return layout_; }
-  Backend& backend() { return backend_; }
   float* params() { return params_.data(); }  // [P]
   float* grads() { return grads_.data(); }    // [P], same offsets as params
   size_t num_params() const { return layout_.total_size(); }
-  int max_batch() const { return max_batch_; }
 
   // Forward pass on x [B, D] with noise eps [B, L]; fills per-sample recon and KL.
   void forward(const float* x, const float* eps, int B);

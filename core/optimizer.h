@@ -22,8 +22,6 @@ class Adam {
   void set_steps_taken(int64_t s);  // e.g. when resuming; also sets the backend's counter
   float* exp_avg() { return m_.data(); }
   float* exp_avg_sq() { return v_.data(); }
-  size_t size() const { return m_.size(); }
-  const AdamConfig& config() const { return config_; }
 
  private:
   Backend& backend_;

@@ -18,7 +18,6 @@
 #include <stop_token>
 #include <string>
 #include <thread>
-#include <utility>
 #include <vector>
 
 #include "core/cuda/cuda_check.h"

@@ -7,6 +7,7 @@
 #include "core/error.h"
 
 namespace elbo {
+namespace {
 
 std::string json_escape(const std::string& s) {
   std::string out;
@@ -28,6 +29,8 @@ std::string json_escape(const std::string& s) {
   }
   return out;
 }
+
+}  // namespace
 
 void JsonLine::key(const std::string& k) {
   if (!body_.empty()) body_ += ", ";

@@ -22,8 +22,6 @@ class JsonLine {
   std::string body_;
 };
 
-std::string json_escape(const std::string& s);
-
 class MetricsWriter {
  public:
   MetricsWriter() = default;                         // writes nothing
@@ -31,7 +29,6 @@ class MetricsWriter {
   MetricsWriter(MetricsWriter&&) = default;
   MetricsWriter& operator=(MetricsWriter&&) = default;
   void write(const JsonLine& line);
-  bool is_open() const { return out_.is_open(); }
 
  private:
   std::ofstream out_;

@@ -3,7 +3,6 @@
 #include <algorithm>
 #include <cstring>
 #include <functional>
-#include <utility>
 
 #include "core/cuda/cuda_backend.h"
 #include "core/cuda/cuda_check.h"
