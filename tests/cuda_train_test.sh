@@ -4,13 +4,9 @@
 # device math functions differ, hence the tolerance). Skips (77) without a CUDA device.
 # Usage: cuda_train_test.sh <elbo> <work-dir>
 set -u
-elbo=$(realpath "$1") work=$2
-configs=$(cd "$(dirname "$0")/../configs" && pwd)
-src=/usr/share/datasets/fashion-mnist
-[ -f "$src/train-images-idx3-ubyte.gz" ] || { echo "skip - no $src"; exit 77; }
-rm -rf "$work" && mkdir -p "$work" && cd "$work" || exit 1
-"$elbo" prepare --images "$src/train-images-idx3-ubyte.gz" --out data/train --shards 2 >/dev/null || exit 1
-"$elbo" prepare --images "$src/t10k-images-idx3-ubyte.gz" --out data/test >/dev/null || exit 1
+# shellcheck source=tests/lib.sh
+. "$(dirname "$0")/lib.sh"
+setup_integration_test "$1" "$2" 2
 common=(train "$configs/smoke.yaml" data.train=data/train data.test=data/test train.max_steps=100
         output.log_every=1)
 

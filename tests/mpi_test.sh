@@ -3,17 +3,10 @@
 # global loss at every step with 1, 2 and 3 ranks (3 with a batch that does not divide evenly).
 # Usage: mpi_test.sh <elbo> <work-dir>; exits 77 (skip) without mpirun or Fashion-MNIST.
 set -u
-elbo=$(realpath "$1") work=$2
-configs=$(cd "$(dirname "$0")/../configs" && pwd)
-src=/usr/share/datasets/fashion-mnist
-command -v mpirun >/dev/null || { echo "skip - no mpirun"; exit 77; }
-[ -f "$src/train-images-idx3-ubyte.gz" ] || { echo "skip - no $src"; exit 77; }
-rm -rf "$work" && mkdir -p "$work" && cd "$work" || exit 1
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-"$elbo" prepare --images "$src/train-images-idx3-ubyte.gz" --out data/train --shards 3 >/dev/null || exit 1
-"$elbo" prepare --images "$src/t10k-images-idx3-ubyte.gz" --out data/test >/dev/null || exit 1
-
-failed=0
+# shellcheck source=tests/lib.sh
+. "$(dirname "$0")/lib.sh"
+setup_integration_test "$1" "$2" 3 mpi
+src=/usr/share/datasets/fashion-mnist  # for the uneven shards below
 run() {  # run <name> <ranks> <batch>
   local name=$1 np=$2 batch=$3 cmd=()
   [ "$np" -gt 1 ] && cmd=(mpirun -np "$np" --oversubscribe --mca mpi_yield_when_idle 1)

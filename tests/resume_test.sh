@@ -9,21 +9,9 @@
 #   - a bad checkpoint for --resume is one `elbo: error: ...` line, exit 2, no run directory.
 # Usage: resume_test.sh <elbo> <work-dir>; exits 77 (skip) without mpirun or Fashion-MNIST.
 set -u
-elbo=$(realpath "$1") work=$2
-configs=$(cd "$(dirname "$0")/../configs" && pwd)
-src=/usr/share/datasets/fashion-mnist
-command -v mpirun >/dev/null || { echo "skip - no mpirun"; exit 77; }
-[ -f "$src/train-images-idx3-ubyte.gz" ] || { echo "skip - no $src"; exit 77; }
-if [ -x /usr/bin/python3 ]; then PY=/usr/bin/python3; else PY=python3; fi
-rm -rf "$work" && mkdir -p "$work" && cd "$work" || exit 1
-export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
-"$elbo" prepare --images "$src/train-images-idx3-ubyte.gz" --out data/train --shards 3 >/dev/null || exit 1
-"$elbo" prepare --images "$src/t10k-images-idx3-ubyte.gz" --out data/test >/dev/null || exit 1
-
-failed=0
-ok() { echo "ok - $*"; }
-fail() { echo "FAIL - $*"; failed=1; }
-show() { for f in "$@"; do [ -s "$f" ] && sed "s/^/    | /" "$f"; done; return 0; }
+# shellcheck source=tests/lib.sh
+. "$(dirname "$0")/lib.sh"
+setup_integration_test "$1" "$2" 3 mpi
 
 common=(train "$configs/smoke.yaml" data.train=data/train data.test=data/test train.threads=1)
 mpi=(mpirun --oversubscribe --mca mpi_yield_when_idle 1)
@@ -34,10 +22,6 @@ train() {  # train <log> <args...>: one process, in the foreground
 mpitrain() {  # mpitrain <log> <ranks> <args...>
   local log=$1 np=$2; shift 2
   timeout -k 5 120 "${mpi[@]}" -np "$np" "$elbo" "${common[@]}" "$@" >"$log" 2>&1
-}
-info() {  # info <checkpoint> <field>: one field of `elbo info`, empty when it fails
-  timeout 30 "$elbo" info "$1" 2>/dev/null | head -n 1 |
-    "$PY" -c 'import json, sys; print(json.loads(sys.stdin.readline())[sys.argv[1]])' "$2" 2>/dev/null
 }
 step_files() { (cd "$1/checkpoints" 2>/dev/null && ls step-*.h5 2>/dev/null | tr '\n' ' '); }
 names() { local s; for s in "$@"; do printf 'step-%09d.h5 ' "$s"; done; }

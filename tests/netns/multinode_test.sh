@@ -12,31 +12,16 @@
 # Usage: multinode_test.sh <elbo> <work-dir>; exits 77 (skip) without root/namespaces, mpirun or
 # Fashion-MNIST. Needs root (network namespaces), iproute2, util-linux (unshare).
 set -u
-elbo=$(realpath "$1") work=$2
 here=$(cd "$(dirname "$0")" && pwd)
-configs=$(cd "$here/../../configs" && pwd)
-src=/usr/share/datasets/fashion-mnist
 # shellcheck source=tests/netns/hosts.sh
 . "$here/hosts.sh"
-command -v mpirun >/dev/null || { echo "skip - no mpirun"; exit 77; }
+# shellcheck source=tests/lib.sh
+. "$here/../lib.sh"
 command -v unshare >/dev/null || { echo "skip - no unshare (util-linux)"; exit 77; }
-[ -f "$src/train-images-idx3-ubyte.gz" ] || { echo "skip - no $src"; exit 77; }
 netns_supported || { echo "skip - $netns_reason"; exit 77; }
-if [ -x /usr/bin/python3 ]; then PY=/usr/bin/python3; else PY=python3; fi
-rm -rf "$work" && mkdir -p "$work" && work=$(realpath "$work") && cd "$work" || exit 1
-"$elbo" prepare --images "$src/train-images-idx3-ubyte.gz" --out data/train --shards 3 >/dev/null || exit 1
-"$elbo" prepare --images "$src/t10k-images-idx3-ubyte.gz" --out data/test >/dev/null || exit 1
-
-failed=0
-ok() { echo "ok - $*"; }
-fail() { echo "FAIL - $*"; failed=1; }
-show() { for f in "$@"; do [ -s "$f" ] && sed "s/^/    | /" "$f"; done; return 0; }
+setup_integration_test "$1" "$2" 3 mpi
 alive() { local s; s=$(ps -o stat= -p "$1" 2>/dev/null) && [ "${s#Z}" = "$s" ]; }
 since() { awk -v a="$1" -v b="$EPOCHREALTIME" 'BEGIN { printf "%.1f", b - a }'; }
-info() {  # info <checkpoint> <field>: one field of `elbo info`, empty when it fails
-  timeout 30 "$elbo" info "$1" 2>/dev/null | head -n 1 |
-    "$PY" -c 'import json, sys; print(json.loads(sys.stdin.readline())[sys.argv[1]])' "$2" 2>/dev/null
-}
 
 # mpirun jobs started in the background (a subshell running timeout running mpirun): ended, with
 # what they run, before the hosts go away.
