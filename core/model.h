@@ -83,7 +83,6 @@ class Vae {
 
   const float* recon_per_sample() const { return recon_.data(); }  // [B]
   const float* kl_per_sample() const { return kl_.data(); }        // [B]
-  const float* head() const { return head_.data(); }               // [B, 2L] = [mu | logvar]
   const float* output() const { return acts_.back().data(); }      // [B, D] logits or means
 
  private:
