@@ -7,6 +7,11 @@ namespace elbo {
 
 bool cuda_backend_built() { return false; }
 int cuda_device_count() { return 0; }
+CudaProbe cuda_probe() { return CudaProbe{}; }
+std::string cuda_pci_bus_id(int) {
+  throw_bad_input("this build has no CUDA backend (configure with the CUDA toolkit present)");
+}
+void cuda_use_device(int) {}
 
 std::string cuda_device_name(int) {
   throw_bad_input("this build has no CUDA backend (configure with the CUDA toolkit present)");

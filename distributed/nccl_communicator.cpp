@@ -230,13 +230,16 @@ class NcclCommunicator final : public Communicator {
   }
 
   // The main thread is stuck in (or behind) the collective, so this thread ends the process;
-  // exiting makes the launcher (mpirun, srun) end the other ranks.
+  // exiting makes the launcher (mpirun, srun) end the other ranks. There is deliberately no
+  // ncclCommAbort first. With CUDA graphs, NCCL's teardown waits until every graph holding NCCL
+  // work is destroyed, which the stuck main thread never does: the job would hang. Without graphs,
+  // the abort lets the main thread's collective return partly reduced and race on into Adam and a
+  // checkpoint before this thread exits. Exiting frees the device and the peers' connections alike.
   [[noreturn]] void end_job(const std::string& failure) {
     std::fflush(stdout);
     std::fprintf(stderr, "elbo: error: rank %d: NCCL collective %s (distributed.timeout_s = %g)\n",
                  rank_, failure.c_str(), timeout_s_);
     std::fflush(stderr);
-    if (ncclComm_t comm = comm_.exchange(nullptr)) ncclCommAbort(comm);  // frees the device
     std::_Exit(1);
   }
 

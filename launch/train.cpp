@@ -2,12 +2,18 @@
 // data, start-up checks, the run directory, resume, and turning errors into a job-wide stop.
 #include "launch/train.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <optional>
+#include <string>
 #include <thread>
+#include <vector>
 
 #include "core/error.h"
 #include "core/model.h"
@@ -101,6 +107,59 @@ void check_ranks_agree(Communicator& comm, const Config& cfg, const ShardedDatas
                         std::to_string(r) + " differs from rank 0)");
 }
 
+// What CUDA shows this process, asked only when the config may train on a GPU. With a device
+// visible, this rank's GPU is made current now, before MPI starts: a CUDA-aware MPI opens its
+// context on the current device when it initialises, which would otherwise be GPU 0 in every
+// rank. The launcher's local rank numbers a node's ranks in world-rank order, as MPI's node-local
+// rank (which plan_device uses later) does, so both pick the same device.
+CudaProbe probe_cuda_before_mpi(const Config& cfg) {
+  if (!cuda_backend_built() || cfg.device == DeviceChoice::Cpu) return CudaProbe{};
+  CudaProbe probe = cuda_probe();
+  if (probe.devices > 0) {
+    const int local_rank = launcher_local_rank([](const char* name) { return std::getenv(name); });
+    cuda_use_device(device_for_local_rank(local_rank, probe.devices));
+  }
+  return probe;
+}
+
+std::string host_name() {
+  char name[256] = {};
+  if (gethostname(name, sizeof name - 1) != 0) return "?";
+  return name;
+}
+
+// NCCL refuses two ranks on one GPU, late and obscurely. A launcher that gives each task its own
+// GPU shows it as device 0 in every rank, so the index alone cannot tell sharing from not; the
+// PCI bus id on a host can. Each rank writes its GPU's identity (negative on the CPU) into its
+// slot; one sum gives every rank the whole table, so all of them stop with the same message. The
+// device kind must agree too: the data plane and the training loop's collectives depend on it.
+void check_distinct_gpus(Communicator& comm, const DevicePlan& device) {
+  if (comm.size() == 1) return;
+  const std::string host = host_name();
+  const std::string bus = device.cuda ? cuda_pci_bus_id(device.index) : "";
+  std::vector<double> table(static_cast<size_t>(comm.size()), 0.0);
+  table[static_cast<size_t>(comm.rank())] = device.cuda ? gpu_identity(host, bus) : -1.0;
+  comm.allreduce_sum(table.data(), table.size());
+  const bool gpu0 = table[0] >= 0;
+  for (int r = 1; r < comm.size(); ++r)
+    if ((table[static_cast<size_t>(r)] >= 0) != gpu0)
+      throw_bad_input("ranks disagree on the device: rank " + std::to_string(gpu0 ? r : 0) +
+                      " trains on the CPU, rank " + std::to_string(gpu0 ? 0 : r) +
+                      " on a GPU (give every rank a GPU, or set device: cpu)");
+  const std::optional<RankPair> shared = first_duplicate(table);
+  if (!shared) return;
+  // Only the two ranks know which GPU: the first of them tells the others.
+  char gpu[320] = {};
+  if (comm.rank() == shared->first)
+    std::snprintf(gpu, sizeof gpu, "%s on host %s", bus.c_str(), host.c_str());
+  comm.broadcast_bytes(gpu, sizeof gpu, shared->first);
+  gpu[sizeof gpu - 1] = '\0';
+  throw_bad_input("ranks " + std::to_string(shared->first) + " and " +
+                  std::to_string(shared->second) + " share the GPU " + gpu +
+                  ": give each rank its own GPU (CUDA_VISIBLE_DEVICES) or start fewer ranks per "
+                  "node");
+}
+
 // Everything but the model shape may change between a checkpoint and the run that continues it;
 // these would silently turn the continuation into another computation.
 void check_resumable(const Config& cfg, const CheckpointData& ck, const std::string& ck_path) {
@@ -125,10 +184,14 @@ void check_resumable(const Config& cfg, const CheckpointData& ck, const std::str
 }
 
 void train_with(const Config& cfg, const std::string& cfg_path, const std::string& resume,
-                Communicator& control) {
+                Communicator& control, const CudaProbe& probe) {
   refuse_isolated_ranks(control, cfg_path);
-  const DevicePlan device = plan_device(cfg.device, cuda_backend_built(), cuda_device_count(),
-                                        control.local_rank(), control.local_size(), cfg_path);
+  const DevicePlan device = plan_device(cfg.device, cuda_backend_built(), probe.devices,
+                                        control.local_rank(), control.local_size(), cfg_path,
+                                        probe.problem);
+  if (!device.warning.empty() && control.rank() == 0)
+    std::fprintf(stderr, "elbo: warning: %s; training on the CPU\n", device.warning.c_str());
+  check_distinct_gpus(control, device);
   const DataPlane plane = plan_data_plane(cfg.distributed.backend, device.cuda, control.size(),
                                           cfg_path);
   Communicator& comm = control;  // until the data plane is up, the control plane does it all
@@ -222,15 +285,16 @@ void train_with(const Config& cfg, const std::string& cfg_path, const std::strin
 
 int run_train(const TrainOptions& options) {
   const Config cfg = load_config(options.config_path, options.overrides);
+  const CudaProbe probe = probe_cuda_before_mpi(cfg);
   auto comm = watched(make_control_communicator(cfg.distributed.backend), cfg.distributed.timeout_s);
   if (comm->size() == 1) {
-    train_with(cfg, options.config_path, options.resume, *comm);
+    train_with(cfg, options.config_path, options.resume, *comm, probe);
     return 0;
   }
   // With several ranks an error on one must end all of them: the others would otherwise wait in
   // the next collective for ever.
   try {
-    train_with(cfg, options.config_path, options.resume, *comm);
+    train_with(cfg, options.config_path, options.resume, *comm, probe);
   } catch (const Error& e) {
     std::fprintf(stderr, "elbo: error: rank %d: %s\n", comm->rank(), e.what());
     comm->abort(e.exit_code());

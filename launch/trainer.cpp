@@ -6,6 +6,7 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <string>
 
 #include "core/error.h"
 #include "core/optimizer.h"
@@ -142,8 +143,10 @@ class StepLoop final : public Trainer {
     return stopping_ || (cfg_.train.max_steps > 0 && step_ >= cfg_.train.max_steps);
   }
 
-  // A signal may reach one rank only; every rank must stop at the same step.
+  // A signal may reach one rank only; every rank must stop at the same step. On a device the
+  // ranks agree only at some steps (stop_check_due), so a stop takes effect at the next of them.
   bool stop_agreed() {
+    if (!stop_check_due(be_.is_host(), step_, cfg_.output.log_every)) return false;
     double flag = stop_requested() ? 1.0 : 0.0;
     if (comm_.size() > 1) comm_.allreduce_sum(&flag, 1);
     return flag > 0.0;
@@ -261,13 +264,27 @@ class StepLoop final : public Trainer {
       return;
     }
     std::unique_ptr<CapturedWork>& graph = graphs_[x == x_[1].data() ? 1 : 0];
-    if (!graph) graph = be_.capture(work);
-    if (!graph) {  // capture is not possible here: say so once, and carry on without graphs
-      graphs_failed_ = true;
-      if (comm_.rank() == 0)
-        std::printf("elbo: note: this step cannot be captured as a CUDA graph; running it as is\n");
-      work();
-      return;
+    if (!graph) {
+      graph = be_.capture(work);
+      // The ranks must make their NCCL calls the same way, all from a graph or all eagerly, so
+      // they agree after every capture. Capturing ran nothing: a rank that did capture drops its
+      // graphs and runs the step eagerly like the rest, and graphs stay off on every rank.
+      const int failed = ranks_that_failed_capture(comm_, graph != nullptr);
+      if (failed > 0) {
+        graphs_[0].reset();
+        graphs_[1].reset();
+        graphs_failed_ = true;
+        if (comm_.rank() == 0) {
+          std::string where;
+          if (comm_.size() > 1)
+            where = " on " + std::to_string(failed) + " of " + std::to_string(comm_.size()) +
+                    " ranks";
+          std::printf("elbo: note: this step cannot be captured as a CUDA graph%s; running it as "
+                      "is, without graphs\n", where.c_str());
+        }
+        work();
+        return;
+      }
     }
     graph->replay();
     comm_.replayed();
@@ -400,13 +417,24 @@ class StepLoop final : public Trainer {
   int64_t last_saved_step_ = 0;  // a fresh run has nothing worth saving at step 0
   bool stopping_ = false;        // a stop signal reached some rank
   std::unique_ptr<CapturedWork> graphs_[2];  // the captured step, per input buffer
-  bool graphs_failed_ = false;
+  bool graphs_failed_ = false;  // some rank could not capture: no rank uses graphs any more
   int64_t plain_steps_ = 0;  // steps run without a graph by this process
   DeviceArray health_;           // (5): loss sums [recon, kl, objective, count], gradient flag
   int64_t health_since_ = 0;     // the step health_ was last read at
 };
 
 }  // namespace
+
+bool stop_check_due(bool host_backend, int64_t steps_done, int log_every) {
+  return host_backend || steps_done % kStopCheckEvery == 0 ||
+         (log_every > 0 && steps_done % log_every == 0);
+}
+
+int ranks_that_failed_capture(Communicator& comm, bool captured) {
+  double failed = captured ? 0.0 : 1.0;
+  if (comm.size() > 1) comm.allreduce_sum(&failed, 1);
+  return static_cast<int>(failed);
+}
 
 std::unique_ptr<Trainer> make_trainer(const Config& cfg, Communicator& comm, Backend& backend,
                                       const ShardedDataset& train, const ShardedDataset* test) {

@@ -2,6 +2,7 @@
 // restores it from a checkpoint, and runs it.
 #pragma once
 
+#include <cstdint>
 #include <memory>
 
 #include "core/backend.h"
@@ -26,6 +27,20 @@ class Trainer {
   // checkpoints on rank 0.
   virtual void run(const CheckpointDirectory& checkpoints, MetricsWriter& metrics) = 0;
 };
+
+// Whether the ranks agree on the stop flag (one blocking control-plane all-reduce) before the
+// step that follows `steps_done`: every step on a host backend, where a step costs far more than
+// the all-reduce; on a device only every kStopCheckEvery steps and after log points, where the
+// host waits for the device anyway, since a blocking all-reduce per step would dominate a
+// sub-millisecond GPU step. It depends on nothing but its arguments, the same on every rank, so
+// all ranks agree at the same steps and stop together.
+inline constexpr int64_t kStopCheckEvery = 16;
+bool stop_check_due(bool host_backend, int64_t steps_done, int log_every);
+
+// After every rank tried to capture a step as a CUDA graph (`captured`: whether this one did):
+// how many ranks failed, through one control-plane sum (over MPI even when the data plane is
+// NCCL, whose collectives must then be made the same way on every rank).
+int ranks_that_failed_capture(Communicator& comm, bool captured);
 
 // `comm` carries the gradients (device memory for NCCL) and the control messages.
 std::unique_ptr<Trainer> make_trainer(const Config& cfg, Communicator& comm, Backend& backend,

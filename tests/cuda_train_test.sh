@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # A short training run on the GPU: it must finish, lower the loss, and follow the CPU run of the
 # same config step by step (same data, noise and initial parameters; float summation order and
-# device math functions differ, hence the tolerance). Skips (77) without a CUDA device.
+# device math functions differ, hence the tolerance). Skips (77) without a CUDA device, but fails
+# when nvidia-smi lists a GPU that elbo cannot use (a driver too old, a broken install).
 # Usage: cuda_train_test.sh <elbo> <work-dir>
 set -u
 # shellcheck source=tests/lib.sh
@@ -13,6 +14,10 @@ common=(train "$configs/smoke.yaml" data.train=data/train data.test=data/test tr
 timeout 300 "$elbo" "${common[@]}" device=cuda output.dir=runs/gpu >gpu.log 2>&1
 rc=$?
 if grep -qE "no CUDA device is visible|no CUDA backend" gpu.log; then
+  if command -v nvidia-smi >/dev/null && timeout 60 nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then
+    echo "FAIL - nvidia-smi lists a GPU, but elbo finds no usable CUDA device:"
+    cat gpu.log; timeout 60 nvidia-smi -L; exit 1
+  fi
   echo "skip - $(tail -n 1 gpu.log)"; exit 77
 fi
 [ "$rc" -eq 0 ] || { echo "FAIL - the CUDA run exited $rc:"; cat gpu.log; exit 1; }

@@ -1,11 +1,14 @@
 // The CUDA backend against the CPU backend, its plain twin: the same model, inputs and noise on
 // both, compared through every primitive, the forward pass, every gradient and ten Adam steps.
-// Without a device only the launch-geometry and device-probe tests run; the rest skip.
+// Without a device only the launch-geometry and device-probe tests run; the rest skip, or fail
+// when nvidia-smi lists a GPU that CUDA cannot use.
 #include <gtest/gtest.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <cstdio>
+#include <cstring>
 #include <limits>
 #include <memory>
 #include <random>
@@ -21,6 +24,38 @@
 
 namespace elbo {
 namespace {
+
+// A machine whose nvidia-smi (when on PATH) lists a GPU has one: a test that then finds no
+// usable CUDA device fails instead of skipping, since a driver too old for the build or a broken
+// install must not pass as "no GPU". Asked once per process.
+bool nvidia_smi_lists_a_gpu() {
+  static const bool listed = [] {
+    FILE* p = popen("command -v nvidia-smi >/dev/null 2>&1 && timeout 60 nvidia-smi -L 2>/dev/null",
+                    "r");
+    if (!p) return false;
+    bool gpu = false;
+    char line[512];
+    while (std::fgets(line, sizeof line, p))
+      if (std::strncmp(line, "GPU ", 4) == 0) gpu = true;
+    pclose(p);
+    return gpu;
+  }();
+  return listed;
+}
+
+// Skips the calling test (or fixture set-up) without a usable CUDA device; fails it when
+// nvidia-smi lists a GPU all the same.
+#define ELBO_REQUIRE_CUDA_DEVICE()                                                          \
+  do {                                                                                      \
+    if (cuda_device_count() == 0) {                                                         \
+      if (nvidia_smi_lists_a_gpu()) {                                                       \
+        const std::string problem = cuda_probe().problem;                                   \
+        FAIL() << "nvidia-smi lists a GPU, but CUDA finds no usable device"                 \
+               << (problem.empty() ? std::string() : ": " + problem);                       \
+      }                                                                                     \
+      GTEST_SKIP() << "no CUDA device";                                                     \
+    }                                                                                       \
+  } while (0)
 
 // ---- without a device
 // ----------------------------------------------------------------------------
@@ -106,7 +141,7 @@ double max_abs_diff(std::span<const float> a, std::span<const float> b) {
 class CudaVsCpu : public ::testing::Test {
  protected:
   void SetUp() override {
-    if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+    ELBO_REQUIRE_CUDA_DEVICE();
     cpu_ = make_cpu_backend();
     gpu_ = make_cuda_backend(0);
     EXPECT_NE(cuda_stream(*gpu_), nullptr);  // its own stream, not the legacy default one
@@ -420,7 +455,7 @@ INSTANTIATE_TEST_SUITE_P(
 // A step captured as a graph and replayed does exactly what the same step run eagerly does: the
 // same kernels on the same data, so the parameters agree bit for bit after three steps each.
 TEST(CudaGraphs, ReplayedStepsEqualEagerSteps) {
-  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  ELBO_REQUIRE_CUDA_DEVICE();
   auto gpu = make_cuda_backend(0);
   ModelSpec spec;
   spec.input_dim = 64;
@@ -457,7 +492,7 @@ TEST(CudaGraphs, ReplayedStepsEqualEagerSteps) {
 
 // Work that reads a value back cannot be captured: the backend says so and nothing breaks.
 TEST(CudaGraphs, UncapturableWorkFallsBack) {
-  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  ELBO_REQUIRE_CUDA_DEVICE();
   auto gpu = make_cuda_backend(0);
   DeviceArray v = to_backend(*gpu, std::vector<float>(100, 2.0f));
   EXPECT_EQ(gpu->capture([&] { (void)gpu->sum(v.data(), 100); }), nullptr);

@@ -1,8 +1,34 @@
-// Device and communicator choices, for every config value and what a machine can show.
+// Device and communicator choices, for every config value and what a machine can show, and what
+// the training loop's ranks agree on: when to stop, and whether to replay captured steps.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
+#include <algorithm>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <functional>
+#include <map>
+#include <memory>
+#include <mutex>
+#include <optional>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "core/backend.h"
 #include "core/error.h"
+#include "distributed/communicator.h"
+#include "io/config.h"
+#include "io/metrics.h"
+#include "io/shards.h"
 #include "launch/device_plan.h"
+#include "launch/run_directory.h"
+#include "launch/trainer.h"
 
 namespace elbo {
 namespace {
@@ -39,15 +65,106 @@ TEST(DevicePlan, CpuAlwaysAndCudaOnlyWhenPossible) {
 TEST(DevicePlan, MoreRanksThanGpusOnANodeIsBadInput) {
   for (DeviceChoice choice : {DeviceChoice::Auto, DeviceChoice::Cuda}) {
     try {
-      plan_device(choice, true, 1, 1, 2, "cfg.yaml");
+      plan_device(choice, true, 2, 2, 3, "cfg.yaml");
       ADD_FAILURE() << "two ranks on one GPU were accepted";
     } catch (const Error& e) {
       EXPECT_EQ(e.kind(), ErrorKind::BadInput);
-      EXPECT_NE(std::string(e.what()).find("2 ranks on this node but 1 visible GPU"),
+      EXPECT_NE(std::string(e.what()).find("3 ranks on this node but 2 visible GPU"),
                 std::string::npos) << e.what();
     }
   }
-  EXPECT_FALSE(plan_device(DeviceChoice::Cpu, true, 1, 1, 2, "c").cuda);  // the CPU has room
+  EXPECT_FALSE(plan_device(DeviceChoice::Cpu, true, 2, 2, 3, "c").cuda);  // the CPU has room
+}
+
+// srun --gpus-per-task=1 or a per-rank CUDA_VISIBLE_DEVICES: each rank sees its own GPU as the
+// only one, device 0 (whether two ranks really share one is checked at start-up, by bus id).
+TEST(DevicePlan, OneVisibleGpuServesEveryLocalRank) {
+  for (DeviceChoice choice : {DeviceChoice::Auto, DeviceChoice::Cuda})
+    for (int local_rank = 0; local_rank < 4; ++local_rank) {
+      const DevicePlan p = plan_device(choice, true, 1, local_rank, 4, "c");
+      EXPECT_TRUE(p.cuda);
+      EXPECT_EQ(p.index, 0) << local_rank;
+    }
+}
+
+// The device chosen before MPI starts (from the launcher's local rank) and the one plan_device
+// picks later (from MPI's) follow one rule.
+TEST(DevicePlan, EarlyAndLateChoicesFollowOneRule) {
+  for (int visible : {1, 2, 4, 8})
+    for (int local_rank = 0; local_rank < visible; ++local_rank)
+      EXPECT_EQ(plan_device(DeviceChoice::Auto, true, visible, local_rank, visible, "c").index,
+                device_for_local_rank(local_rank, visible));
+  EXPECT_EQ(device_for_local_rank(5, 1), 0);
+  EXPECT_EQ(device_for_local_rank(5, 4), 1);
+}
+
+// A driver too old for the build: device: cuda says so, auto warns and trains on the CPU.
+TEST(DevicePlan, ADriverProblemIsAnErrorForCudaAndAWarningForAuto) {
+  const std::string problem = "the NVIDIA driver is too old for this build's CUDA runtime (x)";
+  try {
+    plan_device(DeviceChoice::Cuda, true, 0, 0, 1, "cfg.yaml", problem);
+    ADD_FAILURE() << "expected an error";
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::BadInput);
+    EXPECT_EQ(std::string(e.what()), "device: cuda, but " + problem + " (cfg.yaml)");
+  }
+  const DevicePlan p = plan_device(DeviceChoice::Auto, true, 0, 0, 1, "cfg.yaml", problem);
+  EXPECT_FALSE(p.cuda);
+  EXPECT_EQ(p.warning, problem);
+  EXPECT_TRUE(plan_device(DeviceChoice::Cpu, true, 0, 0, 1, "c", problem).warning.empty());
+  EXPECT_TRUE(plan_device(DeviceChoice::Auto, true, 0, 0, 1, "c").warning.empty());  // no GPU
+}
+
+TEST(LauncherLocalRank, FirstSetVariableWinsAndNoneGivesZero) {
+  using Env = std::map<std::string, std::string>;
+  const auto local_rank = [](const Env& env) {
+    return launcher_local_rank([&env](const char* name) -> const char* {
+      const auto it = env.find(name);
+      return it == env.end() ? nullptr : it->second.c_str();
+    });
+  };
+  EXPECT_EQ(local_rank({}), 0);
+  EXPECT_EQ(local_rank({{"OMPI_COMM_WORLD_LOCAL_RANK", "3"}}), 3);
+  EXPECT_EQ(local_rank({{"MPI_LOCALRANKID", "2"}}), 2);
+  EXPECT_EQ(local_rank({{"PMI_LOCAL_RANK", "5"}}), 5);
+  EXPECT_EQ(local_rank({{"SLURM_LOCALID", "1"}}), 1);
+  // mpirun inside a Slurm job: the ranks inherit their daemon's SLURM_LOCALID.
+  EXPECT_EQ(local_rank({{"SLURM_LOCALID", "0"}, {"OMPI_COMM_WORLD_LOCAL_RANK", "3"}}), 3);
+  EXPECT_EQ(local_rank({{"SLURM_LOCALID", "0"}, {"MPI_LOCALRANKID", "2"}}), 2);
+  // Values that are not a local rank are passed over.
+  EXPECT_EQ(local_rank({{"OMPI_COMM_WORLD_LOCAL_RANK", ""}, {"SLURM_LOCALID", "4"}}), 4);
+  EXPECT_EQ(local_rank({{"OMPI_COMM_WORLD_LOCAL_RANK", "x1"}, {"SLURM_LOCALID", "4"}}), 4);
+  EXPECT_EQ(local_rank({{"OMPI_COMM_WORLD_LOCAL_RANK", "1x"}, {"SLURM_LOCALID", "4"}}), 4);
+  EXPECT_EQ(local_rank({{"OMPI_COMM_WORLD_LOCAL_RANK", "-1"}}), 0);
+  EXPECT_EQ(local_rank({{"OMPI_COMM_WORLD_LOCAL_RANK", "99999999999"}}), 0);
+}
+
+TEST(SharedGpus, IdentityIsExactInADoubleAndSeparatesHostFromBus) {
+  const double id = gpu_identity("node1", "0000:3b:00.0");
+  EXPECT_EQ(id, gpu_identity("node1", "0000:3b:00.0"));
+  EXPECT_GE(id, 0.0);
+  EXPECT_LT(id, 4294967296.0);
+  EXPECT_EQ(id, static_cast<double>(static_cast<uint32_t>(id)));
+  EXPECT_NE(id, gpu_identity("node2", "0000:3b:00.0"));
+  EXPECT_NE(id, gpu_identity("node1", "0000:3c:00.0"));
+  EXPECT_NE(gpu_identity("ab", "c"), gpu_identity("a", "bc"));
+}
+
+TEST(SharedGpus, FirstDuplicateFindsTheFirstPairOfRanksOnOneGpu) {
+  const double a = gpu_identity("n1", "0000:01:00.0"), b = gpu_identity("n1", "0000:02:00.0");
+  const double c = gpu_identity("n2", "0000:01:00.0");
+  EXPECT_FALSE(first_duplicate(std::vector<double>{}));
+  EXPECT_FALSE(first_duplicate(std::vector<double>{a}));
+  EXPECT_FALSE(first_duplicate(std::vector<double>{a, b, c}));
+  EXPECT_FALSE(first_duplicate(std::vector<double>{-1, -1, -1}));  // ranks on the CPU share nothing
+  const auto pair = [](std::vector<double> table) {
+    const std::optional<RankPair> p = first_duplicate(table);
+    return p ? std::pair{p->first, p->second} : std::pair{-1, -1};
+  };
+  EXPECT_EQ(pair({a, a}), (std::pair{0, 1}));
+  EXPECT_EQ(pair({a, b, c, b}), (std::pair{1, 3}));
+  EXPECT_EQ(pair({a, b, b, a}), (std::pair{1, 2}));  // the lowest second rank first
+  EXPECT_EQ(pair({b, a, c, a, b}), (std::pair{1, 3}));
 }
 
 TEST(DataPlane, AutoPicksByDeviceAndWorldSize) {
@@ -63,6 +180,280 @@ TEST(DataPlane, AutoPicksByDeviceAndWorldSize) {
 TEST(DataPlane, MismatchedPairingsAreBadInput) {
   EXPECT_THROW(plan_data_plane(CommBackend::Mpi, true, 2, "c"), Error);
   EXPECT_THROW(plan_data_plane(CommBackend::Nccl, false, 2, "c"), Error);
+}
+
+// ---- the training loop's agreements
+// ----------------------------------------------------------------------------
+
+TEST(StopAgreement, EveryStepOnTheHostSomeStepsOnADevice) {
+  for (int64_t s = 0; s < 100; ++s) EXPECT_TRUE(stop_check_due(true, s, 50)) << s;
+  std::vector<int64_t> due;
+  for (int64_t s = 0; s <= 64; ++s)
+    if (stop_check_due(false, s, 40)) due.push_back(s);
+  EXPECT_EQ(due, (std::vector<int64_t>{0, 16, 32, 40, 48, 64}));  // every 16 and at log points
+  EXPECT_TRUE(stop_check_due(false, 7, 7));
+  EXPECT_FALSE(stop_check_due(false, 7, 0));  // no log points: every 16 only
+}
+
+// The ranks of one process, each on its own thread: every collective waits for all of them and
+// gives each the sum, as MPI would. Ranks that make different collectives fail the test.
+class ThreadWorld {
+ public:
+  explicit ThreadWorld(int size) : size_(size) {}
+  int size() const { return size_; }
+
+  std::vector<double> sum(const std::string& what, std::vector<double> mine) {
+    std::unique_lock<std::mutex> lock(mu_);
+    const uint64_t generation = generation_;
+    if (arrived_ == 0) {
+      what_ = what;
+      total_.assign(mine.size(), 0.0);
+    }
+    if (what != what_ || mine.size() != total_.size()) {
+      std::fprintf(stderr, "ranks disagree on a collective: %s vs %s\n", what.c_str(),
+                   what_.c_str());
+      std::_Exit(3);  // the other ranks would wait for ever
+    }
+    for (size_t i = 0; i < mine.size(); ++i) total_[i] += mine[i];
+    if (what == "double[1]") ++flag_sums_;
+    if (++arrived_ == size_) {
+      result_ = total_;
+      arrived_ = 0;
+      ++generation_;
+      cv_.notify_all();
+    } else if (!cv_.wait_for(lock, std::chrono::seconds(60),
+                             [&] { return generation_ != generation; })) {
+      std::fprintf(stderr, "a rank never joined the collective %s\n", what.c_str());
+      std::_Exit(3);
+    }
+    return result_;
+  }
+  int flag_sums() const { return flag_sums_ / size_; }  // one-double sums made by every rank
+
+ private:
+  const int size_;
+  std::mutex mu_;
+  std::condition_variable cv_;
+  uint64_t generation_ = 0;
+  int arrived_ = 0;
+  std::string what_;
+  std::vector<double> total_, result_;
+  int flag_sums_ = 0;
+};
+
+class ThreadRank final : public Communicator {
+ public:
+  ThreadRank(ThreadWorld& world, int rank) : world_(world), rank_(rank) {}
+  std::string name() const override { return "threads"; }
+  int rank() const override { return rank_; }
+  int size() const override { return world_.size(); }
+  int local_rank() const override { return rank_; }
+  int local_size() const override { return world_.size(); }
+  void allreduce_sum(float* data, size_t n) override {
+    const std::vector<double> sum = world_.sum("float[" + std::to_string(n) + "]",
+                                               std::vector<double>(data, data + n));
+    for (size_t i = 0; i < n; ++i) data[i] = static_cast<float>(sum[i]);
+  }
+  void broadcast(float* data, size_t n, int root) override {
+    std::vector<double> mine(n, 0.0);
+    if (rank_ == root) mine.assign(data, data + n);
+    const std::vector<double> sum = world_.sum("broadcast[" + std::to_string(n) + "]", mine);
+    for (size_t i = 0; i < n; ++i) data[i] = static_cast<float>(sum[i]);
+  }
+  void allreduce_sum(double* data, size_t n) override {
+    const std::vector<double> sum = world_.sum("double[" + std::to_string(n) + "]",
+                                               std::vector<double>(data, data + n));
+    std::copy(sum.begin(), sum.end(), data);
+  }
+  void broadcast_bytes(void*, size_t, int) override { ADD_FAILURE() << "unexpected collective"; }
+  void barrier() override { world_.sum("barrier", {}); }
+  [[noreturn]] void abort(int exit_code) override { std::_Exit(exit_code); }
+
+ private:
+  ThreadWorld& world_;
+  const int rank_;
+};
+
+// A "device" that computes on the CPU: its memory is not host memory as far as the training loop
+// knows (so it reads health at log points only and may capture), and capture records the work
+// without running it, as CUDA does, or fails when told to.
+class CapturingCpu final : public Backend {
+ public:
+  explicit CapturingCpu(bool capture_fails) : cpu_(make_cpu_backend()), fails_(capture_fails) {}
+  int captures = 0, replays = 0;
+
+  std::string name() const override { return "capturing-cpu"; }
+  bool is_host() const override { return false; }
+  std::unique_ptr<CapturedWork> capture(const std::function<void()>& work) override {
+    ++captures;
+    if (fails_) return nullptr;
+    struct Recorded final : CapturedWork {
+      std::function<void()> work;
+      int* replays;
+      void replay() override {
+        ++*replays;
+        work();
+      }
+    };
+    auto recorded = std::make_unique<Recorded>();
+    recorded->work = work;
+    recorded->replays = &replays;
+    return recorded;
+  }
+
+  float* allocate(size_t n) override { return cpu_->allocate(n); }
+  void deallocate(float* p) noexcept override { cpu_->deallocate(p); }
+  void upload(float* dst, const float* src, size_t n) override { cpu_->upload(dst, src, n); }
+  void download(float* dst, const float* src, size_t n) override { cpu_->download(dst, src, n); }
+  void upload_input(float* dst, const float* src, size_t n) override {
+    cpu_->upload_input(dst, src, n);
+  }
+  void fill_zero(float* p, size_t n) override { cpu_->fill_zero(p, n); }
+  void gemm(Trans ta, Trans tb, int M, int N, int K, float alpha, const float* A, int lda,
+            const float* B, int ldb, float beta, float* C, int ldc) override {
+    cpu_->gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  }
+  void bias_activation(float* y, const float* bias, int B, int N, Activation act) override {
+    cpu_->bias_activation(y, bias, B, N, act);
+  }
+  void activation_backward(float* dy, const float* y, float* dbias, int B, int N,
+                           Activation act) override {
+    cpu_->activation_backward(dy, y, dbias, B, N, act);
+  }
+  void reparameterize(const float* head, const float* eps, float* z, float* kl, int B,
+                      int L) override {
+    cpu_->reparameterize(head, eps, z, kl, B, L);
+  }
+  void reparameterize_backward(const float* head, const float* eps, const float* dz,
+                               float* dhead, int B, int L, float kl_weight) override {
+    cpu_->reparameterize_backward(head, eps, dz, dhead, B, L, kl_weight);
+  }
+  void reconstruction_loss(const float* out, const float* x, float* dout, float* recon, int B,
+                           int D, Likelihood lik, float grad_scale) override {
+    cpu_->reconstruction_loss(out, x, dout, recon, B, D, lik, grad_scale);
+  }
+  void fill_noise(float* eps, std::span<const uint32_t> ids, int L, RngKey key, uint32_t c2,
+                  RngStream stream) override {
+    cpu_->fill_noise(eps, ids, L, key, c2, stream);
+  }
+  double sum(const float* v, size_t n) override { return cpu_->sum(v, n); }
+  double sum_of_squares(const float* v, size_t n) override { return cpu_->sum_of_squares(v, n); }
+  bool all_finite(const float* v, size_t n) override { return cpu_->all_finite(v, n); }
+  void scale(float* v, size_t n, float s) override { cpu_->scale(v, n, s); }
+  void adam_step(float* params, const float* grads, float* m, float* v, size_t n,
+                 const AdamHyper& h, float* counter, float* nonfinite) override {
+    cpu_->adam_step(params, grads, m, v, n, h, counter, nonfinite);
+  }
+  void accumulate_losses(const float* recon, const float* kl, int B, float beta,
+                         float* acc) override {
+    cpu_->accumulate_losses(recon, kl, B, beta, acc);
+  }
+
+ private:
+  std::unique_ptr<Backend> cpu_;
+  bool fails_;
+};
+
+class GraphAgreement : public ::testing::Test {
+ protected:
+  static constexpr int kRanks = 2, kSteps = 12;
+
+  void SetUp() override {
+    const auto* test = ::testing::UnitTest::GetInstance()->current_test_info();
+    dir_ = std::filesystem::temp_directory_path() /
+           ("elbo_test_launch_" + std::to_string(getpid()) + "_" + test->name());
+    std::filesystem::remove_all(dir_);
+    std::filesystem::create_directories(dir_ / "data");
+    std::vector<uint8_t> x(16 * 96);
+    for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<uint8_t>((i * 37) % 256);
+    write_shard_u8((dir_ / "data" / "s0.h5").string(), {4, 4}, x, {});
+    cfg_.data.train = (dir_ / "data").string();
+    cfg_.model.encoder = {8};
+    cfg_.model.latent = 2;
+    cfg_.model.decoder = {8};
+    cfg_.train.epochs = 1;
+    cfg_.train.batch_size = 8;  // 96 rows: 12 steps
+    cfg_.train.cuda_graphs = true;
+    cfg_.output.dir = (dir_ / "run").string();
+    cfg_.output.log_every = 5;
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  struct Outcome {
+    std::vector<int> captures, replays;
+    int flag_sums = 0;
+    std::string out;
+  };
+  // Trains kRanks ranks on threads; the ranks listed fail to capture.
+  Outcome train(std::vector<int> failing) {
+    ShardedDataset data = ShardedDataset::open(cfg_.data.train);
+    data.cache_in_memory();  // HDF5 is not to be read from several threads
+    ThreadWorld world(kRanks);
+    std::vector<std::unique_ptr<CapturingCpu>> backends;
+    for (int r = 0; r < kRanks; ++r)
+      backends.push_back(std::make_unique<CapturingCpu>(
+          std::find(failing.begin(), failing.end(), r) != failing.end()));
+    std::filesystem::remove_all(dir_ / "run");
+    std::filesystem::create_directories(dir_ / "run" / "checkpoints");
+    const CheckpointDirectory checkpoints(dir_ / "run" / "checkpoints", 1);
+    ::testing::internal::CaptureStdout();
+    std::vector<std::thread> ranks;
+    for (int r = 0; r < kRanks; ++r)
+      ranks.emplace_back([&, r] {
+        ThreadRank comm(world, r);
+        auto trainer = make_trainer(cfg_, comm, *backends[static_cast<size_t>(r)], data, nullptr);
+        trainer->restore(nullptr);
+        MetricsWriter metrics;
+        trainer->run(checkpoints, metrics);
+      });
+    for (std::thread& t : ranks) t.join();
+    Outcome o;
+    o.out = ::testing::internal::GetCapturedStdout();
+    for (const auto& b : backends) {
+      o.captures.push_back(b->captures);
+      o.replays.push_back(b->replays);
+    }
+    o.flag_sums = world.flag_sums();
+    return o;
+  }
+
+  // The one-double sums the loop makes besides the capture agreements: the stop flag's.
+  static int stop_checks() {
+    int n = 0;
+    for (int64_t s = 0; s < kSteps; ++s) n += stop_check_due(false, s, 5) ? 1 : 0;
+    return n;
+  }
+
+  std::filesystem::path dir_;
+  Config cfg_;
+};
+
+size_t count(const std::string& text, const std::string& what) {
+  size_t n = 0;
+  for (size_t at = text.find(what); at != std::string::npos; at = text.find(what, at + 1)) ++n;
+  return n;
+}
+
+// Three plain steps, then one capture per input buffer, each agreed on; every later step replays.
+TEST_F(GraphAgreement, AllRanksCaptureThenAllReplay) {
+  const Outcome o = train({});
+  EXPECT_EQ(o.captures, (std::vector<int>{2, 2}));
+  EXPECT_EQ(o.replays, (std::vector<int>{kSteps - 3, kSteps - 3}));
+  EXPECT_EQ(o.flag_sums, stop_checks() + 2);
+  EXPECT_EQ(count(o.out, "cannot be captured"), 0u) << o.out;
+}
+
+// One rank cannot capture: the other drops the graph it has, both run the step eagerly, and
+// neither tries again; rank 0 says so once.
+TEST_F(GraphAgreement, OneRankFailingTurnsGraphsOffOnEveryRank) {
+  for (int failing : {0, 1}) {
+    const Outcome o = train({failing});
+    EXPECT_EQ(o.captures, (std::vector<int>{1, 1})) << "rank " << failing << " failing";
+    EXPECT_EQ(o.replays, (std::vector<int>{0, 0})) << "rank " << failing << " failing";
+    EXPECT_EQ(o.flag_sums, stop_checks() + 1);
+    EXPECT_EQ(count(o.out, "elbo: note: this step cannot be captured as a CUDA graph on 1 of 2 "
+                           "ranks"), 1u) << o.out;
+  }
 }
 
 }  // namespace

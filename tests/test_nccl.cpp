@@ -4,6 +4,7 @@
 
 #include <chrono>
 #include <cstdint>
+#include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <deque>
@@ -108,6 +109,38 @@ TEST(NcclCommunicator, BuildsWithoutNcclSayWhy) {
 }
 
 #if defined(ELBO_HAVE_NCCL)
+// A machine whose nvidia-smi (when on PATH) lists a GPU has one: a test that then finds no
+// usable CUDA device fails instead of skipping, since a driver too old for the build or a broken
+// install must not pass as "no GPU". Asked once per process.
+bool nvidia_smi_lists_a_gpu() {
+  static const bool listed = [] {
+    FILE* p = popen("command -v nvidia-smi >/dev/null 2>&1 && timeout 60 nvidia-smi -L 2>/dev/null",
+                    "r");
+    if (!p) return false;
+    bool gpu = false;
+    char line[512];
+    while (std::fgets(line, sizeof line, p))
+      if (std::strncmp(line, "GPU ", 4) == 0) gpu = true;
+    pclose(p);
+    return gpu;
+  }();
+  return listed;
+}
+
+// Skips the calling test (or fixture set-up) without a usable CUDA device; fails it when
+// nvidia-smi lists a GPU all the same.
+#define ELBO_REQUIRE_CUDA_DEVICE()                                                          \
+  do {                                                                                      \
+    if (cuda_device_count() == 0) {                                                         \
+      if (nvidia_smi_lists_a_gpu()) {                                                       \
+        const std::string problem = cuda_probe().problem;                                   \
+        FAIL() << "nvidia-smi lists a GPU, but CUDA finds no usable device"                 \
+               << (problem.empty() ? std::string() : ": " + problem);                       \
+      }                                                                                     \
+      GTEST_SKIP() << "no CUDA device";                                                     \
+    }                                                                                       \
+  } while (0)
+
 // The device side of the test, released in reverse order of creation.
 struct DeviceBuffer {
   float* data = nullptr;  // (N)
@@ -125,14 +158,18 @@ TEST(NcclOneRank, AllReduceInPlace) {
 #if !defined(ELBO_HAVE_NCCL)
   GTEST_SKIP() << "this build has no NCCL";
 #else
-  if (cuda_device_count() == 0) GTEST_SKIP() << "no CUDA device";
+  ELBO_REQUIRE_CUDA_DEVICE();
   constexpr size_t N = 1000;
   ASSERT_EQ(cudaSetDevice(0), cudaSuccess);
   Stream s;
   DeviceBuffer buf(N);
   std::vector<float> host(N);  // (N)
   for (size_t i = 0; i < N; ++i) host[i] = 0.25f * static_cast<float>(i) - 100.0f;
-  ASSERT_EQ(cudaMemcpy(buf.data, host.data(), N * sizeof(float), cudaMemcpyHostToDevice),
+  // On the test's stream, not with cudaMemcpy: a cudaStreamNonBlocking stream is not ordered with
+  // the legacy default stream that cudaMemcpy uses (which may also return before a copy from
+  // pageable memory lands), so the NCCL calls below could read the buffer before it is filled.
+  ASSERT_EQ(cudaMemcpyAsync(buf.data, host.data(), N * sizeof(float), cudaMemcpyHostToDevice,
+                            s.stream),
             cudaSuccess);
   {
     // NCCL's start-up alone can take seconds on a large node; the watchdog must not mistake it,

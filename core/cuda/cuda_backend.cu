@@ -2,12 +2,14 @@
 // All work is queued on one non-blocking stream; only downloads and reductions wait for it.
 #include <algorithm>
 #include <cstring>
+#include <filesystem>
 #include <functional>
 
 #include "core/cuda/cuda_backend.h"
 #include "core/cuda/cuda_check.h"
 #include "core/cuda/cuda_kernels.cuh"
 #include "core/cuda/cuda_raii.h"
+#include "core/cuda/launch.h"
 
 namespace elbo {
 namespace {
@@ -215,23 +217,25 @@ class CudaBackend final : public Backend {
   void bias_activation(float* y, const float* bias, int B, int N, Activation act) override {
     const size_t total = static_cast<size_t>(B) * static_cast<size_t>(N);
     if (total == 0) return;
-    kernels::bias_activation<<<blocks(total), kThreadsPerBlock, 0, s()>>>(y, bias, total, N, act);
+    ELBO_LAUNCH(kernels::bias_activation, blocks(total), kThreadsPerBlock, 0, s())
+    (y, bias, total, N, act);
     ELBO_CUDA_CHECK_LAUNCH();
   }
 
   void activation_backward(float* dy, const float* y, float* dbias, int B, int N,
                            Activation act) override {
     if (N <= 0) return;
-    kernels::activation_backward<<<blocks(static_cast<size_t>(N)), kThreadsPerBlock, 0, s()>>>(
-        dy, y, dbias, B, N, act);
+    ELBO_LAUNCH(kernels::activation_backward, blocks(static_cast<size_t>(N)), kThreadsPerBlock, 0,
+                s())
+    (dy, y, dbias, B, N, act);
     ELBO_CUDA_CHECK_LAUNCH();
   }
 
   void reparameterize(const float* head, const float* eps, float* z, float* kl, int B,
                       int L) override {
     if (B <= 0) return;
-    kernels::reparameterize<<<blocks(static_cast<size_t>(B)), kThreadsPerBlock, 0, s()>>>(
-        head, eps, z, kl, B, L);
+    ELBO_LAUNCH(kernels::reparameterize, blocks(static_cast<size_t>(B)), kThreadsPerBlock, 0, s())
+    (head, eps, z, kl, B, L);
     ELBO_CUDA_CHECK_LAUNCH();
   }
 
@@ -239,8 +243,8 @@ class CudaBackend final : public Backend {
                                int B, int L, float kl_weight) override {
     const size_t total = static_cast<size_t>(B) * static_cast<size_t>(L);
     if (total == 0) return;
-    kernels::reparameterize_backward<<<blocks(total), kThreadsPerBlock, 0, s()>>>(
-        head, eps, dz, dhead, total, L, kl_weight);
+    ELBO_LAUNCH(kernels::reparameterize_backward, blocks(total), kThreadsPerBlock, 0, s())
+    (head, eps, dz, dhead, total, L, kl_weight);
     ELBO_CUDA_CHECK_LAUNCH();
   }
 
@@ -249,11 +253,13 @@ class CudaBackend final : public Backend {
     if (B <= 0) return;
     const int rows = std::min(B, kMaxBlocks);  // one block per row, grid-stride beyond
     if (lik == Likelihood::Bernoulli)
-      kernels::reconstruction_loss<Likelihood::Bernoulli>
-          <<<rows, kThreadsPerBlock, 0, s()>>>(out, x, dout, recon, B, D, grad_scale);
+      ELBO_LAUNCH(kernels::reconstruction_loss<Likelihood::Bernoulli>, rows, kThreadsPerBlock, 0,
+                  s())
+      (out, x, dout, recon, B, D, grad_scale);
     else
-      kernels::reconstruction_loss<Likelihood::Gaussian>
-          <<<rows, kThreadsPerBlock, 0, s()>>>(out, x, dout, recon, B, D, grad_scale);
+      ELBO_LAUNCH(kernels::reconstruction_loss<Likelihood::Gaussian>, rows, kThreadsPerBlock, 0,
+                  s())
+      (out, x, dout, recon, B, D, grad_scale);
     ELBO_CUDA_CHECK_LAUNCH();
   }
 
@@ -273,8 +279,8 @@ class CudaBackend final : public Backend {
     ELBO_CUDA_CHECK(cudaMemcpyAsync(ids_.get(), staged, bytes, cudaMemcpyHostToDevice, s()));
     ids_staging_.release(s());
     const size_t groups = (static_cast<size_t>(L) + 3) / 4;
-    kernels::fill_noise<<<blocks(B * groups), kThreadsPerBlock, 0, s()>>>(eps, ids_.get(), B, L,
-                                                                          key, c2, stream);
+    ELBO_LAUNCH(kernels::fill_noise, blocks(B * groups), kThreadsPerBlock, 0, s())
+    (eps, ids_.get(), B, L, key, c2, stream);
     ELBO_CUDA_CHECK_LAUNCH();
   }
 
@@ -284,14 +290,14 @@ class CudaBackend final : public Backend {
   bool all_finite(const float* v, size_t n) override {
     if (n == 0) return true;
     clear_flag();
-    kernels::find_nonfinite<<<blocks(n), kThreadsPerBlock, 0, s()>>>(v, n, flag_.get());
+    ELBO_LAUNCH(kernels::find_nonfinite, blocks(n), kThreadsPerBlock, 0, s())(v, n, flag_.get());
     ELBO_CUDA_CHECK_LAUNCH();
     return read_flag() == 0;
   }
 
   void scale(float* v, size_t n, float factor) override {
     if (n == 0) return;
-    kernels::scale<<<blocks(n), kThreadsPerBlock, 0, s()>>>(v, n, factor);
+    ELBO_LAUNCH(kernels::scale, blocks(n), kThreadsPerBlock, 0, s())(v, n, factor);
     ELBO_CUDA_CHECK_LAUNCH();
   }
 
@@ -299,18 +305,18 @@ class CudaBackend final : public Backend {
   // check (and the step count) move to the device.
   void adam_step(float* params, const float* grads, float* m, float* v, size_t n,
                  const AdamHyper& h, float* counter, float* nonfinite) override {
-    kernels::adam_advance<<<1, 1, 0, s()>>>(h, counter, adam_constants_.get());
+    ELBO_LAUNCH(kernels::adam_advance, 1, 1, 0, s())(h, counter, adam_constants_.get());
     ELBO_CUDA_CHECK_LAUNCH();
     if (n == 0) return;
-    kernels::adam_step<<<blocks(n), kThreadsPerBlock, 0, s()>>>(params, grads, m, v, n,
-                                                                adam_constants_.get(), nonfinite);
+    ELBO_LAUNCH(kernels::adam_step, blocks(n), kThreadsPerBlock, 0, s())
+    (params, grads, m, v, n, adam_constants_.get(), nonfinite);
     ELBO_CUDA_CHECK_LAUNCH();
   }
 
   void accumulate_losses(const float* recon, const float* kl, int B, float beta,
                          float* acc) override {
     if (B <= 0) return;
-    kernels::accumulate_losses<<<1, kThreadsPerBlock, 0, s()>>>(recon, kl, B, beta, acc);
+    ELBO_LAUNCH(kernels::accumulate_losses, 1, kThreadsPerBlock, 0, s())(recon, kl, B, beta, acc);
     ELBO_CUDA_CHECK_LAUNCH();
   }
 
@@ -324,14 +330,13 @@ class CudaBackend final : public Backend {
   cudaStream_t s() const { return stream_.get(); }
   static int blocks(size_t n) { return launch_blocks(n, kThreadsPerBlock); }
 
-  // From pageable memory the copy has consumed the source when the call returns (the driver stages
-  // it); from pinned memory it has not, so wait then, letting the caller reuse its buffer at once.
+  // The caller may reuse or free its buffer once this returns, and CUDA does not promise that an
+  // asynchronous copy has read a pageable source by then: wait for the copy. upload() is for
+  // parameters and evaluation batches; training batches take upload_input()'s pinned path.
   void copy_from_host(void* dst, const void* src, size_t bytes) {
     if (bytes == 0) return;
     ELBO_CUDA_CHECK(cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, s()));
-    cudaPointerAttributes attr{};
-    ELBO_CUDA_CHECK(cudaPointerGetAttributes(&attr, src));
-    if (attr.type == cudaMemoryTypeHost) ELBO_CUDA_CHECK(cudaStreamSynchronize(s()));
+    ELBO_CUDA_CHECK(cudaStreamSynchronize(s()));
   }
 
   template <bool squares>
@@ -339,9 +344,10 @@ class CudaBackend final : public Backend {
     if (n == 0) return 0.0;
     const int grid = std::min(blocks(n), kMaxReduceBlocks);
     double* result = partials_.get() + kMaxReduceBlocks;
-    kernels::reduce_partials<squares><<<grid, kThreadsPerBlock, 0, s()>>>(v, n, partials_.get());
+    ELBO_LAUNCH(kernels::reduce_partials<squares>, grid, kThreadsPerBlock, 0, s())
+    (v, n, partials_.get());
     ELBO_CUDA_CHECK_LAUNCH();
-    kernels::reduce_final<<<1, kThreadsPerBlock, 0, s()>>>(partials_.get(), grid, result);
+    ELBO_LAUNCH(kernels::reduce_final, 1, kThreadsPerBlock, 0, s())(partials_.get(), grid, result);
     ELBO_CUDA_CHECK_LAUNCH();
     ELBO_CUDA_CHECK(
         cudaMemcpyAsync(&host_->value, result, sizeof(double), cudaMemcpyDeviceToHost, s()));
@@ -389,6 +395,30 @@ int cuda_device_count() {
   }
   return count;
 }
+
+CudaProbe cuda_probe() {
+  CudaProbe probe;
+  const cudaError_t rc = cudaGetDeviceCount(&probe.devices);
+  if (rc == cudaSuccess) return probe;
+  (void)cudaGetLastError();
+  probe.devices = 0;
+  // Without an NVIDIA kernel driver the runtime says "insufficient driver" too: that is no GPU.
+  // With one, the driver is older than this build's toolkit, which the user must hear about.
+  std::error_code ec;
+  if (rc == cudaErrorInsufficientDriver &&
+      std::filesystem::exists("/proc/driver/nvidia/version", ec))
+    probe.problem = std::string("the NVIDIA driver is too old for this build's CUDA runtime (") +
+                    cudaGetErrorString(rc) + ")";
+  return probe;
+}
+
+std::string cuda_pci_bus_id(int device) {
+  char id[32] = {};
+  ELBO_CUDA_CHECK(cudaDeviceGetPCIBusId(id, static_cast<int>(sizeof(id)), device));
+  return id;
+}
+
+void cuda_use_device(int device) { ELBO_CUDA_CHECK(cudaSetDevice(device)); }
 
 std::string cuda_device_name(int device) {
   cudaDeviceProp prop{};

@@ -8,6 +8,7 @@
 #include <cstdint>
 
 #include "core/cuda/grid.h"
+#include "core/cuda/launch.h"
 #include "core/elementwise.h"
 #include "core/philox.h"
 
@@ -97,7 +98,7 @@ __global__ void reparameterize_backward(const float* head, const float* eps, con
 template <Likelihood lik>
 __global__ void reconstruction_loss(const float* out, const float* x, float* dout, float* recon,
                                     int B, int D, float grad_scale) {
-  __shared__ float shared[kThreadsPerBlock];
+  ELBO_SHARED(float, shared, kThreadsPerBlock);
   const size_t d = static_cast<size_t>(D);
   for (int b = static_cast<int>(blockIdx.x); b < B; b += static_cast<int>(gridDim.x)) {
     const size_t row = static_cast<size_t>(b) * d;
@@ -133,7 +134,7 @@ __global__ void fill_noise(float* eps, const uint32_t* ids, size_t B, int L, Rng
 // grid depends only on n, so the summation order (and the result) repeats exactly.
 template <bool squares>
 __global__ void reduce_partials(const float* v, size_t n, double* partials) {
-  __shared__ double shared[kThreadsPerBlock];
+  ELBO_SHARED(double, shared, kThreadsPerBlock);
   double s = 0.0;
   for (size_t i = grid_start(); i < n; i += grid_step()) {
     const double x = v[i];
@@ -144,7 +145,7 @@ __global__ void reduce_partials(const float* v, size_t n, double* partials) {
 }
 
 __global__ void reduce_final(const double* partials, int count, double* result) {
-  __shared__ double shared[kThreadsPerBlock];
+  ELBO_SHARED(double, shared, kThreadsPerBlock);
   double s = 0.0;
   for (int i = static_cast<int>(threadIdx.x); i < count; i += static_cast<int>(blockDim.x))
     s += partials[i];
@@ -184,7 +185,7 @@ __global__ void adam_step(float* params, const float* grads, float* m, float* v,
 // summation order.
 __global__ void accumulate_losses(const float* recon, const float* kl, int B, float beta,
                                   float* acc) {
-  __shared__ float shared[kThreadsPerBlock];
+  ELBO_SHARED(float, shared, kThreadsPerBlock);
   float r = 0.0f, k = 0.0f;
   for (int b = static_cast<int>(threadIdx.x); b < B; b += blockDim.x) {
     r += recon[b];

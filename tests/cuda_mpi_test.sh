@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# NCCL between GPUs (real ones, or the CUDA emulator's): 2 and 3 ranks with device=cuda, CUDA
+# graphs off and on, give the step losses of 1 CPU rank within the tolerance of mpi_test.sh; a
+# stalled NCCL peer ends the job within distributed.timeout_s + 30 s with the rank named, graphs
+# off and on. Skips (77) without a CUDA device, fails when nvidia-smi lists one that is unusable.
+# Usage: cuda_mpi_test.sh <elbo> <work-dir>
+set -u
+# shellcheck source=tests/lib.sh
+. "$(dirname "$0")/lib.sh"
+setup_integration_test "$1" "$2" 3 mpi
+mpi=(mpirun --oversubscribe --mca mpi_yield_when_idle 1)
+# No test set: evaluation is not what is compared here, and it is slow under the emulator.
+common=(train "$configs/smoke.yaml" data.train=data/train 'data.test=""' train.threads=1
+        train.batch_size=64)
+
+timeout 120 "$elbo" "${common[@]}" train.max_steps=1 device=cuda output.dir=runs/probe >probe.log 2>&1
+if grep -qE "no CUDA device is visible|no CUDA backend" probe.log; then
+  if command -v nvidia-smi >/dev/null && nvidia-smi -L 2>/dev/null | grep -q GPU; then
+    echo "FAIL - nvidia-smi lists a GPU, but elbo cannot use it:"; cat probe.log; exit 1
+  fi
+  echo "skip - $(tail -n 1 probe.log)"; exit 77
+fi
+emulated=0
+grep -q "emulated GPU" probe.log && emulated=1
+
+run() {  # run <name> <ranks> <device> [overrides...]
+  local name=$1 np=$2 device=$3; shift 3
+  if ! timeout 600 "${mpi[@]}" -np "$np" "$elbo" "${common[@]}" "output.dir=runs/$name" \
+      train.max_steps=30 output.log_every=1 "device=$device" "$@" >"$name.log" 2>&1; then
+    echo "FAIL - $name ($np ranks) did not finish:"; show "$name.log"; failed=1
+  fi
+}
+compare() {  # compare <a> <b>: every step loss within 1e-5 relative (as mpi_test.sh)
+  if "$PY" - "runs/$1/metrics.jsonl" "runs/$2/metrics.jsonl" <<'PY'; then echo "ok - $1 vs $2"; else echo "FAIL - $1 vs $2"; failed=1; fi
+import json, sys
+a, b = ([json.loads(l) for l in open(p)] for p in sys.argv[1:3])
+sa = [r["loss"] for r in a if r["type"] == "step"]
+sb = [r["loss"] for r in b if r["type"] == "step"]
+assert len(sa) == len(sb) == 30, (len(sa), len(sb))
+worst = max(abs(x - y) / abs(y) for x, y in zip(sa, sb))
+print(f"  worst step-loss relative difference {worst:.2e}, first loss {sa[0]:.3f}, last {sa[-1]:.3f}")
+sys.exit(0 if worst <= 1e-5 else 1)
+PY
+}
+
+run cpu1 1 cpu
+for np in 2 3; do
+  run "gpu$np" "$np" cuda
+  run "gpu${np}_graphs" "$np" cuda train.cuda_graphs=true
+  grep -q "communicator nccl" "gpu$np.log" || { echo "FAIL - gpu$np did not use NCCL"; failed=1; }
+  grep -q "cannot be captured" "gpu${np}_graphs.log" &&
+    { echo "FAIL - gpu${np}_graphs fell back to plain steps"; failed=1; }
+  compare "gpu$np" cpu1
+  compare "gpu${np}_graphs" cpu1
+done
+
+# A stalled peer: the emulator stalls rank 1 in its 20th collective (a replayed graph step with
+# graphs on); on a GPU, rank 1 is stopped with SIGSTOP. The watchdog must end the job.
+stall() {  # stall <name> [overrides...]
+  local name=$1; shift
+  local start_ms rc took_ms victim=""
+  start_ms=$(( $(date +%s%N) / 1000000 ))
+  ELBO_EMU_NCCL_STALL=1:20 timeout 300 "${mpi[@]}" -np 2 "$elbo" "${common[@]}" \
+    "output.dir=runs/$name" train.max_steps=0 train.epochs=100 output.log_every=1000 \
+    distributed.timeout_s=5 device=cuda "$@" >"$name.log" 2>&1 &
+  local launcher=$!
+  if [ "$emulated" = 0 ]; then
+    sleep 15
+    for pid in $(pgrep -f "output.dir=runs/$name"); do
+      tr '\0' '\n' <"/proc/$pid/environ" 2>/dev/null | grep -q '^OMPI_COMM_WORLD_RANK=1$' && victim=$pid
+    done
+    [ -n "$victim" ] && kill -STOP "$victim"
+    start_ms=$(( $(date +%s%N) / 1000000 ))
+  fi
+  wait "$launcher"; rc=$?
+  took_ms=$(( $(date +%s%N) / 1000000 - start_ms ))
+  [ -n "$victim" ] && kill -KILL "$victim" 2>/dev/null
+  if [ "$rc" -ne 0 ] && [ "$rc" -ne 124 ] && [ "$took_ms" -lt 35000 ] &&
+     grep -qE "elbo: error: rank [01]: NCCL collective .*unfinished after" "$name.log"; then
+    echo "ok - $name: the job ended ${took_ms} ms after the stall (timeout_s 5): $(grep -m1 -oE 'rank [01]: NCCL collective [a-z -]+' "$name.log")"
+  else
+    echo "FAIL - $name: exit $rc after ${took_ms} ms"; show "$name.log"; failed=1
+  fi
+}
+stall stall
+stall stall_graphs train.cuda_graphs=true
+exit $failed
