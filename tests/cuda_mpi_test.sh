@@ -9,6 +9,9 @@ set -u
 . "$(dirname "$0")/lib.sh"
 setup_integration_test "$1" "$2" 3 mpi
 mpi=(mpirun --oversubscribe --mca mpi_yield_when_idle 1)
+# Under the emulator each rank needs a device of its own (ranks may not share a GPU); a real
+# machine ignores this.
+export ELBO_EMU_DEVICES=${ELBO_EMU_DEVICES:-3}
 # No test set: evaluation is not what is compared here, and it is slow under the emulator.
 common=(train "$configs/smoke.yaml" data.train=data/train 'data.test=""' train.threads=1
         train.batch_size=64)
@@ -54,13 +57,32 @@ for np in 2 3; do
   compare "gpu${np}_graphs" cpu1
 done
 
+# Ranks may not share a GPU; a launcher that gives each rank its own (one visible GPU each, as
+# srun --gpus-per-task=1 does) is fine. Under the emulator only, where the devices are made up.
+if [ "$emulated" = 1 ]; then
+  ELBO_EMU_DEVICES=1 timeout 120 "${mpi[@]}" -np 2 "$elbo" "${common[@]}" output.dir=runs/shared \
+    train.max_steps=2 device=cuda >shared.log 2>&1
+  if [ $? -ne 0 ] && grep -q "share the GPU" shared.log && [ ! -e runs/shared ]; then
+    echo "ok - two ranks on one GPU refused: $(grep -m1 -o 'ranks [0-9] and [0-9] share the GPU [^ ]*' shared.log)"
+  else
+    echo "FAIL - two ranks on one GPU were not refused:"; show shared.log; failed=1
+  fi
+  one_each=("${common[@]}" train.max_steps=2 device=cuda output.dir=runs/own)
+  if ELBO_EMU_DEVICES=2 timeout 120 "${mpi[@]}" -np 1 -x CUDA_VISIBLE_DEVICES=0 "$elbo" "${one_each[@]}" : \
+      -np 1 -x CUDA_VISIBLE_DEVICES=1 "$elbo" "${one_each[@]}" >own.log 2>&1; then
+    echo "ok - one visible GPU per rank (CUDA_VISIBLE_DEVICES=0 and 1) trains"
+  else
+    echo "FAIL - one visible GPU per rank:"; show own.log; failed=1
+  fi
+fi
+
 # A stalled peer: the emulator stalls rank 1 in its 20th collective (a replayed graph step with
 # graphs on); on a GPU, rank 1 is stopped with SIGSTOP. The watchdog must end the job.
 stall() {  # stall <name> [overrides...]
   local name=$1; shift
   local start_ms rc took_ms victim=""
   start_ms=$(( $(date +%s%N) / 1000000 ))
-  ELBO_EMU_NCCL_STALL=1:20 timeout 300 "${mpi[@]}" -np 2 "$elbo" "${common[@]}" \
+  ELBO_EMU_NCCL_STALL=1:20 timeout 90 "${mpi[@]}" -np 2 "$elbo" "${common[@]}" \
     "output.dir=runs/$name" train.max_steps=0 train.epochs=100 output.log_every=1000 \
     distributed.timeout_s=5 device=cuda "$@" >"$name.log" 2>&1 &
   local launcher=$!

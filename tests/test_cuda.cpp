@@ -173,6 +173,19 @@ constexpr double kElementwiseTol = 1e-5;
 // ---- primitives
 // ------------------------------------------------------------------------------------
 
+// upload() may be handed a temporary: when it returns, the copy must have read its source.
+// (An asynchronous copy from pageable memory promises no such thing.)
+TEST_F(CudaVsCpu, UploadHasReadItsSourceWhenItReturns) {
+  const std::vector<float> want = uniform(1000, -1.0f, 1.0f, 7);
+  DeviceArray a(*gpu_, want.size());
+  {
+    std::vector<float> source = want;
+    gpu_->upload(a.data(), source.data(), source.size());
+    std::fill(source.begin(), source.end(), -99.0f);  // the caller reuses its buffer at once
+  }
+  EXPECT_EQ(gpu_values(a), want);
+}
+
 TEST_F(CudaVsCpu, GemmMatchesRowMajorCblasForEveryTransposeAndLeadingDimension) {
   const int M = 37, N = 29, K = 53, pad = 3;  // pad makes every ld larger than the row it holds
   for (Trans ta : {Trans::No, Trans::Yes}) {
