@@ -13,6 +13,7 @@
 #include <memory>
 #include <random>
 #include <span>
+#include <ostream>
 #include <string>
 #include <vector>
 
@@ -371,6 +372,8 @@ struct ModelCase {
   int batch;
   float x_lo, x_hi;
 };
+// gtest (and so ctest's test names) would otherwise print the case as a hex dump.
+void PrintTo(const ModelCase& c, std::ostream* os) { *os << c.name; }
 
 ModelSpec make_spec(int D, std::vector<int> enc, int L, std::vector<int> dec, Activation a,
                     Likelihood lik) {

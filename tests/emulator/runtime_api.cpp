@@ -1,0 +1,308 @@
+// The CUDA runtime API, part one: the libcudart symbols for errors, versions, devices, memory and
+// copies (streams, events and graphs are in runtime_streams.cpp; the state is in runtime_state.h).
+#include <algorithm>
+#include <cstdio>
+#include <cstdlib>
+#include <cstring>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <vector>
+
+#include "runtime_state.h"
+
+// ---- the CUDA runtime API -----------------------------------------------------------------------
+
+using namespace elbo_emu;
+using namespace elbo_emu::rt;
+
+extern "C" {
+
+cudaError_t cudaGetLastError() {
+  if (st().sticky != cudaSuccess) return st().sticky;
+  const cudaError_t e = t_last_error;
+  t_last_error = cudaSuccess;
+  return e;
+}
+cudaError_t cudaPeekAtLastError() { return st().sticky != cudaSuccess ? st().sticky : t_last_error; }
+
+const char* cudaGetErrorName(cudaError_t e) {
+  switch (e) {
+#define ELBO_EMU_NAME(x) case x: return #x;
+    ELBO_EMU_NAME(cudaSuccess) ELBO_EMU_NAME(cudaErrorInvalidValue)
+    ELBO_EMU_NAME(cudaErrorMemoryAllocation) ELBO_EMU_NAME(cudaErrorInvalidConfiguration)
+    ELBO_EMU_NAME(cudaErrorInvalidMemcpyDirection) ELBO_EMU_NAME(cudaErrorInsufficientDriver)
+    ELBO_EMU_NAME(cudaErrorNoDevice) ELBO_EMU_NAME(cudaErrorInvalidDevice)
+    ELBO_EMU_NAME(cudaErrorInvalidResourceHandle) ELBO_EMU_NAME(cudaErrorNotReady)
+    ELBO_EMU_NAME(cudaErrorIllegalState) ELBO_EMU_NAME(cudaErrorLaunchFailure)
+    ELBO_EMU_NAME(cudaErrorStreamCaptureUnsupported) ELBO_EMU_NAME(cudaErrorStreamCaptureInvalidated)
+    ELBO_EMU_NAME(cudaErrorStreamCaptureMerge) ELBO_EMU_NAME(cudaErrorStreamCaptureUnmatched)
+    ELBO_EMU_NAME(cudaErrorStreamCaptureUnjoined) ELBO_EMU_NAME(cudaErrorStreamCaptureIsolation)
+    ELBO_EMU_NAME(cudaErrorStreamCaptureImplicit) ELBO_EMU_NAME(cudaErrorStreamCaptureWrongThread)
+    ELBO_EMU_NAME(cudaErrorCapturedEvent) ELBO_EMU_NAME(cudaErrorInvalidDevicePointer)
+#undef ELBO_EMU_NAME
+    default: return "cudaErrorUnknown";
+  }
+}
+
+const char* cudaGetErrorString(cudaError_t e) {
+  switch (e) {
+    case cudaSuccess: return "no error";
+    case cudaErrorInvalidValue: return "invalid argument";
+    case cudaErrorMemoryAllocation: return "out of memory";
+    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
+    case cudaErrorInsufficientDriver: return "CUDA driver version is insufficient for CUDA runtime version";
+    case cudaErrorNoDevice: return "no CUDA-capable device is detected";
+    case cudaErrorInvalidDevice: return "invalid device ordinal";
+    case cudaErrorInvalidResourceHandle: return "invalid resource handle";
+    case cudaErrorNotReady: return "device not ready";
+    case cudaErrorLaunchFailure: return "unspecified launch failure";
+    case cudaErrorStreamCaptureUnsupported: return "operation not permitted when stream is capturing";
+    case cudaErrorStreamCaptureInvalidated: return "operation failed due to a previous error during capture";
+    case cudaErrorStreamCaptureUnjoined: return "capture was not joined to the origin stream";
+    case cudaErrorStreamCaptureImplicit: return "operation would make the legacy stream depend on a capturing blocking stream";
+    default: return cudaGetErrorName(e);
+  }
+}
+
+cudaError_t cudaDriverGetVersion(int* v) {
+  if (!v) return set_last_error(cudaErrorInvalidValue);
+  *v = st().old_driver ? 11000 : CUDART_VERSION;
+  return cudaSuccess;
+}
+cudaError_t cudaRuntimeGetVersion(int* v) {
+  if (!v) return set_last_error(cudaErrorInvalidValue);
+  *v = CUDART_VERSION;
+  return cudaSuccess;
+}
+
+// ---- devices ----
+
+cudaError_t cudaGetDeviceCount(int* count) {
+  if (!count) return misuse("cudaGetDeviceCount", "null count", cudaErrorInvalidValue);
+  *count = 0;
+  if (st().old_driver) return misuse("cudaGetDeviceCount", "ELBO_EMU_DRIVER=old", cudaErrorInsufficientDriver);
+  if (st().visible.empty()) return set_last_error(cudaErrorNoDevice);
+  *count = static_cast<int>(st().visible.size());
+  return cudaSuccess;
+}
+
+cudaError_t cudaSetDevice(int device) {
+  if (const cudaError_t e = device_call("cudaSetDevice")) return e;
+  if (device < 0 || device >= static_cast<int>(st().visible.size()))
+    return misuse("cudaSetDevice", "device " + std::to_string(device) + " of " +
+                                       std::to_string(st().visible.size()), cudaErrorInvalidDevice);
+  t_device = device;
+  return cudaSuccess;
+}
+
+cudaError_t cudaGetDevice(int* device) {
+  if (const cudaError_t e = device_call("cudaGetDevice")) return e;
+  if (!device) return misuse("cudaGetDevice", "null device", cudaErrorInvalidValue);
+  *device = t_device;
+  return cudaSuccess;
+}
+
+cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
+  if (const cudaError_t e = device_call("cudaGetDeviceProperties")) return e;
+  if (!prop) return misuse("cudaGetDeviceProperties", "null prop", cudaErrorInvalidValue);
+  if (device < 0 || device >= static_cast<int>(st().visible.size()))
+    return misuse("cudaGetDeviceProperties", "device " + std::to_string(device), cudaErrorInvalidDevice);
+  *prop = cudaDeviceProp{};
+  std::snprintf(prop->name, sizeof prop->name, "elbo emulated GPU %d (sm_90)", st().visible[device]);
+  prop->totalGlobalMem = size_t{80} << 30;
+  prop->sharedMemPerBlock = 48 << 10;
+  prop->sharedMemPerBlockOptin = 227 << 10;
+  prop->regsPerBlock = 65536;
+  prop->warpSize = 32;
+  prop->maxThreadsPerBlock = 1024;
+  prop->maxThreadsDim[0] = prop->maxThreadsDim[1] = 1024;
+  prop->maxThreadsDim[2] = 64;
+  prop->maxGridSize[0] = 2147483647;
+  prop->maxGridSize[1] = prop->maxGridSize[2] = 65535;
+  prop->major = 9;
+  prop->minor = 0;
+  prop->multiProcessorCount = 132;
+  prop->concurrentKernels = 1;
+  prop->pciBusID = st().visible[device] + 1;
+  prop->unifiedAddressing = 1;
+  return cudaSuccess;
+}
+
+cudaError_t cudaDeviceGetPCIBusId(char* id, int len, int device) {
+  if (const cudaError_t e = device_call("cudaDeviceGetPCIBusId")) return e;
+  if (!id || len <= 0) return misuse("cudaDeviceGetPCIBusId", "no buffer", cudaErrorInvalidValue);
+  if (device < 0 || device >= static_cast<int>(st().visible.size()))
+    return misuse("cudaDeviceGetPCIBusId", "device " + std::to_string(device), cudaErrorInvalidDevice);
+  std::snprintf(id, static_cast<size_t>(len), "0000:%02x:00.0", st().visible[device] + 1);
+  return cudaSuccess;
+}
+
+cudaError_t cudaDeviceSynchronize() {
+  if (const cudaError_t e = device_call("cudaDeviceSynchronize")) return e;
+  {
+    std::lock_guard<std::mutex> lock(st().mu);
+    if (const cudaError_t e = check_capture_rules(st(), "cudaDeviceSynchronize")) return e;
+  }
+  drain();
+  return st().sticky != cudaSuccess ? set_last_error(st().sticky) : cudaSuccess;
+}
+
+cudaError_t cudaDeviceReset() {
+  drain();
+  reset_faults();
+  return cudaSuccess;
+}
+
+// ---- memory ----
+
+cudaError_t cudaMalloc(void** p, size_t bytes) {
+  if (const cudaError_t e = device_call("cudaMalloc")) return e;
+  if (!p) return misuse("cudaMalloc", "null pointer to the result", cudaErrorInvalidValue);
+  State& S = st();
+  std::lock_guard<std::mutex> lock(S.mu);
+  if (const cudaError_t e = check_capture_rules(S, "cudaMalloc")) return e;
+  *p = nullptr;
+  if (bytes == 0) return cudaSuccess;
+  const size_t rounded = (bytes + 255) / 256 * 256;
+  void* mem = std::aligned_alloc(256, rounded);
+  if (!mem) return misuse("cudaMalloc", std::to_string(bytes) + " bytes", cudaErrorMemoryAllocation);
+  std::memset(mem, 0xff, rounded);  // NaN in every float and double: uninitialised reads show
+  ELBO_EMU_POISON(static_cast<char*>(mem) + bytes, rounded - bytes);  // never accessible
+  if (!S.device_active) ELBO_EMU_POISON(mem, bytes);  // host code may not touch device memory
+  S.device[reinterpret_cast<uintptr_t>(mem)] = Allocation{bytes};
+  *p = mem;
+  return cudaSuccess;
+}
+
+cudaError_t cudaFree(void* p) {
+  if (!p) return cudaSuccess;
+  {
+    std::lock_guard<std::mutex> lock(st().mu);
+    if (const cudaError_t e = check_capture_rules(st(), "cudaFree")) return e;
+  }
+  drain();  // cudaFree synchronises the device
+  State& S = st();
+  std::lock_guard<std::mutex> lock(S.mu);
+  auto it = S.device.find(reinterpret_cast<uintptr_t>(p));
+  if (it == S.device.end())
+    return misuse("cudaFree", hex(p) + " is not the start of a device allocation", cudaErrorInvalidValue);
+  const size_t rounded = (it->second.bytes + 255) / 256 * 256;
+  ELBO_EMU_UNPOISON(p, rounded);
+  S.device.erase(it);
+  std::free(p);  // later device use is a use-after-free that AddressSanitizer reports
+  return sticky_or(cudaSuccess);
+}
+
+cudaError_t cudaHostAlloc(void** p, size_t bytes, unsigned int) {
+  if (const cudaError_t e = device_call("cudaHostAlloc")) return e;
+  if (!p) return misuse("cudaHostAlloc", "null pointer to the result", cudaErrorInvalidValue);
+  State& S = st();
+  std::lock_guard<std::mutex> lock(S.mu);
+  if (const cudaError_t e = check_capture_rules(S, "cudaHostAlloc")) return e;
+  void* mem = std::malloc(std::max<size_t>(bytes, 1));
+  if (!mem) return misuse("cudaHostAlloc", std::to_string(bytes) + " bytes", cudaErrorMemoryAllocation);
+  S.pinned[reinterpret_cast<uintptr_t>(mem)] = Allocation{std::max<size_t>(bytes, 1)};
+  *p = mem;
+  return cudaSuccess;
+}
+cudaError_t cudaMallocHost(void** p, size_t bytes) { return cudaHostAlloc(p, bytes, 0); }
+
+cudaError_t cudaFreeHost(void* p) {
+  if (!p) return cudaSuccess;
+  {
+    std::lock_guard<std::mutex> lock(st().mu);
+    if (const cudaError_t e = check_capture_rules(st(), "cudaFreeHost")) return e;
+  }
+  drain();
+  State& S = st();
+  std::lock_guard<std::mutex> lock(S.mu);
+  auto it = S.pinned.find(reinterpret_cast<uintptr_t>(p));
+  if (it == S.pinned.end())
+    return misuse("cudaFreeHost", hex(p) + " is not a pinned allocation", cudaErrorInvalidValue);
+  S.pinned.erase(it);
+  std::free(p);
+  return sticky_or(cudaSuccess);
+}
+
+cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attr, const void* p) {
+  if (!attr) return misuse("cudaPointerGetAttributes", "null attributes", cudaErrorInvalidValue);
+  State& S = st();
+  std::lock_guard<std::mutex> lock(S.mu);
+  *attr = cudaPointerAttributes{};
+  switch (side_of(S, p)) {
+    case Side::Device:
+      attr->type = cudaMemoryTypeDevice;
+      attr->device = t_device;
+      attr->devicePointer = const_cast<void*>(p);
+      break;
+    case Side::Pinned:
+      attr->type = cudaMemoryTypeHost;
+      attr->device = t_device;
+      attr->devicePointer = attr->hostPointer = const_cast<void*>(p);
+      break;
+    case Side::Host: attr->type = cudaMemoryTypeUnregistered; break;
+  }
+  return cudaSuccess;
+}
+
+cudaError_t cudaMemcpyAsync(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind,
+                            cudaStream_t stream) {
+  if (const cudaError_t e = device_call("cudaMemcpyAsync")) return e;
+  State& S = st();
+  std::lock_guard<std::mutex> lock(S.mu);
+  if (const cudaError_t e = check_copy(S, "cudaMemcpyAsync", dst, src, bytes, kind)) return e;
+  return enqueue_entry(S, stream_of(S, stream), copy_entry(dst, src, bytes), "cudaMemcpyAsync");
+}
+
+// On the legacy stream. Device-to-host and pinned copies return when done; from pageable host
+// memory the source is staged at once and the copy may land later (as CUDA documents);
+// device-to-device copies do not wait.
+cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind kind) {
+  if (const cudaError_t e = device_call("cudaMemcpy")) return e;
+  State& S = st();
+  std::unique_lock<std::mutex> lock(S.mu);
+  if (const cudaError_t e = check_capture_rules(S, "cudaMemcpy")) return e;
+  if (const cudaError_t e = check_copy(S, "cudaMemcpy", dst, src, bytes, kind)) return e;
+  const Side from = side_of(S, src), to = side_of(S, dst);
+  std::shared_ptr<Entry> e;
+  bool wait = true;
+  if (from == Side::Host && to == Side::Device) {
+    auto staged = std::make_shared<std::vector<char>>(static_cast<const char*>(src),
+                                                       static_cast<const char*>(src) + bytes);
+    e = copy_entry(dst, staged->data(), bytes);
+    e->op.keepalive = staged;
+    wait = false;
+  } else {
+    e = copy_entry(dst, src, bytes);
+    wait = !(from == Side::Device && to == Side::Device);
+  }
+  if (const cudaError_t rc = enqueue_entry(S, &S.legacy_stream, e, "cudaMemcpy")) return rc;
+  if (wait) wait_until(e->ticket, lock);
+  return S.sticky != cudaSuccess ? set_last_error(S.sticky) : cudaSuccess;
+}
+
+cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t stream) {
+  if (const cudaError_t e = device_call("cudaMemsetAsync")) return e;
+  State& S = st();
+  std::lock_guard<std::mutex> lock(S.mu);
+  if (bytes && !find_in(S.device, p, bytes))
+    return misuse("cudaMemsetAsync", hex(p) + " + " + std::to_string(bytes) +
+                                         " bytes is not inside one device allocation", cudaErrorInvalidValue);
+  auto e = std::make_shared<Entry>();
+  e->op.name = "memset";
+  e->op.run = [p, value, bytes] {
+    if (bytes) std::memset(p, value, bytes);
+    return cudaSuccess;
+  };
+  return enqueue_entry(S, stream_of(S, stream), std::move(e), "cudaMemsetAsync");
+}
+cudaError_t cudaMemset(void* p, int value, size_t bytes) {
+  {
+    std::lock_guard<std::mutex> lock(st().mu);
+    if (const cudaError_t e = check_capture_rules(st(), "cudaMemset")) return e;
+  }
+  return cudaMemsetAsync(p, value, bytes, nullptr);
+}
+
+}  // extern "C"
