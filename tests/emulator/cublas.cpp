@@ -33,8 +33,8 @@ cublasStatus_t invalid(const char* call, const std::string& why) {
 // A column-major rows x cols matrix with leading dimension ld must lie inside one allocation.
 bool matrix_inside(const float* p, int rows, int cols, int ld) {
   if (rows == 0 || cols == 0) return true;
-  const size_t elements = static_cast<size_t>(ld) * static_cast<size_t>(cols - 1) +
-                          static_cast<size_t>(rows);
+  const size_t elements =
+      static_cast<size_t>(ld) * static_cast<size_t>(cols - 1) + static_cast<size_t>(rows);
   return is_device_range(p, elements * sizeof(float));
 }
 
@@ -117,13 +117,22 @@ cublasStatus_t cublasSetPointerMode_v2(cublasHandle_t handle, cublasPointerMode_
 
 const char* cublasGetStatusString(cublasStatus_t status) {
   switch (status) {
-    case CUBLAS_STATUS_SUCCESS: return "the operation completed successfully";
-    case CUBLAS_STATUS_NOT_INITIALIZED: return "the library was not initialized";
-    case CUBLAS_STATUS_ALLOC_FAILED: return "the resource allocation failed";
-    case CUBLAS_STATUS_INVALID_VALUE: return "an invalid numeric value was used as an argument";
-    case CUBLAS_STATUS_EXECUTION_FAILED: return "the GPU program failed to execute";
-    case CUBLAS_STATUS_INTERNAL_ERROR: return "an internal operation failed";
-    default: return "unknown cuBLAS status";
+    case CUBLAS_STATUS_SUCCESS:
+      return "the operation completed successfully";
+    case CUBLAS_STATUS_NOT_INITIALIZED:
+      return "the library was not initialized";
+    case CUBLAS_STATUS_ALLOC_FAILED:
+      return "the resource allocation failed";
+    case CUBLAS_STATUS_INVALID_VALUE:
+      return "an invalid numeric value was used as an argument";
+    case CUBLAS_STATUS_EXECUTION_FAILED:
+      return "the GPU program failed to execute";
+    case CUBLAS_STATUS_NOT_SUPPORTED:
+      return "the functionality requested is not supported";
+    case CUBLAS_STATUS_INTERNAL_ERROR:
+      return "an internal operation failed";
+    default:
+      return "unknown cuBLAS status";
   }
 }
 
@@ -143,22 +152,45 @@ cublasStatus_t cublasSgemm_v2(cublasHandle_t handle, cublasOperation_t transa,
   const int a_rows = transa == CUBLAS_OP_N ? m : k, a_cols = transa == CUBLAS_OP_N ? k : m;
   const int b_rows = transb == CUBLAS_OP_N ? k : n, b_cols = transb == CUBLAS_OP_N ? n : k;
   if (lda < std::max(1, a_rows))
-    return invalid(call, "lda " + std::to_string(lda) + " < max(1, " + std::to_string(a_rows) + ")");
+    return invalid(call,
+                   "lda " + std::to_string(lda) + " < max(1, " + std::to_string(a_rows) + ")");
   if (ldb < std::max(1, b_rows))
-    return invalid(call, "ldb " + std::to_string(ldb) + " < max(1, " + std::to_string(b_rows) + ")");
+    return invalid(call,
+                   "ldb " + std::to_string(ldb) + " < max(1, " + std::to_string(b_rows) + ")");
   if (ldc < std::max(1, m))
     return invalid(call, "ldc " + std::to_string(ldc) + " < max(1, " + std::to_string(m) + ")");
   if (!alpha || !beta) return invalid(call, "alpha and beta must be host pointers");
   if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
   if (k > 0 && !matrix_inside(A, a_rows, a_cols, lda))
     return invalid(call, "A (" + std::to_string(a_rows) + " x " + std::to_string(a_cols) +
-                             ", lda " + std::to_string(lda) + ") is not inside one device allocation");
+                             ", lda " + std::to_string(lda) +
+                             ") is not inside one device allocation");
   if (k > 0 && !matrix_inside(B, b_rows, b_cols, ldb))
     return invalid(call, "B (" + std::to_string(b_rows) + " x " + std::to_string(b_cols) +
-                             ", ldb " + std::to_string(ldb) + ") is not inside one device allocation");
+                             ", ldb " + std::to_string(ldb) +
+                             ") is not inside one device allocation");
   if (!matrix_inside(C, m, n, ldc))
     return invalid(call, "C (" + std::to_string(m) + " x " + std::to_string(n) + ", ldc " +
                              std::to_string(ldc) + ") is not inside one device allocation");
+  const auto overlaps = [&](const float* M, int rows, int cols, int ld) {
+    if (rows == 0 || cols == 0) return false;
+    const float* end = M + static_cast<size_t>(ld) * static_cast<size_t>(cols - 1) + rows;
+    const float* c_end = C + static_cast<size_t>(ldc) * static_cast<size_t>(n - 1) + m;
+    return M < c_end && C < end;
+  };
+  if (k > 0 && (overlaps(A, a_rows, a_cols, lda) || overlaps(B, b_rows, b_cols, ldb)))
+    return invalid(call, "C overlaps A or B, which cuBLAS leaves undefined");
+  // During capture cuBLAS must not allocate its own workspace: one must be set, after the
+  // stream, since cublasSetStream forgets it.
+  if (handle->workspace == nullptr &&
+      capture_status(handle->stream) != cudaStreamCaptureStatusNone) {
+    if (!std::getenv("ELBO_EMU_QUIET"))
+      std::fprintf(stderr,
+                   "elbo-emu: %s: captured without a workspace (call cublasSetWorkspace "
+                   "after cublasSetStream)\n",
+                   call);
+    return CUBLAS_STATUS_NOT_SUPPORTED;
+  }
   const float a = *alpha, b = *beta;
   const cublasMath_t math = handle->math;
   const auto ta = transa == CUBLAS_OP_N ? CblasNoTrans : CblasTrans;

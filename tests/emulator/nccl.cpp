@@ -429,6 +429,7 @@ ncclResult_t collective(const char* fn, Call call, const void* send, void* recv,
   elbo_emu::Op op;
   op.name = fn;
   op.run = [state, call, send, recv] { return state->run(call, send, recv); };
+  op.collective = true;
   if (elbo_emu::capture_status(stream) == cudaStreamCaptureStatusActive)
     op.keepalive = std::make_shared<GraphRef>(state);
   if (const cudaError_t e = elbo_emu::enqueue(stream, std::move(op)); e != cudaSuccess)
@@ -507,6 +508,9 @@ ncclResult_t ncclCommAbort(ncclComm_t comm) {
   uint64_t healthy = 0;   // peers learn who aborted; a waiting peer gets a remote error
   std::atomic_ref<uint64_t>(s.header().aborted)
       .compare_exchange_strong(healthy, uint64_t(s.rank) + 1);
+  // A GPU goes on running what was queued, and aborted collectives return at once: only then do
+  // the graph references left are graphs that still live.
+  elbo_emu::drain();
   finish(comm);
   return ncclSuccess;
 }

@@ -44,7 +44,8 @@ bool quiet() {
 
 // A misuse: says which call and why (CUDA's codes alone rarely tell), sets the last error.
 cudaError_t misuse(const char* call, const std::string& why, cudaError_t code) {
-  if (!quiet()) std::fprintf(stderr, "elbo-emu: %s: %s (%s)\n", call, why.c_str(), cudaGetErrorName(code));
+  if (!quiet())
+    std::fprintf(stderr, "elbo-emu: %s: %s (%s)\n", call, why.c_str(), cudaGetErrorName(code));
   return set_last_error(code);
 }
 
@@ -72,8 +73,10 @@ namespace {
 
 void set_device_memory_access(State& s, bool on) {
   for (const auto& [base, a] : s.device) {
-    if (on) ELBO_EMU_UNPOISON(reinterpret_cast<void*>(base), a.bytes);
-    else ELBO_EMU_POISON(reinterpret_cast<void*>(base), a.bytes);
+    if (on)
+      ELBO_EMU_UNPOISON(reinterpret_cast<void*>(base), a.bytes);
+    else
+      ELBO_EMU_POISON(reinterpret_cast<void*>(base), a.bytes);
   }
 }
 
@@ -103,6 +106,7 @@ void execute_head(State& S, StreamState& s, std::unique_lock<std::mutex>& lock) 
   }
   s.queue.pop_front();
   S.pending.erase(e->ticket);
+  S.collectives.erase(e->ticket);
 }
 
 // Runs, on the device thread, exactly what `ticket` depends on, then it. Caller holds mu.
@@ -110,9 +114,21 @@ void run_until(State& S, uint64_t ticket, std::unique_lock<std::mutex>& lock) {
   while (S.pending.count(ticket)) {
     StreamState& s = *S.pending.at(ticket);
     const uint64_t dep = blocking_dependency(S, s, *s.queue.front());
-    if (dep) run_until(S, dep, lock);
-    else execute_head(S, s, lock);
+    if (dep)
+      run_until(S, dep, lock);
+    else
+      execute_head(S, s, lock);
   }
+}
+
+// How long queued work may wait for a synchronisation before it runs anyway, as a GPU would have
+// run it by then. Long enough that every missing synchronisation a test makes still shows.
+std::chrono::milliseconds progress_bound() {
+  static const long ms = [] {
+    const char* v = std::getenv("ELBO_EMU_PROGRESS_MS");
+    return v && *v ? std::max(1L, std::atol(v)) : 1000L;
+  }();
+  return std::chrono::milliseconds(ms);
 }
 
 void device_loop() {
@@ -121,14 +137,21 @@ void device_loop() {
   for (;;) {
     S.wake_device.wait_for(lock, std::chrono::milliseconds(1),
                            [&] { return S.completed < S.requests; });
-    if (S.completed == S.requests) {  // idle: does a peer wait for our work?
+    if (S.completed == S.requests) {  // idle: does a peer wait for us, or is work overdue?
       const auto pollers = S.pollers;
       lock.unlock();
       bool demanded = false;
       for (const auto& p : pollers) demanded = p() || demanded;
       lock.lock();
-      if (!demanded || S.pending.empty()) continue;
-      S.request_targets.emplace_back(S.pending.rbegin()->first, true);
+      uint64_t target = 0;
+      if (demanded && !S.collectives.empty()) {
+        target = *S.collectives.begin();  // the oldest collective, and what it depends on
+      } else if (!S.pending.empty()) {
+        const Entry& oldest = *S.pending.begin()->second->queue.front();
+        if (Clock::now() - oldest.queued_at > progress_bound()) target = oldest.ticket;
+      }
+      if (target == 0) continue;
+      S.request_targets.emplace_back(target, false);
       ++S.requests;
     }
     const auto [target, all] = S.request_targets.front();
@@ -209,7 +232,8 @@ cudaError_t check_capture_rules(State& S, const char* call) {
     if (forbids) {
       c->invalidated = true;
       c->why = std::string(call) + " during capture";
-      return misuse(call, "not permitted while a stream capture is active", cudaErrorStreamCaptureUnsupported);
+      return misuse(call, "not permitted while a stream capture is active",
+                    cudaErrorStreamCaptureUnsupported);
     }
   }
   return cudaSuccess;
@@ -272,11 +296,16 @@ cudaError_t enqueue_entry(State& S, StreamState* s, std::shared_ptr<Entry> e, co
   }
   e->ticket = S.next_ticket++;
   S.pending[e->ticket] = s;
+  start_device_thread(S);  // it runs overdue work even when nobody synchronises
+  if (e->kind == Entry::Work && e->op.collective) S.collectives.insert(e->ticket);
   s->queue.push_back(std::move(e));
   return cudaSuccess;
 }
 
-cudaError_t sticky_or(cudaError_t e) { return st().sticky != cudaSuccess ? st().sticky : e; }
+cudaError_t sticky_or(cudaError_t e) {
+  const cudaError_t s = st().sticky;
+  return s != cudaSuccess ? s : e;
+}
 
 // Checks done by every call that touches the device.
 cudaError_t device_call(const char* call) {
@@ -305,11 +334,16 @@ namespace {
 
 const char* kind_name(cudaMemcpyKind k) {
   switch (k) {
-    case cudaMemcpyHostToHost: return "cudaMemcpyHostToHost";
-    case cudaMemcpyHostToDevice: return "cudaMemcpyHostToDevice";
-    case cudaMemcpyDeviceToHost: return "cudaMemcpyDeviceToHost";
-    case cudaMemcpyDeviceToDevice: return "cudaMemcpyDeviceToDevice";
-    case cudaMemcpyDefault: return "cudaMemcpyDefault";
+    case cudaMemcpyHostToHost:
+      return "cudaMemcpyHostToHost";
+    case cudaMemcpyHostToDevice:
+      return "cudaMemcpyHostToDevice";
+    case cudaMemcpyDeviceToHost:
+      return "cudaMemcpyDeviceToHost";
+    case cudaMemcpyDeviceToDevice:
+      return "cudaMemcpyDeviceToDevice";
+    case cudaMemcpyDefault:
+      return "cudaMemcpyDefault";
   }
   return "an unknown cudaMemcpyKind";
 }
@@ -323,23 +357,44 @@ cudaError_t check_copy(State& S, const char* call, void* dst, const void* src, s
   const bool dst_dev = side_of(S, dst) == Side::Device, src_dev = side_of(S, src) == Side::Device;
   bool want_dst = dst_dev, want_src = src_dev;
   switch (kind) {
-    case cudaMemcpyHostToHost: want_dst = want_src = false; break;
-    case cudaMemcpyHostToDevice: want_dst = true, want_src = false; break;
-    case cudaMemcpyDeviceToHost: want_dst = false, want_src = true; break;
-    case cudaMemcpyDeviceToDevice: want_dst = want_src = true; break;
-    case cudaMemcpyDefault: break;
-    default: return misuse(call, "invalid copy kind " + std::to_string(kind), cudaErrorInvalidMemcpyDirection);
+    case cudaMemcpyHostToHost:
+      want_dst = want_src = false;
+      break;
+    case cudaMemcpyHostToDevice:
+      want_dst = true, want_src = false;
+      break;
+    case cudaMemcpyDeviceToHost:
+      want_dst = false, want_src = true;
+      break;
+    case cudaMemcpyDeviceToDevice:
+      want_dst = want_src = true;
+      break;
+    case cudaMemcpyDefault:
+      break;
+    default:
+      return misuse(call, "invalid copy kind " + std::to_string(kind),
+                    cudaErrorInvalidMemcpyDirection);
   }
   if (want_dst != dst_dev || want_src != src_dev)
-    return misuse(call, std::string(kind_name(kind)) + " but dst " + hex(dst) + " is " +
-                            (dst_dev ? "device" : "host") + " memory and src " + hex(src) + " is " +
-                            (src_dev ? "device" : "host") + " memory",
+    return misuse(call,
+                  std::string(kind_name(kind)) + " but dst " + hex(dst) + " is " +
+                      (dst_dev ? "device" : "host") + " memory and src " + hex(src) + " is " +
+                      (src_dev ? "device" : "host") + " memory",
                   cudaErrorInvalidValue);
-  if ((!dst && bytes) || (!src && bytes)) return misuse(call, "null pointer", cudaErrorInvalidValue);
+  if ((!dst && bytes) || (!src && bytes))
+    return misuse(call, "null pointer", cudaErrorInvalidValue);
   if (dst_dev && !find_in(S.device, dst, bytes))
-    return misuse(call, "dst " + hex(dst) + " + " + std::to_string(bytes) + " bytes runs past its allocation", cudaErrorInvalidValue);
+    return misuse(
+        call, "dst " + hex(dst) + " + " + std::to_string(bytes) + " bytes runs past its allocation",
+        cudaErrorInvalidValue);
   if (src_dev && !find_in(S.device, src, bytes))
-    return misuse(call, "src " + hex(src) + " + " + std::to_string(bytes) + " bytes runs past its allocation", cudaErrorInvalidValue);
+    return misuse(
+        call, "src " + hex(src) + " + " + std::to_string(bytes) + " bytes runs past its allocation",
+        cudaErrorInvalidValue);
+  const auto d = reinterpret_cast<uintptr_t>(dst), r = reinterpret_cast<uintptr_t>(src);
+  if (bytes && d < r + bytes && r < d + bytes &&
+      d != r)  // CUDA leaves overlapping copies undefined
+    return misuse(call, "dst and src overlap", cudaErrorInvalidValue);
   return cudaSuccess;
 }
 
@@ -398,7 +453,8 @@ cudaStreamCaptureStatus capture_status(cudaStream_t stream) {
   std::lock_guard<std::mutex> lock(S.mu);
   StreamState* s = stream_of(S, stream);
   if (!s || !s->capture) return cudaStreamCaptureStatusNone;
-  return s->capture->invalidated ? cudaStreamCaptureStatusInvalidated : cudaStreamCaptureStatusActive;
+  return s->capture->invalidated ? cudaStreamCaptureStatusInvalidated
+                                 : cudaStreamCaptureStatusActive;
 }
 
 void drain() {
@@ -431,8 +487,24 @@ void launch_kernel(KernelLaunch launch, cudaStream_t stream) {
     return;
   }
   auto shared = std::make_shared<const KernelLaunch>(std::move(launch));
-  Op op{std::string("kernel ") + shared->name, [shared] { return execute_kernel(*shared); }, nullptr};
+  Op op;
+  op.name = std::string("kernel ") + shared->name;
+  if (!shared->host_pointer_argument.empty()) {
+    op.run = [shared] {
+      report_fault(std::string("kernel ") + shared->name + ": " + shared->host_pointer_argument +
+                   " is host memory that a GPU cannot reach (an illegal address)");
+      return cudaErrorIllegalAddress;
+    };
+  } else {
+    op.run = [shared] { return execute_kernel(*shared); };
+  }
   enqueue(stream, std::move(op));
+}
+
+bool reachable_from_device(const void* p) {
+  if (!p) return true;
+  const char* c = static_cast<const char*>(p);
+  return is_device_range(c, 0) || is_pinned(c) || is_device_range(c - 1, 1) || is_pinned(c - 1);
 }
 
 }  // namespace elbo_emu

@@ -24,44 +24,72 @@ cudaError_t cudaGetLastError() {
   t_last_error = cudaSuccess;
   return e;
 }
-cudaError_t cudaPeekAtLastError() { return st().sticky != cudaSuccess ? st().sticky : t_last_error; }
+cudaError_t cudaPeekAtLastError() {
+  const cudaError_t s = st().sticky;
+  return s != cudaSuccess ? s : t_last_error;
+}
 
 const char* cudaGetErrorName(cudaError_t e) {
   switch (e) {
-#define ELBO_EMU_NAME(x) case x: return #x;
-    ELBO_EMU_NAME(cudaSuccess) ELBO_EMU_NAME(cudaErrorInvalidValue)
-    ELBO_EMU_NAME(cudaErrorMemoryAllocation) ELBO_EMU_NAME(cudaErrorInvalidConfiguration)
-    ELBO_EMU_NAME(cudaErrorInvalidMemcpyDirection) ELBO_EMU_NAME(cudaErrorInsufficientDriver)
-    ELBO_EMU_NAME(cudaErrorNoDevice) ELBO_EMU_NAME(cudaErrorInvalidDevice)
-    ELBO_EMU_NAME(cudaErrorInvalidResourceHandle) ELBO_EMU_NAME(cudaErrorNotReady)
-    ELBO_EMU_NAME(cudaErrorIllegalState) ELBO_EMU_NAME(cudaErrorLaunchFailure)
-    ELBO_EMU_NAME(cudaErrorStreamCaptureUnsupported) ELBO_EMU_NAME(cudaErrorStreamCaptureInvalidated)
-    ELBO_EMU_NAME(cudaErrorStreamCaptureMerge) ELBO_EMU_NAME(cudaErrorStreamCaptureUnmatched)
-    ELBO_EMU_NAME(cudaErrorStreamCaptureUnjoined) ELBO_EMU_NAME(cudaErrorStreamCaptureIsolation)
-    ELBO_EMU_NAME(cudaErrorStreamCaptureImplicit) ELBO_EMU_NAME(cudaErrorStreamCaptureWrongThread)
-    ELBO_EMU_NAME(cudaErrorCapturedEvent) ELBO_EMU_NAME(cudaErrorInvalidDevicePointer)
+#define ELBO_EMU_NAME(x) \
+  case x:                \
+    return #x;
+    ELBO_EMU_NAME(cudaSuccess)
+    ELBO_EMU_NAME(cudaErrorInvalidValue) ELBO_EMU_NAME(cudaErrorMemoryAllocation) ELBO_EMU_NAME(
+        cudaErrorInvalidConfiguration) ELBO_EMU_NAME(cudaErrorInvalidMemcpyDirection)
+        ELBO_EMU_NAME(cudaErrorInsufficientDriver) ELBO_EMU_NAME(cudaErrorNoDevice)
+            ELBO_EMU_NAME(cudaErrorInvalidDevice) ELBO_EMU_NAME(cudaErrorInvalidResourceHandle)
+                ELBO_EMU_NAME(cudaErrorNotReady) ELBO_EMU_NAME(cudaErrorIllegalState) ELBO_EMU_NAME(
+                    cudaErrorLaunchFailure) ELBO_EMU_NAME(cudaErrorStreamCaptureUnsupported)
+                    ELBO_EMU_NAME(cudaErrorStreamCaptureInvalidated)
+                        ELBO_EMU_NAME(cudaErrorStreamCaptureMerge)
+                            ELBO_EMU_NAME(cudaErrorStreamCaptureUnmatched)
+                                ELBO_EMU_NAME(cudaErrorStreamCaptureUnjoined)
+                                    ELBO_EMU_NAME(cudaErrorStreamCaptureIsolation)
+                                        ELBO_EMU_NAME(cudaErrorStreamCaptureImplicit)
+                                            ELBO_EMU_NAME(cudaErrorStreamCaptureWrongThread)
+                                                ELBO_EMU_NAME(cudaErrorCapturedEvent)
+                                                    ELBO_EMU_NAME(cudaErrorInvalidDevicePointer)
+                                                        ELBO_EMU_NAME(cudaErrorIllegalAddress)
 #undef ELBO_EMU_NAME
-    default: return "cudaErrorUnknown";
+                                                            default : return "cudaErrorUnknown";
   }
 }
 
 const char* cudaGetErrorString(cudaError_t e) {
   switch (e) {
-    case cudaSuccess: return "no error";
-    case cudaErrorInvalidValue: return "invalid argument";
-    case cudaErrorMemoryAllocation: return "out of memory";
-    case cudaErrorInvalidConfiguration: return "invalid configuration argument";
-    case cudaErrorInsufficientDriver: return "CUDA driver version is insufficient for CUDA runtime version";
-    case cudaErrorNoDevice: return "no CUDA-capable device is detected";
-    case cudaErrorInvalidDevice: return "invalid device ordinal";
-    case cudaErrorInvalidResourceHandle: return "invalid resource handle";
-    case cudaErrorNotReady: return "device not ready";
-    case cudaErrorLaunchFailure: return "unspecified launch failure";
-    case cudaErrorStreamCaptureUnsupported: return "operation not permitted when stream is capturing";
-    case cudaErrorStreamCaptureInvalidated: return "operation failed due to a previous error during capture";
-    case cudaErrorStreamCaptureUnjoined: return "capture was not joined to the origin stream";
-    case cudaErrorStreamCaptureImplicit: return "operation would make the legacy stream depend on a capturing blocking stream";
-    default: return cudaGetErrorName(e);
+    case cudaSuccess:
+      return "no error";
+    case cudaErrorInvalidValue:
+      return "invalid argument";
+    case cudaErrorMemoryAllocation:
+      return "out of memory";
+    case cudaErrorInvalidConfiguration:
+      return "invalid configuration argument";
+    case cudaErrorInsufficientDriver:
+      return "CUDA driver version is insufficient for CUDA runtime version";
+    case cudaErrorNoDevice:
+      return "no CUDA-capable device is detected";
+    case cudaErrorInvalidDevice:
+      return "invalid device ordinal";
+    case cudaErrorInvalidResourceHandle:
+      return "invalid resource handle";
+    case cudaErrorNotReady:
+      return "device not ready";
+    case cudaErrorLaunchFailure:
+      return "unspecified launch failure";
+    case cudaErrorIllegalAddress:
+      return "an illegal memory access was encountered";
+    case cudaErrorStreamCaptureUnsupported:
+      return "operation not permitted when stream is capturing";
+    case cudaErrorStreamCaptureInvalidated:
+      return "operation failed due to a previous error during capture";
+    case cudaErrorStreamCaptureUnjoined:
+      return "capture was not joined to the origin stream";
+    case cudaErrorStreamCaptureImplicit:
+      return "operation would make the legacy stream depend on a capturing blocking stream";
+    default:
+      return cudaGetErrorName(e);
   }
 }
 
@@ -81,7 +109,8 @@ cudaError_t cudaRuntimeGetVersion(int* v) {
 cudaError_t cudaGetDeviceCount(int* count) {
   if (!count) return misuse("cudaGetDeviceCount", "null count", cudaErrorInvalidValue);
   *count = 0;
-  if (st().old_driver) return misuse("cudaGetDeviceCount", "ELBO_EMU_DRIVER=old", cudaErrorInsufficientDriver);
+  if (st().old_driver)
+    return misuse("cudaGetDeviceCount", "ELBO_EMU_DRIVER=old", cudaErrorInsufficientDriver);
   if (st().visible.empty()) return set_last_error(cudaErrorNoDevice);
   *count = static_cast<int>(st().visible.size());
   return cudaSuccess;
@@ -90,8 +119,9 @@ cudaError_t cudaGetDeviceCount(int* count) {
 cudaError_t cudaSetDevice(int device) {
   if (const cudaError_t e = device_call("cudaSetDevice")) return e;
   if (device < 0 || device >= static_cast<int>(st().visible.size()))
-    return misuse("cudaSetDevice", "device " + std::to_string(device) + " of " +
-                                       std::to_string(st().visible.size()), cudaErrorInvalidDevice);
+    return misuse("cudaSetDevice",
+                  "device " + std::to_string(device) + " of " + std::to_string(st().visible.size()),
+                  cudaErrorInvalidDevice);
   t_device = device;
   return cudaSuccess;
 }
@@ -107,9 +137,11 @@ cudaError_t cudaGetDeviceProperties(cudaDeviceProp* prop, int device) {
   if (const cudaError_t e = device_call("cudaGetDeviceProperties")) return e;
   if (!prop) return misuse("cudaGetDeviceProperties", "null prop", cudaErrorInvalidValue);
   if (device < 0 || device >= static_cast<int>(st().visible.size()))
-    return misuse("cudaGetDeviceProperties", "device " + std::to_string(device), cudaErrorInvalidDevice);
+    return misuse("cudaGetDeviceProperties", "device " + std::to_string(device),
+                  cudaErrorInvalidDevice);
   *prop = cudaDeviceProp{};
-  std::snprintf(prop->name, sizeof prop->name, "elbo emulated GPU %d (sm_90)", st().visible[device]);
+  std::snprintf(prop->name, sizeof prop->name, "elbo emulated GPU %d (sm_90)",
+                st().visible[device]);
   prop->totalGlobalMem = size_t{80} << 30;
   prop->sharedMemPerBlock = 48 << 10;
   prop->sharedMemPerBlockOptin = 227 << 10;
@@ -133,7 +165,8 @@ cudaError_t cudaDeviceGetPCIBusId(char* id, int len, int device) {
   if (const cudaError_t e = device_call("cudaDeviceGetPCIBusId")) return e;
   if (!id || len <= 0) return misuse("cudaDeviceGetPCIBusId", "no buffer", cudaErrorInvalidValue);
   if (device < 0 || device >= static_cast<int>(st().visible.size()))
-    return misuse("cudaDeviceGetPCIBusId", "device " + std::to_string(device), cudaErrorInvalidDevice);
+    return misuse("cudaDeviceGetPCIBusId", "device " + std::to_string(device),
+                  cudaErrorInvalidDevice);
   std::snprintf(id, static_cast<size_t>(len), "0000:%02x:00.0", st().visible[device] + 1);
   return cudaSuccess;
 }
@@ -166,7 +199,8 @@ cudaError_t cudaMalloc(void** p, size_t bytes) {
   if (bytes == 0) return cudaSuccess;
   const size_t rounded = (bytes + 255) / 256 * 256;
   void* mem = std::aligned_alloc(256, rounded);
-  if (!mem) return misuse("cudaMalloc", std::to_string(bytes) + " bytes", cudaErrorMemoryAllocation);
+  if (!mem)
+    return misuse("cudaMalloc", std::to_string(bytes) + " bytes", cudaErrorMemoryAllocation);
   std::memset(mem, 0xff, rounded);  // NaN in every float and double: uninitialised reads show
   ELBO_EMU_POISON(static_cast<char*>(mem) + bytes, rounded - bytes);  // never accessible
   if (!S.device_active) ELBO_EMU_POISON(mem, bytes);  // host code may not touch device memory
@@ -176,17 +210,18 @@ cudaError_t cudaMalloc(void** p, size_t bytes) {
 }
 
 cudaError_t cudaFree(void* p) {
-  if (!p) return cudaSuccess;
-  {
+  {  // cudaFree(nullptr) too: it synchronises, so it is illegal during capture
     std::lock_guard<std::mutex> lock(st().mu);
     if (const cudaError_t e = check_capture_rules(st(), "cudaFree")) return e;
   }
+  if (!p) return cudaSuccess;
   drain();  // cudaFree synchronises the device
   State& S = st();
   std::lock_guard<std::mutex> lock(S.mu);
   auto it = S.device.find(reinterpret_cast<uintptr_t>(p));
   if (it == S.device.end())
-    return misuse("cudaFree", hex(p) + " is not the start of a device allocation", cudaErrorInvalidValue);
+    return misuse("cudaFree", hex(p) + " is not the start of a device allocation",
+                  cudaErrorInvalidValue);
   const size_t rounded = (it->second.bytes + 255) / 256 * 256;
   ELBO_EMU_UNPOISON(p, rounded);
   S.device.erase(it);
@@ -201,7 +236,8 @@ cudaError_t cudaHostAlloc(void** p, size_t bytes, unsigned int) {
   std::lock_guard<std::mutex> lock(S.mu);
   if (const cudaError_t e = check_capture_rules(S, "cudaHostAlloc")) return e;
   void* mem = std::malloc(std::max<size_t>(bytes, 1));
-  if (!mem) return misuse("cudaHostAlloc", std::to_string(bytes) + " bytes", cudaErrorMemoryAllocation);
+  if (!mem)
+    return misuse("cudaHostAlloc", std::to_string(bytes) + " bytes", cudaErrorMemoryAllocation);
   S.pinned[reinterpret_cast<uintptr_t>(mem)] = Allocation{std::max<size_t>(bytes, 1)};
   *p = mem;
   return cudaSuccess;
@@ -209,11 +245,11 @@ cudaError_t cudaHostAlloc(void** p, size_t bytes, unsigned int) {
 cudaError_t cudaMallocHost(void** p, size_t bytes) { return cudaHostAlloc(p, bytes, 0); }
 
 cudaError_t cudaFreeHost(void* p) {
-  if (!p) return cudaSuccess;
   {
     std::lock_guard<std::mutex> lock(st().mu);
     if (const cudaError_t e = check_capture_rules(st(), "cudaFreeHost")) return e;
   }
+  if (!p) return cudaSuccess;
   drain();
   State& S = st();
   std::lock_guard<std::mutex> lock(S.mu);
@@ -241,7 +277,9 @@ cudaError_t cudaPointerGetAttributes(cudaPointerAttributes* attr, const void* p)
       attr->device = t_device;
       attr->devicePointer = attr->hostPointer = const_cast<void*>(p);
       break;
-    case Side::Host: attr->type = cudaMemoryTypeUnregistered; break;
+    case Side::Host:
+      attr->type = cudaMemoryTypeUnregistered;
+      break;
   }
   return cudaSuccess;
 }
@@ -269,7 +307,7 @@ cudaError_t cudaMemcpy(void* dst, const void* src, size_t bytes, cudaMemcpyKind 
   bool wait = true;
   if (from == Side::Host && to == Side::Device) {
     auto staged = std::make_shared<std::vector<char>>(static_cast<const char*>(src),
-                                                       static_cast<const char*>(src) + bytes);
+                                                      static_cast<const char*>(src) + bytes);
     e = copy_entry(dst, staged->data(), bytes);
     e->op.keepalive = staged;
     wait = false;
@@ -287,8 +325,10 @@ cudaError_t cudaMemsetAsync(void* p, int value, size_t bytes, cudaStream_t strea
   State& S = st();
   std::lock_guard<std::mutex> lock(S.mu);
   if (bytes && !find_in(S.device, p, bytes))
-    return misuse("cudaMemsetAsync", hex(p) + " + " + std::to_string(bytes) +
-                                         " bytes is not inside one device allocation", cudaErrorInvalidValue);
+    return misuse(
+        "cudaMemsetAsync",
+        hex(p) + " + " + std::to_string(bytes) + " bytes is not inside one device allocation",
+        cudaErrorInvalidValue);
   auto e = std::make_shared<Entry>();
   e->op.name = "memset";
   e->op.run = [p, value, bytes] {

@@ -3,6 +3,7 @@
 #pragma once
 
 #include <algorithm>
+#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -46,6 +47,7 @@ struct Entry {
   Op op;
   std::shared_ptr<EventState> event;  // Record
   uint64_t wait_for = 0;              // Wait: the record ticket (0: nothing to wait for)
+  std::chrono::steady_clock::time_point queued_at = std::chrono::steady_clock::now();
 };
 
 struct StreamState {
@@ -93,16 +95,17 @@ struct State {
   std::condition_variable wake_device;  // requests for the device thread
   std::condition_variable work_done;    // requests completed
   StreamState legacy_stream;
-  std::set<StreamState*> streams;       // live handles
+  std::set<StreamState*> streams;                        // live handles
   std::set<std::shared_ptr<StreamState>> owned_streams;  // including destroyed ones with work
   std::map<EventState*, std::shared_ptr<EventState>> events;
   std::set<GraphState*> graphs;
   std::set<ExecState*> execs;
   std::map<uintptr_t, Allocation> device, pinned;
   std::map<uint64_t, StreamState*> pending;  // ticket -> stream, for work not yet executed
+  std::set<uint64_t> collectives;            // the pending tickets that hold a collective
   uint64_t next_ticket = 1;
-  std::vector<Capture*> captures;  // live
-  cudaError_t sticky = cudaSuccess;
+  std::vector<Capture*> captures;                // live
+  std::atomic<cudaError_t> sticky{cudaSuccess};  // read without mu by cudaGetLastError
   std::string fault;
   // The device thread and what it has been asked to do.
   bool device_started = false;
@@ -111,7 +114,7 @@ struct State {
   // Per outstanding request: the ticket to run until, and whether everything before it must run
   // too (a drain) or only what it depends on (a stream or event synchronisation).
   std::vector<std::pair<uint64_t, bool>> request_targets;
-  bool device_active = false;             // device memory unpoisoned, work running
+  bool device_active = false;  // device memory unpoisoned, work running
   std::vector<std::function<bool()>> pollers;
   // Devices.
   int devices = 1;

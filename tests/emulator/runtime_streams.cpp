@@ -39,8 +39,10 @@ cudaError_t cudaStreamDestroy(cudaStream_t stream) {
   State& S = st();
   std::lock_guard<std::mutex> lock(S.mu);
   StreamState* s = stream_of(S, stream);
-  if (!s || s->legacy) return misuse("cudaStreamDestroy", "not a live stream", cudaErrorInvalidResourceHandle);
-  if (s->capture) return misuse("cudaStreamDestroy", "the stream is capturing", cudaErrorIllegalState);
+  if (!s || s->legacy)
+    return misuse("cudaStreamDestroy", "not a live stream", cudaErrorInvalidResourceHandle);
+  if (s->capture)
+    return misuse("cudaStreamDestroy", "the stream is capturing", cudaErrorIllegalState);
   S.streams.erase(s);
   return cudaSuccess;
 }
@@ -50,14 +52,17 @@ cudaError_t cudaStreamSynchronize(cudaStream_t stream) {
   State& S = st();
   std::unique_lock<std::mutex> lock(S.mu);
   StreamState* s = stream_of(S, stream);
-  if (!s) return misuse("cudaStreamSynchronize", "not a live stream", cudaErrorInvalidResourceHandle);
+  if (!s)
+    return misuse("cudaStreamSynchronize", "not a live stream", cudaErrorInvalidResourceHandle);
   if (s->capture) {
     s->capture->invalidated = true;
     s->capture->why = "cudaStreamSynchronize of the capturing stream";
-    return misuse("cudaStreamSynchronize", "the stream is capturing", cudaErrorStreamCaptureUnsupported);
+    return misuse("cudaStreamSynchronize", "the stream is capturing",
+                  cudaErrorStreamCaptureUnsupported);
   }
   if (s->legacy)
-    if (const cudaError_t e = check_capture_rules(S, "cudaStreamSynchronize(legacy stream)")) return e;
+    if (const cudaError_t e = check_capture_rules(S, "cudaStreamSynchronize(legacy stream)"))
+      return e;
   if (!s->queue.empty()) wait_until(s->queue.back()->ticket, lock);
   return S.sticky != cudaSuccess ? set_last_error(S.sticky) : cudaSuccess;
 }
@@ -82,13 +87,20 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned
   StreamState* s = stream_of(S, stream);
   auto it = S.events.find(reinterpret_cast<EventState*>(event));
   if (!s) return misuse("cudaStreamWaitEvent", "not a live stream", cudaErrorInvalidResourceHandle);
-  if (it == S.events.end()) return misuse("cudaStreamWaitEvent", "not a live event", cudaErrorInvalidResourceHandle);
+  if (it == S.events.end())
+    return misuse("cudaStreamWaitEvent", "not a live event", cudaErrorInvalidResourceHandle);
   EventState& ev = *it->second;
   if (ev.capture) {  // a fork or join inside a capture
     Capture* c = ev.capture;
     if (s->capture && s->capture != c)
-      return misuse("cudaStreamWaitEvent", "the event belongs to another capture", cudaErrorStreamCaptureIsolation);
+      return misuse("cudaStreamWaitEvent", "the event belongs to another capture",
+                    cudaErrorStreamCaptureIsolation);
     if (c->invalidated) return set_last_error(cudaErrorStreamCaptureInvalidated);
+    if (s->legacy) {
+      c->invalidated = true;
+      return misuse("cudaStreamWaitEvent", "the legacy stream cannot join a capture",
+                    cudaErrorStreamCaptureImplicit);
+    }
     if (!s->capture) {
       s->capture = c;
       c->streams.insert(s);
@@ -101,7 +113,8 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned
   }
   if (s->capture) {  // waiting on work outside the capture cannot be put in a graph
     s->capture->invalidated = true;
-    return misuse("cudaStreamWaitEvent", "a capturing stream waits on an event recorded outside the capture",
+    return misuse("cudaStreamWaitEvent",
+                  "a capturing stream waits on an event recorded outside the capture",
                   cudaErrorStreamCaptureIsolation);
   }
   auto e = std::make_shared<Entry>();
@@ -115,10 +128,14 @@ cudaError_t cudaStreamBeginCapture(cudaStream_t stream, cudaStreamCaptureMode mo
   State& S = st();
   std::lock_guard<std::mutex> lock(S.mu);
   StreamState* s = stream_of(S, stream);
-  if (!s) return misuse("cudaStreamBeginCapture", "not a live stream", cudaErrorInvalidResourceHandle);
+  if (!s)
+    return misuse("cudaStreamBeginCapture", "not a live stream", cudaErrorInvalidResourceHandle);
   if (s->legacy)
-    return misuse("cudaStreamBeginCapture", "the legacy default stream cannot be captured", cudaErrorStreamCaptureUnsupported);
-  if (s->capture) return misuse("cudaStreamBeginCapture", "the stream is already capturing", cudaErrorIllegalState);
+    return misuse("cudaStreamBeginCapture", "the legacy default stream cannot be captured",
+                  cudaErrorStreamCaptureUnsupported);
+  if (s->capture)
+    return misuse("cudaStreamBeginCapture", "the stream is already capturing",
+                  cudaErrorIllegalState);
   auto* c = new Capture;
   c->origin = s;
   c->mode = mode;
@@ -135,12 +152,15 @@ cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t* graph) {
   StreamState* s = stream_of(S, stream);
   if (!graph) return misuse("cudaStreamEndCapture", "null graph", cudaErrorInvalidValue);
   *graph = nullptr;
-  if (!s || !s->capture) return misuse("cudaStreamEndCapture", "the stream is not capturing", cudaErrorIllegalState);
+  if (!s || !s->capture)
+    return misuse("cudaStreamEndCapture", "the stream is not capturing", cudaErrorIllegalState);
   Capture* c = s->capture;
   if (c->origin != s)
-    return misuse("cudaStreamEndCapture", "not the stream the capture began on", cudaErrorStreamCaptureUnmatched);
+    return misuse("cudaStreamEndCapture", "not the stream the capture began on",
+                  cudaErrorStreamCaptureUnmatched);
   if (c->mode != cudaStreamCaptureModeRelaxed && c->thread != std::this_thread::get_id())
-    return misuse("cudaStreamEndCapture", "another thread began the capture", cudaErrorStreamCaptureWrongThread);
+    return misuse("cudaStreamEndCapture", "another thread began the capture",
+                  cudaErrorStreamCaptureWrongThread);
   cudaError_t rc = cudaSuccess;
   if (!c->invalidated) {
     for (StreamState* t : c->streams)
@@ -152,7 +172,9 @@ cudaError_t cudaStreamEndCapture(cudaStream_t stream, cudaGraph_t* graph) {
             break;
           }
   } else {
-    rc = misuse("cudaStreamEndCapture", "the capture was invalidated by " + (c->why.empty() ? std::string("an earlier error") : c->why),
+    rc = misuse("cudaStreamEndCapture",
+                "the capture was invalidated by " +
+                    (c->why.empty() ? std::string("an earlier error") : c->why),
                 cudaErrorStreamCaptureInvalidated);
   }
   if (rc == cudaSuccess) {
@@ -170,15 +192,17 @@ cudaError_t cudaStreamIsCapturing(cudaStream_t stream, cudaStreamCaptureStatus* 
   State& S = st();
   std::lock_guard<std::mutex> lock(S.mu);
   StreamState* s = stream_of(S, stream);
-  if (!s) return misuse("cudaStreamIsCapturing", "not a live stream", cudaErrorInvalidResourceHandle);
-  *status = !s->capture ? cudaStreamCaptureStatusNone
+  if (!s)
+    return misuse("cudaStreamIsCapturing", "not a live stream", cudaErrorInvalidResourceHandle);
+  *status = !s->capture               ? cudaStreamCaptureStatusNone
             : s->capture->invalidated ? cudaStreamCaptureStatusInvalidated
                                       : cudaStreamCaptureStatusActive;
   return cudaSuccess;
 }
 
 cudaError_t cudaThreadExchangeStreamCaptureMode(cudaStreamCaptureMode* mode) {
-  if (!mode) return misuse("cudaThreadExchangeStreamCaptureMode", "null mode", cudaErrorInvalidValue);
+  if (!mode)
+    return misuse("cudaThreadExchangeStreamCaptureMode", "null mode", cudaErrorInvalidValue);
   std::swap(*mode, t_capture_mode);
   return cudaSuccess;
 }
@@ -211,7 +235,8 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   State& S = st();
   std::lock_guard<std::mutex> lock(S.mu);
   auto it = S.events.find(reinterpret_cast<EventState*>(event));
-  if (it == S.events.end()) return misuse("cudaEventRecord", "not a live event", cudaErrorInvalidResourceHandle);
+  if (it == S.events.end())
+    return misuse("cudaEventRecord", "not a live event", cudaErrorInvalidResourceHandle);
   auto e = std::make_shared<Entry>();
   e->kind = Entry::Record;
   e->event = it->second;
@@ -228,9 +253,11 @@ cudaError_t cudaEventQuery(cudaEvent_t event) {
   State& S = st();
   std::lock_guard<std::mutex> lock(S.mu);
   auto it = S.events.find(reinterpret_cast<EventState*>(event));
-  if (it == S.events.end()) return misuse("cudaEventQuery", "not a live event", cudaErrorInvalidResourceHandle);
+  if (it == S.events.end())
+    return misuse("cudaEventQuery", "not a live event", cudaErrorInvalidResourceHandle);
   if (it->second->capture)
-    return misuse("cudaEventQuery", "the event was recorded in a live capture", cudaErrorCapturedEvent);
+    return misuse("cudaEventQuery", "the event was recorded in a live capture",
+                  cudaErrorCapturedEvent);
   if (S.sticky != cudaSuccess) return S.sticky;
   return S.pending.count(it->second->record_ticket) ? cudaErrorNotReady : cudaSuccess;
 }
@@ -244,7 +271,8 @@ cudaError_t cudaEventSynchronize(cudaEvent_t event) {
     if (it == S.events.end())
       return misuse("cudaEventSynchronize", "not a live event", cudaErrorInvalidResourceHandle);
     if (it->second->capture)
-      return misuse("cudaEventSynchronize", "the event was recorded in a live capture", cudaErrorCapturedEvent);
+      return misuse("cudaEventSynchronize", "the event was recorded in a live capture",
+                    cudaErrorCapturedEvent);
     ticket = it->second->record_ticket;
   }
   return sync_ticket(ticket);
@@ -258,20 +286,27 @@ cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) 
   if (!ms || a == S.events.end() || b == S.events.end())
     return misuse("cudaEventElapsedTime", "not live events", cudaErrorInvalidResourceHandle);
   if (!a->second->timing || !b->second->timing)
-    return misuse("cudaEventElapsedTime", "an event was created with cudaEventDisableTiming", cudaErrorInvalidResourceHandle);
+    return misuse("cudaEventElapsedTime", "an event was created with cudaEventDisableTiming",
+                  cudaErrorInvalidResourceHandle);
+  if (a->second->record_ticket == 0 || b->second->record_ticket == 0)
+    return misuse("cudaEventElapsedTime", "an event was never recorded",
+                  cudaErrorInvalidResourceHandle);
   if (S.pending.count(a->second->record_ticket) || S.pending.count(b->second->record_ticket))
     return cudaErrorNotReady;
-  *ms = std::chrono::duration<float, std::milli>(b->second->recorded_at - a->second->recorded_at).count();
+  *ms = std::chrono::duration<float, std::milli>(b->second->recorded_at - a->second->recorded_at)
+            .count();
   return cudaSuccess;
 }
 
 // ---- graphs ----
 
-cudaError_t cudaGraphInstantiateWithFlags(cudaGraphExec_t* exec, cudaGraph_t graph, unsigned long long) {
+cudaError_t cudaGraphInstantiateWithFlags(cudaGraphExec_t* exec, cudaGraph_t graph,
+                                          unsigned long long) {
   State& S = st();
   std::lock_guard<std::mutex> lock(S.mu);
   auto* g = reinterpret_cast<GraphState*>(graph);
-  if (!exec || !S.graphs.count(g)) return misuse("cudaGraphInstantiate", "not a live graph", cudaErrorInvalidValue);
+  if (!exec || !S.graphs.count(g))
+    return misuse("cudaGraphInstantiate", "not a live graph", cudaErrorInvalidValue);
   auto ops = std::make_shared<std::vector<Op>>();
   for (const GraphNode& n : g->nodes) ops->push_back(n.op);  // shares each op's keepalive
   auto* x = new ExecState{std::move(ops)};
@@ -279,7 +314,8 @@ cudaError_t cudaGraphInstantiateWithFlags(cudaGraphExec_t* exec, cudaGraph_t gra
   *exec = reinterpret_cast<cudaGraphExec_t>(x);
   return cudaSuccess;
 }
-cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph, unsigned long long flags) {
+cudaError_t cudaGraphInstantiate(cudaGraphExec_t* exec, cudaGraph_t graph,
+                                 unsigned long long flags) {
   return cudaGraphInstantiateWithFlags(exec, graph, flags);
 }
 
@@ -289,9 +325,11 @@ cudaError_t cudaGraphLaunch(cudaGraphExec_t exec, cudaStream_t stream) {
   State& S = st();
   std::lock_guard<std::mutex> lock(S.mu);
   auto* x = reinterpret_cast<ExecState*>(exec);
-  if (!S.execs.count(x)) return misuse("cudaGraphLaunch", "not a live graph exec", cudaErrorInvalidResourceHandle);
+  if (!S.execs.count(x))
+    return misuse("cudaGraphLaunch", "not a live graph exec", cudaErrorInvalidResourceHandle);
   auto e = std::make_shared<Entry>();
   e->op.name = "graph";
+  for (const Op& op : *x->ops) e->op.collective = e->op.collective || op.collective;
   e->op.run = [ops = x->ops] {
     for (const Op& op : *ops)
       if (const cudaError_t rc = op.run()) return rc;
@@ -304,7 +342,8 @@ cudaError_t cudaGraphDestroy(cudaGraph_t graph) {
   State& S = st();
   std::lock_guard<std::mutex> lock(S.mu);
   auto* g = reinterpret_cast<GraphState*>(graph);
-  if (!S.graphs.erase(g)) return misuse("cudaGraphDestroy", "not a live graph", cudaErrorInvalidValue);
+  if (!S.graphs.erase(g))
+    return misuse("cudaGraphDestroy", "not a live graph", cudaErrorInvalidValue);
   delete g;
   return cudaSuccess;
 }
@@ -313,7 +352,8 @@ cudaError_t cudaGraphExecDestroy(cudaGraphExec_t exec) {
   State& S = st();
   std::lock_guard<std::mutex> lock(S.mu);
   auto* x = reinterpret_cast<ExecState*>(exec);
-  if (!S.execs.erase(x)) return misuse("cudaGraphExecDestroy", "not a live graph exec", cudaErrorInvalidValue);
+  if (!S.execs.erase(x))
+    return misuse("cudaGraphExecDestroy", "not a live graph exec", cudaErrorInvalidValue);
   delete x;  // launches still queued keep the ops alive
   return cudaSuccess;
 }

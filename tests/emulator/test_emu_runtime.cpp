@@ -7,6 +7,7 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <chrono>
 #include <cmath>
 #include <cstdlib>
 #include <string>
@@ -36,8 +37,8 @@ __global__ void divergent_barrier(float* v) {
 constexpr size_t N = 1000;
 
 struct Buffers {
-  float* x = nullptr;  // (N) device
-  float* y = nullptr;  // (N) device
+  float* x = nullptr;     // (N) device
+  float* y = nullptr;     // (N) device
   float* host = nullptr;  // (N) pinned
   cudaStream_t a = nullptr, b = nullptr;
   explicit Buffers(unsigned flags = cudaStreamNonBlocking) {
@@ -108,8 +109,10 @@ TEST(EmuRuntime, LegacyStreamOrdersBlockingStreamsOnly) {
     ASSERT_EQ(cudaMemsetAsync(buf.x, 0, N * sizeof(float), nullptr), cudaSuccess);  // legacy
     ELBO_LAUNCH(twice, 4, 256, 0, buf.a)(buf.x, buf.y, N);
     const float y = buf.download_y(buf.a);
-    if (flags == 0) EXPECT_EQ(y, 0.0f) << "a blocking stream waits for earlier legacy work";
-    else EXPECT_TRUE(std::isnan(y)) << "a non-blocking stream does not wait for legacy work";
+    if (flags == 0)
+      EXPECT_EQ(y, 0.0f) << "a blocking stream waits for earlier legacy work";
+    else
+      EXPECT_TRUE(std::isnan(y)) << "a non-blocking stream does not wait for legacy work";
     ASSERT_EQ(cudaDeviceSynchronize(), cudaSuccess);
   }
 }
@@ -144,12 +147,14 @@ TEST(EmuRuntime, EventQueryIsNotReadyUntilSynchronisedAndSetsNoError) {
 TEST(EmuRuntime, CopyKindsAndRangesAreValidated) {
   Buffers buf;
   float local[4] = {};
-  EXPECT_EQ(cudaMemcpy(local, buf.host, sizeof local, cudaMemcpyHostToDevice), cudaErrorInvalidValue);
+  EXPECT_EQ(cudaMemcpy(local, buf.host, sizeof local, cudaMemcpyHostToDevice),
+            cudaErrorInvalidValue);
   EXPECT_EQ(cudaMemcpy(buf.x, buf.y, sizeof local, cudaMemcpyDeviceToHost), cudaErrorInvalidValue);
   EXPECT_EQ(cudaMemcpyAsync(buf.x, local, sizeof local, cudaMemcpyDeviceToDevice, buf.a),
             cudaErrorInvalidValue);
   EXPECT_EQ(cudaMemcpyAsync(buf.x + N - 2, local, sizeof local, cudaMemcpyHostToDevice, buf.a),
-            cudaErrorInvalidValue) << "4 floats from 2 before the end of an allocation";
+            cudaErrorInvalidValue)
+      << "4 floats from 2 before the end of an allocation";
   EXPECT_EQ(cudaMemsetAsync(buf.x, 0, (N + 1) * sizeof(float), buf.a), cudaErrorInvalidValue);
   EXPECT_EQ(cudaGetLastError(), cudaErrorInvalidValue);
   EXPECT_EQ(cudaGetLastError(), cudaSuccess) << "not sticky";
@@ -176,6 +181,56 @@ TEST(EmuRuntime, DeviceFaultIsStickyAndNamesTheKernel) {
       << elbo_emu::last_fault();
   elbo_emu::reset_faults();
   EXPECT_EQ(cudaDeviceSynchronize(), cudaSuccess);
+}
+
+TEST(EmuRuntime, AKernelGivenHostMemoryFaults) {
+  std::vector<float> host(N);
+  ELBO_LAUNCH(fill, 1, 32, 0, nullptr)(host.data(), N, 1.0f);
+  EXPECT_EQ(cudaDeviceSynchronize(), cudaErrorIllegalAddress);
+  EXPECT_NE(elbo_emu::last_fault().find("kernel fill: argument 0"), std::string::npos)
+      << elbo_emu::last_fault();
+  EXPECT_EQ(host[0], 0.0f) << "the kernel ran";
+  elbo_emu::reset_faults();
+  Buffers buf;  // device and pinned memory, and one past the end, are fine
+  ELBO_LAUNCH(fill, 1, 32, 0, buf.a)(buf.host, N, 1.0f);
+  ELBO_LAUNCH(fill, 1, 32, 0, buf.a)(buf.x + N, 0, 1.0f);
+  EXPECT_EQ(cudaStreamSynchronize(buf.a), cudaSuccess);
+  EXPECT_EQ(buf.host[N - 1], 1.0f);
+}
+
+TEST(EmuRuntime, QueuedWorkRunsEventuallyAsOnAGpu) {
+  Buffers buf;
+  cudaEvent_t e;
+  ASSERT_EQ(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), cudaSuccess);
+  ELBO_LAUNCH(fill, 1, 32, 0, buf.a)(buf.y, N, 1.0f);
+  ASSERT_EQ(cudaEventRecord(e, buf.a), cudaSuccess);
+  EXPECT_EQ(cudaEventQuery(e), cudaErrorNotReady);
+  cudaError_t rc = cudaErrorNotReady;
+  for (int i = 0; i < 100 && rc == cudaErrorNotReady; ++i) {  // ELBO_EMU_PROGRESS_MS: 1 s
+    std::this_thread::sleep_for(std::chrono::milliseconds(50));
+    rc = cudaEventQuery(e);
+  }
+  EXPECT_EQ(rc, cudaSuccess) << "a host that only polls waits for ever";
+  cudaEventDestroy(e);
+}
+
+TEST(EmuRuntime, OverlappingCopiesAndUnrecordedEventTimesAreErrors) {
+  Buffers buf;
+  EXPECT_EQ(cudaMemcpyAsync(buf.x + 1, buf.x, 16, cudaMemcpyDeviceToDevice, buf.a),
+            cudaErrorInvalidValue);
+  cudaEvent_t a, b;
+  ASSERT_EQ(cudaEventCreate(&a), cudaSuccess);
+  ASSERT_EQ(cudaEventCreate(&b), cudaSuccess);
+  float ms = 0;
+  EXPECT_EQ(cudaEventElapsedTime(&ms, a, b), cudaErrorInvalidResourceHandle);
+  ASSERT_EQ(cudaEventRecord(a, buf.a), cudaSuccess);
+  ASSERT_EQ(cudaEventRecord(b, buf.a), cudaSuccess);
+  ASSERT_EQ(cudaEventSynchronize(b), cudaSuccess);
+  EXPECT_EQ(cudaEventElapsedTime(&ms, a, b), cudaSuccess);
+  EXPECT_GE(ms, 0.0f);
+  cudaEventDestroy(a);
+  cudaEventDestroy(b);
+  (void)cudaGetLastError();
 }
 
 TEST(EmuRuntimeDeathTest, HostDereferenceOfDeviceMemoryFailsAtThatLine) {
@@ -332,13 +387,16 @@ TEST(EmuCublas, SgemmIsColumnMajorOnTheHandlesStream) {
   std::vector<float> a(Gemm::M * Gemm::K), b(Gemm::K * Gemm::Nc), c(Gemm::M * Gemm::Nc);
   for (size_t i = 0; i < a.size(); ++i) a[i] = static_cast<float>(i) - 4.0f;
   for (size_t i = 0; i < b.size(); ++i) b[i] = 0.5f * static_cast<float>(i);
-  ASSERT_EQ(cudaMemcpyAsync(g.A, a.data(), a.size() * 4, cudaMemcpyHostToDevice, g.stream), cudaSuccess);
-  ASSERT_EQ(cudaMemcpyAsync(g.B, b.data(), b.size() * 4, cudaMemcpyHostToDevice, g.stream), cudaSuccess);
+  ASSERT_EQ(cudaMemcpyAsync(g.A, a.data(), a.size() * 4, cudaMemcpyHostToDevice, g.stream),
+            cudaSuccess);
+  ASSERT_EQ(cudaMemcpyAsync(g.B, b.data(), b.size() * 4, cudaMemcpyHostToDevice, g.stream),
+            cudaSuccess);
   const float one = 1.0f, zero = 0.0f;
   ASSERT_EQ(cublasSgemm(g.handle, CUBLAS_OP_N, CUBLAS_OP_N, Gemm::M, Gemm::Nc, Gemm::K, &one, g.A,
                         Gemm::M, g.B, Gemm::K, &zero, g.C, Gemm::M),
             CUBLAS_STATUS_SUCCESS);
-  ASSERT_EQ(cudaMemcpyAsync(c.data(), g.C, c.size() * 4, cudaMemcpyDeviceToHost, g.stream), cudaSuccess);
+  ASSERT_EQ(cudaMemcpyAsync(c.data(), g.C, c.size() * 4, cudaMemcpyDeviceToHost, g.stream),
+            cudaSuccess);
   ASSERT_EQ(cudaStreamSynchronize(g.stream), cudaSuccess);
   for (int i = 0; i < Gemm::M; ++i)
     for (int j = 0; j < Gemm::Nc; ++j) {
@@ -353,6 +411,29 @@ TEST(EmuCublas, SgemmIsColumnMajorOnTheHandlesStream) {
             CUBLAS_STATUS_SUCCESS);
   ASSERT_EQ(cudaStreamSynchronize(g.stream), cudaSuccess);
   EXPECT_EQ(elbo_emu::last_gemm_math_mode(), static_cast<int>(CUBLAS_TF32_TENSOR_OP_MATH));
+}
+
+TEST(EmuCublas, CaptureNeedsAWorkspaceSetAfterTheStream) {
+  Gemm g;
+  void* workspace = nullptr;
+  ASSERT_EQ(cudaMalloc(&workspace, 1 << 20), cudaSuccess);
+  const float one = 1.0f, zero = 0.0f;
+  for (const bool set_after_stream : {false, true}) {
+    ASSERT_EQ(cublasSetWorkspace(g.handle, workspace, 1 << 20), CUBLAS_STATUS_SUCCESS);
+    ASSERT_EQ(cublasSetStream(g.handle, g.stream), CUBLAS_STATUS_SUCCESS);  // forgets it
+    if (set_after_stream) {
+      ASSERT_EQ(cublasSetWorkspace(g.handle, workspace, 1 << 20), CUBLAS_STATUS_SUCCESS);
+    }
+    ASSERT_EQ(cudaStreamBeginCapture(g.stream, cudaStreamCaptureModeThreadLocal), cudaSuccess);
+    const cublasStatus_t rc =
+        cublasSgemm(g.handle, CUBLAS_OP_N, CUBLAS_OP_N, Gemm::M, Gemm::Nc, Gemm::K, &one, g.A,
+                    Gemm::M, g.B, Gemm::K, &zero, g.C, Gemm::M);
+    EXPECT_EQ(rc, set_after_stream ? CUBLAS_STATUS_SUCCESS : CUBLAS_STATUS_NOT_SUPPORTED);
+    cudaGraph_t graph = nullptr;
+    ASSERT_EQ(cudaStreamEndCapture(g.stream, &graph), cudaSuccess);
+    cudaGraphDestroy(graph);
+  }
+  cudaFree(workspace);
 }
 
 TEST(EmuCublas, WrongLeadingDimensionsAndExtentsAreRejected) {
@@ -372,6 +453,10 @@ TEST(EmuCublas, WrongLeadingDimensionsAndExtentsAreRejected) {
   // A legal lda that makes A run past its allocation.
   EXPECT_EQ(cublasSgemm(g.handle, CUBLAS_OP_N, CUBLAS_OP_N, Gemm::M, Gemm::Nc, Gemm::K, &one, g.A,
                         Gemm::M + 1, g.B, Gemm::K, &zero, g.C, Gemm::M),
+            CUBLAS_STATUS_INVALID_VALUE);
+  // C on top of A.
+  EXPECT_EQ(cublasSgemm(g.handle, CUBLAS_OP_N, CUBLAS_OP_N, Gemm::M, Gemm::K, Gemm::K, &one, g.A,
+                        Gemm::M, g.B, Gemm::K, &zero, g.A, Gemm::M),
             CUBLAS_STATUS_INVALID_VALUE);
   // A host matrix.
   std::vector<float> host(Gemm::M * Gemm::K);

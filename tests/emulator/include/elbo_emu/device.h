@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstddef>
 #include <functional>
+#include <string>
 #include <tuple>
 #include <type_traits>
 #include <utility>
@@ -53,7 +54,11 @@ class Launcher {
  public:
   Launcher(const char* name, void (*kernel)(P...), dim3 grid, dim3 block, size_t shared_bytes,
            cudaStream_t stream)
-      : name_(name), kernel_(kernel), grid_(grid), block_(block), shared_(shared_bytes),
+      : name_(name),
+        kernel_(kernel),
+        grid_(grid),
+        block_(block),
+        shared_(shared_bytes),
         stream_(stream) {}
 
   void operator()(P... args) const {
@@ -62,6 +67,15 @@ class Launcher {
     launch.grid = grid_;
     launch.block = block_;
     launch.dynamic_shared = shared_;
+    int index = 0;
+    const auto check = [&](const auto& arg) {
+      if constexpr (std::is_pointer_v<std::decay_t<decltype(arg)>>)
+        if (launch.host_pointer_argument.empty() && !reachable_from_device(arg))
+          launch.host_pointer_argument = "argument " + std::to_string(index) + " (" +
+                                         std::to_string(reinterpret_cast<uintptr_t>(arg)) + ")";
+      ++index;
+    };
+    (check(args), ...);
     launch.thread_body = thread_body(kernel_, std::move(args)...);
     launch_kernel(std::move(launch), stream_);
   }
@@ -96,11 +110,11 @@ detail::Launcher<P...> launcher(const char* name, void (*kernel)(P...), const Gr
 #define __syncthreads() ::elbo_emu::detail::sync_threads(__FILE__, __LINE__)
 
 // The static tag's address names the declaration site: one per function and template instance.
-#define ELBO_EMU_SHARED(type, name, count)                                                \
-  static char name##_elbo_emu_site;                                                       \
-  type* const name = static_cast<type*>(::elbo_emu::detail::static_shared(                \
-      &name##_elbo_emu_site, sizeof(type) * static_cast<size_t>(count), alignof(type), \
-      __FILE__, __LINE__))
+#define ELBO_EMU_SHARED(type, name, count)                                                       \
+  static char name##_elbo_emu_site;                                                              \
+  type* const name = static_cast<type*>(::elbo_emu::detail::static_shared(                       \
+      &name##_elbo_emu_site, sizeof(type) * static_cast<size_t>(count), alignof(type), __FILE__, \
+      __LINE__))
 
 // Device code calls these unqualified, as nvcc provides them globally.
 using std::isfinite;

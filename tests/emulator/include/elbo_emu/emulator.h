@@ -6,7 +6,9 @@
 // Execution model. One device thread per process runs all device work (kernels, copies, memsets,
 // GEMMs, collectives), and only when something demands it: a synchronisation by the host (stream,
 // event or device synchronize, a synchronous copy, a free) or a peer rank waiting in a collective
-// (nccl.cpp's demand poller). Until then work stays queued, so a host read without a sync, a
+// (nccl.cpp's demand poller). A GPU does finish its work eventually, so work queued for longer
+// than ELBO_EMU_PROGRESS_MS (default 1000) runs too, lest a host that polls events or sits in
+// MPI wait for ever. Until then work stays queued, so a host read without a sync, a
 // missing stream wait or a staging buffer reused too early gives a wrong result. Device memory is
 // poisoned (AddressSanitizer) except while the device thread runs work.
 #pragma once
@@ -27,16 +29,17 @@ namespace elbo_emu {
 // returns cudaSuccess, or an error that becomes the process's sticky error (a device fault), after
 // report_fault() has said what happened.
 struct Op {
-  std::string name;                   // for messages, e.g. "kernel adam_step" or "ncclAllReduce"
+  std::string name;  // for messages, e.g. "kernel adam_step" or "ncclAllReduce"
   std::function<cudaError_t()> run;
-  std::shared_ptr<void> keepalive;    // held for as long as the op (or a graph holding it) lives
+  std::shared_ptr<void> keepalive;  // held for as long as the op (or a graph holding it) lives
+  bool collective = false;          // a collective peers may wait for (nccl.cpp)
 };
 
 // Queues `op` on `stream` (nullptr / cudaStreamLegacy: the legacy default stream;
 // cudaStreamPerThread is treated as the legacy stream), or records it into the graph the stream
 // is capturing. Returns what the enqueuing API call should return: cudaSuccess, a sticky error,
-// cudaErrorStreamCaptureInvalidated (and so on) during a broken capture, cudaErrorInvalidResourceHandle
-// for a stream that does not exist. Thread-safe.
+// cudaErrorStreamCaptureInvalidated (and so on) during a broken capture,
+// cudaErrorInvalidResourceHandle for a stream that does not exist. Thread-safe.
 cudaError_t enqueue(cudaStream_t stream, Op op);
 
 // The capture status of `stream` as cudaStreamIsCapturing would report it (no error handling).
@@ -55,8 +58,9 @@ void report_fault(const std::string& message);
 void drain();
 
 // A function the device thread calls while it is idle (about every millisecond): it returns true
-// when a peer needs this process's queued work to run (a collective a peer waits in), and the
-// device thread then drains. nccl.cpp registers one per process.
+// when a peer waits in a collective this process has not joined. The device thread then runs the
+// oldest queued collective (an Op with `collective` set) and what it depends on, nothing else.
+// nccl.cpp registers one per process.
 void register_demand_poller(std::function<bool()> poller);
 
 // ---- device memory --------------------------------------------------------------------------
@@ -71,10 +75,13 @@ bool on_device_thread();
 // ---- kernels --------------------------------------------------------------------------------
 
 struct KernelLaunch {
-  const char* name = "";           // the kernel as written at the launch, e.g. "kernels::scale"
+  const char* name = "";  // the kernel as written at the launch, e.g. "kernels::scale"
   dim3 grid{1, 1, 1}, block{1, 1, 1};
   size_t dynamic_shared = 0;
   std::function<void()> thread_body;  // runs one CUDA thread of the kernel (arguments frozen)
+  // Set by the launcher when an argument points at memory a GPU cannot reach (pageable host
+  // memory): the kernel then faults when it runs, with an illegal address, as on a GPU.
+  std::string host_pointer_argument;
 };
 
 // Launch-time checks (kernel.cpp): block dimensions and threads per block <= 1024 (block.z <= 64),
@@ -87,6 +94,10 @@ cudaError_t validate_launch(const KernelLaunch& launch, std::string* why);
 // cudaSuccess, or cudaErrorLaunchFailure after report_fault() (a barrier some threads never
 // reach, threads at different barriers, static shared memory over 48 KiB).
 cudaError_t execute_kernel(const KernelLaunch& launch);
+
+// Whether a kernel may be given p: null, or inside (or one past the end of) a device or pinned
+// allocation.
+bool reachable_from_device(const void* p);
 
 // Queues the kernel on `stream` (runtime.cpp): validate_launch, then enqueue. Sets the last error
 // as a real launch does (a bad configuration is reported by cudaGetLastError, and not sticky).
