@@ -290,6 +290,7 @@ cudaError_t enqueue_entry(State& S, StreamState* s, std::shared_ptr<Entry> e, co
       s->tip = {g.nodes.size() - 1};
     } else if (e->kind == Entry::Record) {
       e->event->capture = c;
+      e->event->last_in_capture = true;
       e->event->nodes = s->tip;
     }
     return cudaSuccess;

@@ -245,6 +245,7 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   if (rc == cudaSuccess && s && !s->capture) {
     it->second->record_ticket = e->ticket;
     it->second->capture = nullptr;
+    it->second->last_in_capture = false;
   }
   return rc;
 }
@@ -255,8 +256,8 @@ cudaError_t cudaEventQuery(cudaEvent_t event) {
   auto it = S.events.find(reinterpret_cast<EventState*>(event));
   if (it == S.events.end())
     return misuse("cudaEventQuery", "not a live event", cudaErrorInvalidResourceHandle);
-  if (it->second->capture)
-    return misuse("cudaEventQuery", "the event was recorded in a live capture",
+  if (it->second->last_in_capture)
+    return misuse("cudaEventQuery", "the event was last recorded in a capturing stream",
                   cudaErrorCapturedEvent);
   if (S.sticky != cudaSuccess) return S.sticky;
   return S.pending.count(it->second->record_ticket) ? cudaErrorNotReady : cudaSuccess;
@@ -270,8 +271,8 @@ cudaError_t cudaEventSynchronize(cudaEvent_t event) {
     auto it = S.events.find(reinterpret_cast<EventState*>(event));
     if (it == S.events.end())
       return misuse("cudaEventSynchronize", "not a live event", cudaErrorInvalidResourceHandle);
-    if (it->second->capture)
-      return misuse("cudaEventSynchronize", "the event was recorded in a live capture",
+    if (it->second->last_in_capture)
+      return misuse("cudaEventSynchronize", "the event was last recorded in a capturing stream",
                     cudaErrorCapturedEvent);
     ticket = it->second->record_ticket;
   }

@@ -351,6 +351,9 @@ TEST(EmuGraphs, ForkedStreamsMustJoin) {
     ASSERT_EQ(cudaGraphInstantiateWithFlags(&exec, graph, 0), cudaSuccess);
     ASSERT_EQ(cudaGraphLaunch(exec, buf.a), cudaSuccess);
     EXPECT_EQ(buf.download_y(buf.a), 3.0f);
+    EXPECT_EQ(cudaEventQuery(joined), cudaErrorCapturedEvent) << "last recorded in a capture";
+    EXPECT_EQ(cudaEventSynchronize(joined), cudaErrorCapturedEvent);
+    (void)cudaGetLastError();
     cudaGraphExecDestroy(exec);
     cudaGraphDestroy(graph);
   }
