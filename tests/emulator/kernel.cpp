@@ -182,8 +182,8 @@ class Executor {
   std::vector<unsigned> order_;  // phase 0: every thread, started in this order by the workers
   size_t cursor_ = 0;            // the next of order_ to start
   bool first_phase_ = true;
-  std::vector<unsigned> wake_;   // a later phase: the waiting threads, resumed in this order
-  size_t wake_pos_ = 0;          // the one of wake_ running
+  std::vector<unsigned> wake_;  // a later phase: the waiting threads, resumed in this order
+  size_t wake_pos_ = 0;         // the one of wake_ running
   unsigned current_ = 0;
   bool abandon_ = false;
   std::string fault_;  // the kernel's first fault
@@ -218,13 +218,14 @@ cudaError_t Executor::run(const KernelLaunch& launch) {
     step = total - 1;
   } else if (order_state().order == ThreadOrder::Random) {
     pos = next_random() % total;
-    do step = 1 + next_random() % total; while (std::gcd(step, total) != 1);
+    do step = 1 + next_random() % total;
+    while (std::gcd(step, total) != 1);
   }
   running = this;
   for (uint64_t i = 0; i < total; ++i, pos = (pos + step) % total) {
-    builtins().block_idx = uint3{static_cast<unsigned>(pos % g.x),
-                                 static_cast<unsigned>(pos / g.x % g.y),
-                                 static_cast<unsigned>(pos / (static_cast<uint64_t>(g.x) * g.y))};
+    builtins().block_idx =
+        uint3{static_cast<unsigned>(pos % g.x), static_cast<unsigned>(pos / g.x % g.y),
+              static_cast<unsigned>(pos / (static_cast<uint64_t>(g.x) * g.y))};
     if (!run_block()) break;
   }
   running = nullptr;
@@ -449,8 +450,6 @@ cudaError_t execute_kernel(const KernelLaunch& launch) {
 
 ThreadOrder thread_order() { return order_state().order; }
 
-void set_thread_order(ThreadOrder order, uint64_t seed) {
-  order_state() = OrderState{order, seed};
-}
+void set_thread_order(ThreadOrder order, uint64_t seed) { order_state() = OrderState{order, seed}; }
 
 }  // namespace elbo_emu

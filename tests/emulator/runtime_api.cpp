@@ -35,24 +35,25 @@ const char* cudaGetErrorName(cudaError_t e) {
   case x:                \
     return #x;
     ELBO_EMU_NAME(cudaSuccess)
-    ELBO_EMU_NAME(cudaErrorInvalidValue) ELBO_EMU_NAME(cudaErrorMemoryAllocation) ELBO_EMU_NAME(
-        cudaErrorInvalidConfiguration) ELBO_EMU_NAME(cudaErrorInvalidMemcpyDirection)
-        ELBO_EMU_NAME(cudaErrorInsufficientDriver) ELBO_EMU_NAME(cudaErrorNoDevice)
-            ELBO_EMU_NAME(cudaErrorInvalidDevice) ELBO_EMU_NAME(cudaErrorInvalidResourceHandle)
-                ELBO_EMU_NAME(cudaErrorNotReady) ELBO_EMU_NAME(cudaErrorIllegalState) ELBO_EMU_NAME(
-                    cudaErrorLaunchFailure) ELBO_EMU_NAME(cudaErrorStreamCaptureUnsupported)
-                    ELBO_EMU_NAME(cudaErrorStreamCaptureInvalidated)
-                        ELBO_EMU_NAME(cudaErrorStreamCaptureMerge)
-                            ELBO_EMU_NAME(cudaErrorStreamCaptureUnmatched)
-                                ELBO_EMU_NAME(cudaErrorStreamCaptureUnjoined)
-                                    ELBO_EMU_NAME(cudaErrorStreamCaptureIsolation)
-                                        ELBO_EMU_NAME(cudaErrorStreamCaptureImplicit)
-                                            ELBO_EMU_NAME(cudaErrorStreamCaptureWrongThread)
-                                                ELBO_EMU_NAME(cudaErrorCapturedEvent)
-                                                    ELBO_EMU_NAME(cudaErrorInvalidDevicePointer)
-                                                        ELBO_EMU_NAME(cudaErrorIllegalAddress)
+    ELBO_EMU_NAME(cudaErrorInvalidValue)
+    ELBO_EMU_NAME(cudaErrorMemoryAllocation) ELBO_EMU_NAME(cudaErrorInvalidConfiguration)
+        ELBO_EMU_NAME(cudaErrorInvalidMemcpyDirection) ELBO_EMU_NAME(cudaErrorInsufficientDriver)
+            ELBO_EMU_NAME(cudaErrorNoDevice) ELBO_EMU_NAME(cudaErrorInvalidDevice)
+                ELBO_EMU_NAME(cudaErrorInvalidResourceHandle) ELBO_EMU_NAME(cudaErrorNotReady)
+                    ELBO_EMU_NAME(cudaErrorIllegalState) ELBO_EMU_NAME(cudaErrorLaunchFailure)
+                        ELBO_EMU_NAME(cudaErrorStreamCaptureUnsupported)
+                            ELBO_EMU_NAME(cudaErrorStreamCaptureInvalidated)
+                                ELBO_EMU_NAME(cudaErrorStreamCaptureMerge)
+                                    ELBO_EMU_NAME(cudaErrorStreamCaptureUnmatched)
+                                        ELBO_EMU_NAME(cudaErrorStreamCaptureUnjoined) ELBO_EMU_NAME(
+                                            cudaErrorStreamCaptureIsolation)
+                                            ELBO_EMU_NAME(cudaErrorStreamCaptureImplicit)
+                                                ELBO_EMU_NAME(cudaErrorStreamCaptureWrongThread)
+                                                    ELBO_EMU_NAME(cudaErrorCapturedEvent)
+                                                        ELBO_EMU_NAME(cudaErrorInvalidDevicePointer)
+                                                            ELBO_EMU_NAME(cudaErrorIllegalAddress)
 #undef ELBO_EMU_NAME
-                                                            default : return "cudaErrorUnknown";
+                                                                default : return "cudaErrorUnknown";
   }
 }
 

@@ -61,9 +61,9 @@ struct EventState {
   bool timing = true;
   uint64_t record_ticket = 0;  // the last record enqueued; 0: never recorded
   Clock::time_point recorded_at{};
-  Capture* capture = nullptr;  // recorded during this (live) capture
+  Capture* capture = nullptr;    // recorded during this (live) capture
   bool last_in_capture = false;  // last recorded in a capture: queries and syncs are errors
-  std::vector<size_t> nodes;   // ... standing for these nodes
+  std::vector<size_t> nodes;     // ... standing for these nodes
 };
 
 struct GraphNode {

@@ -25,8 +25,7 @@ constexpr unsigned kBlock = 256;
 
 // What a launch through ELBO_LAUNCH builds, minus the stream (launch_kernel is the runtime's).
 template <typename... P, typename... A>
-KernelLaunch make_launch(const char* name, void (*kernel)(P...), dim3 grid, dim3 block,
-                         A... args) {
+KernelLaunch make_launch(const char* name, void (*kernel)(P...), dim3 grid, dim3 block, A... args) {
   KernelLaunch launch;
   launch.name = name;
   launch.grid = grid;
@@ -116,9 +115,9 @@ void divergent_barrier(float* out) {
 TEST_F(EmuKernels, DivergentBarrierIsAFaultNamingTheKernel) {
   std::vector<float> out(kBlock);
   float* p = out.data();
-  EXPECT_EQ(elbo_emu::execute_kernel(make_launch("divergent_barrier", &divergent_barrier, 1,
-                                                 kBlock, p)),
-            cudaErrorLaunchFailure);
+  EXPECT_EQ(
+      elbo_emu::execute_kernel(make_launch("divergent_barrier", &divergent_barrier, 1, kBlock, p)),
+      cudaErrorLaunchFailure);
   const std::string fault = elbo_emu::last_fault();
   EXPECT_NE(fault.find("kernel divergent_barrier"), std::string::npos) << fault;
   EXPECT_NE(fault.find("threads 0-15 wait at the __syncthreads() at"), std::string::npos) << fault;
@@ -144,8 +143,9 @@ void two_barrier_sites(float* out) {
 TEST_F(EmuKernels, ThreadsAtDifferentBarriersAreAFault) {
   std::vector<float> out(64);
   float* p = out.data();
-  EXPECT_EQ(elbo_emu::execute_kernel(make_launch("two_barrier_sites", &two_barrier_sites, 1, 64, p)),
-            cudaErrorLaunchFailure);
+  EXPECT_EQ(
+      elbo_emu::execute_kernel(make_launch("two_barrier_sites", &two_barrier_sites, 1, 64, p)),
+      cudaErrorLaunchFailure);
   const std::string fault = elbo_emu::last_fault();
   EXPECT_NE(fault.find("kernel two_barrier_sites"), std::string::npos) << fault;
   EXPECT_NE(fault.find("different barriers"), std::string::npos) << fault;
@@ -241,8 +241,8 @@ TEST_F(EmuKernels, LaunchLimitsAreRejectedNamingTheLimit) {
     EXPECT_EQ(elbo_emu::validate_launch(launch, &why), cudaErrorInvalidConfiguration) << c.limit;
     EXPECT_NE(why.find(c.limit), std::string::npos) << why;
   }
-  KernelLaunch ok = make_launch("empty_kernel", &empty_kernel, dim3(2147483647u, 65535, 65535),
-                                dim3(16, 1, 64));
+  KernelLaunch ok =
+      make_launch("empty_kernel", &empty_kernel, dim3(2147483647u, 65535, 65535), dim3(16, 1, 64));
   ok.dynamic_shared = 48 * 1024;
   std::string why = "unchanged?";
   EXPECT_EQ(elbo_emu::validate_launch(ok, &why), cudaSuccess);
@@ -305,9 +305,9 @@ Orders record(ThreadOrder order) {
   unsigned n = 0;
   unsigned* l = log.data();
   unsigned* np = &n;
-  EXPECT_EQ(elbo_emu::execute_kernel(
-                make_launch("record", &record_around_barrier, 1, kBlock, l, np)),
-            cudaSuccess);
+  EXPECT_EQ(
+      elbo_emu::execute_kernel(make_launch("record", &record_around_barrier, 1, kBlock, l, np)),
+      cudaSuccess);
   Orders o;
   o.before.assign(log.begin(), log.begin() + kBlock);
   o.after.assign(log.begin() + kBlock, log.end());
@@ -421,9 +421,8 @@ TEST_F(EmuKernels, EachThreadGetsItsOwnCopyOfTheParameters) {
   for (unsigned t = 0; t < 8; ++t) EXPECT_EQ(out[t], 10 + t);
   // As ELBO_LAUNCH is written in production: int geometry, no stream; not launched here.
   const int blocks = 4, threads = 256;
-  [[maybe_unused]] const auto launcher =
-      elbo_emu::launcher("changes_its_parameter", &changes_its_parameter, blocks, threads, 0,
-                         cudaStream_t{});
+  [[maybe_unused]] const auto launcher = elbo_emu::launcher(
+      "changes_its_parameter", &changes_its_parameter, blocks, threads, 0, cudaStream_t{});
 }
 
 // ---- (g) AddressSanitizer inside kernels --------------------------------------------------------
@@ -452,11 +451,12 @@ TEST_F(EmuKernels, CostPerThread) {
   for (auto [name, kernel] : {std::pair{"empty", &empty_kernel}, {"one barrier", &one_barrier}}) {
     const KernelLaunch launch = make_launch(name, kernel, 1000, kBlock);
     ASSERT_EQ(elbo_emu::execute_kernel(launch), cudaSuccess);  // warm the fiber pool
-    double best = 1e300;  // the least disturbed of a few runs
+    double best = 1e300;                                       // the least disturbed of a few runs
     for (int run = 0; run < 5; ++run) {
       const auto start = std::chrono::steady_clock::now();
       ASSERT_EQ(elbo_emu::execute_kernel(launch), cudaSuccess);
-      const std::chrono::duration<double, std::nano> took = std::chrono::steady_clock::now() - start;
+      const std::chrono::duration<double, std::nano> took =
+          std::chrono::steady_clock::now() - start;
       best = std::min(best, took.count());
     }
     std::printf("%s kernel, 1000 blocks of %u threads: %.1f ns per thread\n", name, kBlock,
