@@ -54,13 +54,14 @@ int launcher_local_rank(const std::function<const char*(const char*)>& getenv) {
   return 0;
 }
 
-double gpu_identity(const std::string& host, const std::string& pci_bus_id) {
+double table_hash(std::string_view text) {
   uint32_t hash = 2166136261u;  // FNV-1a
-  const auto add = [&hash](unsigned char c) { hash = (hash ^ c) * 16777619u; };
-  for (unsigned char c : host) add(c);
-  add('\0');  // so that ("ab", "c") and ("a", "bc") differ
-  for (unsigned char c : pci_bus_id) add(c);
+  for (unsigned char c : text) hash = (hash ^ c) * 16777619u;
   return static_cast<double>(hash);
+}
+
+double gpu_identity(const std::string& host, const std::string& pci_bus_id) {
+  return table_hash(host + '\0' + pci_bus_id);  // the \0: ("ab", "c") and ("a", "bc") differ
 }
 
 std::optional<RankPair> first_duplicate(std::span<const double> table) {

@@ -7,6 +7,7 @@
 #include <optional>
 #include <span>
 #include <string>
+#include <string_view>
 
 #include "io/config.h"
 
@@ -39,8 +40,12 @@ DevicePlan plan_device(DeviceChoice choice, bool built_with_cuda, int visible_de
 // when unset). The first variable set to a non-negative integer wins; none gives 0.
 int launcher_local_rank(const std::function<const char*(const char*)>& getenv);
 
-// One 32-bit FNV-1a hash of (host, PCI bus id), exact in a double: equal for two ranks exactly
-// when they hold the same GPU (up to a 2^-32 chance of a false alarm).
+// A 32-bit FNV-1a hash, exact in a double, for the start-up tables in which ranks compare what
+// they hold (one slot per rank, summed over the control plane).
+double table_hash(std::string_view text);
+
+// table_hash of (host, PCI bus id): equal for two ranks exactly when they hold the same GPU (up to
+// a 2^-32 chance of a false alarm).
 double gpu_identity(const std::string& host, const std::string& pci_bus_id);
 
 // In a table with one slot per rank (gpu_identity, or a negative value for a rank on the CPU),

@@ -89,10 +89,8 @@ void check_ranks_agree(Communicator& comm, const Config& cfg, const ShardedDatas
                        const ShardedDataset* test, size_t num_params) {
   if (comm.size() == 1) return;
   const std::string yaml = to_yaml(cfg);
-  uint32_t hash = 2166136261u;  // FNV-1a, 32 bits so that a double holds it exactly
-  for (unsigned char c : yaml) hash = (hash ^ c) * 16777619u;
   constexpr int K = 5;
-  const double mine[K] = {static_cast<double>(hash), static_cast<double>(num_params),
+  const double mine[K] = {table_hash(yaml), static_cast<double>(num_params),
                           static_cast<double>(train.features()), static_cast<double>(train.size()),
                           test ? static_cast<double>(test->size()) : -1.0};
   const char* names[K] = {"config", "parameter count", "sample size", "training set size",

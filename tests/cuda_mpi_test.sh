@@ -17,12 +17,7 @@ common=(train "$configs/smoke.yaml" data.train=data/train 'data.test=""' train.t
         train.batch_size=64)
 
 timeout 120 "$elbo" "${common[@]}" train.max_steps=1 device=cuda output.dir=runs/probe >probe.log 2>&1
-if grep -qE "no CUDA device is visible|no CUDA backend" probe.log; then
-  if command -v nvidia-smi >/dev/null && nvidia-smi -L 2>/dev/null | grep -q GPU; then
-    echo "FAIL - nvidia-smi lists a GPU, but elbo cannot use it:"; cat probe.log; exit 1
-  fi
-  echo "skip - $(tail -n 1 probe.log)"; exit 77
-fi
+skip_without_cuda probe.log
 emulated=0
 grep -q "emulated GPU" probe.log && emulated=1
 
@@ -33,18 +28,6 @@ run() {  # run <name> <ranks> <device> [overrides...]
     echo "FAIL - $name ($np ranks) did not finish:"; show "$name.log"; failed=1
   fi
 }
-compare() {  # compare <a> <b>: every step loss within 1e-5 relative (as mpi_test.sh)
-  if "$PY" - "runs/$1/metrics.jsonl" "runs/$2/metrics.jsonl" <<'PY'; then echo "ok - $1 vs $2"; else echo "FAIL - $1 vs $2"; failed=1; fi
-import json, sys
-a, b = ([json.loads(l) for l in open(p)] for p in sys.argv[1:3])
-sa = [r["loss"] for r in a if r["type"] == "step"]
-sb = [r["loss"] for r in b if r["type"] == "step"]
-assert len(sa) == len(sb) == 30, (len(sa), len(sb))
-worst = max(abs(x - y) / abs(y) for x, y in zip(sa, sb))
-print(f"  worst step-loss relative difference {worst:.2e}, first loss {sa[0]:.3f}, last {sa[-1]:.3f}")
-sys.exit(0 if worst <= 1e-5 else 1)
-PY
-}
 
 run cpu1 1 cpu
 for np in 2 3; do
@@ -53,8 +36,8 @@ for np in 2 3; do
   grep -q "communicator nccl" "gpu$np.log" || { echo "FAIL - gpu$np did not use NCCL"; failed=1; }
   grep -q "cannot be captured" "gpu${np}_graphs.log" &&
     { echo "FAIL - gpu${np}_graphs fell back to plain steps"; failed=1; }
-  compare "gpu$np" cpu1
-  compare "gpu${np}_graphs" cpu1
+  compare_runs "gpu$np" cpu1 30
+  compare_runs "gpu${np}_graphs" cpu1 30
 done
 
 # Ranks may not share a GPU; a launcher that gives each rank its own (one visible GPU each, as

@@ -13,13 +13,7 @@ common=(train "$configs/smoke.yaml" data.train=data/train data.test=data/test tr
 
 timeout 300 "$elbo" "${common[@]}" device=cuda output.dir=runs/gpu >gpu.log 2>&1
 rc=$?
-if grep -qE "no CUDA device is visible|no CUDA backend" gpu.log; then
-  if command -v nvidia-smi >/dev/null && timeout 60 nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then
-    echo "FAIL - nvidia-smi lists a GPU, but elbo finds no usable CUDA device:"
-    cat gpu.log; timeout 60 nvidia-smi -L; exit 1
-  fi
-  echo "skip - $(tail -n 1 gpu.log)"; exit 77
-fi
+skip_without_cuda gpu.log
 [ "$rc" -eq 0 ] || { echo "FAIL - the CUDA run exited $rc:"; cat gpu.log; exit 1; }
 timeout 300 "$elbo" "${common[@]}" device=cpu output.dir=runs/cpu >cpu.log 2>&1 || {
   echo "FAIL - the CPU run failed:"; cat cpu.log; exit 1; }

@@ -21,6 +21,41 @@ setup_integration_test() {
   failed=0
 }
 
+# skip_without_cuda <log>: after an elbo run with device=cuda whose output is in <log>, exits 77
+# (skip) when it found no CUDA device, or 1 when nvidia-smi lists a GPU all the same (a driver too
+# old for the build must not pass as "no GPU").
+skip_without_cuda() {
+  grep -qE "no CUDA device is visible|no CUDA backend" "$1" || return 0
+  if command -v nvidia-smi >/dev/null && timeout 60 nvidia-smi -L 2>/dev/null | grep -q '^GPU '; then
+    echo "FAIL - nvidia-smi lists a GPU, but elbo finds no usable CUDA device:"
+    cat "$1"; timeout 60 nvidia-smi -L; exit 1
+  fi
+  echo "skip - $(tail -n 1 "$1")"; exit 77
+}
+
+# compare_runs <a> <b> <steps> [test]: runs/<a> and runs/<b> have <steps> step records whose
+# losses agree within 1e-5 relative, and with `test` so do their last test figures. Sets failed=1
+# when not.
+compare_runs() {
+  if "$PY" - "runs/$1/metrics.jsonl" "runs/$2/metrics.jsonl" "$3" "${4:-}" <<'PY'; then echo "ok - $1 vs $2"; else echo "FAIL - $1 vs $2"; failed=1; fi
+import json, sys
+a, b = ([json.loads(l) for l in open(p)] for p in sys.argv[1:3])
+sa = [r["loss"] for r in a if r["type"] == "step"]
+sb = [r["loss"] for r in b if r["type"] == "step"]
+assert len(sa) == len(sb) == int(sys.argv[3]), (len(sa), len(sb))
+worst = max(abs(x - y) / abs(y) for x, y in zip(sa, sb))
+test = 0.0
+if sys.argv[4] == "test":
+    ea = [r for r in a if r["type"] == "epoch"][-1]
+    eb = [r for r in b if r["type"] == "epoch"][-1]
+    test = abs(ea["test_neg_elbo"] - eb["test_neg_elbo"]) / eb["test_neg_elbo"]
+tested = f", test_neg_elbo {test:.2e}" if sys.argv[4] == "test" else ""
+print(f"  worst step-loss relative difference {worst:.2e}{tested}, "
+      f"first loss {sa[0]:.3f}, last {sa[-1]:.3f}")
+sys.exit(0 if worst <= 1e-5 and test <= 1e-5 else 1)
+PY
+}
+
 ok() { echo "ok - $*"; }
 fail() { echo "FAIL - $*"; failed=1; }
 show() { for f in "$@"; do [ -s "$f" ] && sed "s/^/    | /" "$f"; done; return 0; }

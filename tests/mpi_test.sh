@@ -16,23 +16,6 @@ run() {  # run <name> <ranks> <batch>
     echo "FAIL - $name ($np ranks) did not finish:"; cat "$name.log"; failed=1
   fi
 }
-compare() {  # compare <a> <b>: every step loss and the test figure within 1e-5 relative
-  if /usr/bin/python3 - "runs/$1/metrics.jsonl" "runs/$2/metrics.jsonl" <<'PY'; then echo "ok - $1 vs $2"; else echo "FAIL - $1 vs $2"; failed=1; fi
-import json, sys
-a, b = ([json.loads(l) for l in open(p)] for p in sys.argv[1:3])
-sa = [r["loss"] for r in a if r["type"] == "step"]
-sb = [r["loss"] for r in b if r["type"] == "step"]
-steps = int(__import__("os").environ.get("compare_steps", "50"))
-assert len(sa) == len(sb) == steps, (len(sa), len(sb))
-worst = max(abs(x - y) / abs(y) for x, y in zip(sa, sb))
-ea = [r for r in a if r["type"] == "epoch"][-1]
-eb = [r for r in b if r["type"] == "epoch"][-1]
-test = abs(ea["test_neg_elbo"] - eb["test_neg_elbo"]) / eb["test_neg_elbo"]
-print(f"  worst step-loss relative difference {worst:.2e}, test_neg_elbo {test:.2e}, "
-      f"first loss {sa[0]:.3f}, last {sa[-1]:.3f}")
-sys.exit(0 if worst <= 1e-5 and test <= 1e-5 else 1)
-PY
-}
 run one 1 64
 run two 2 64
 run three 3 64
@@ -111,8 +94,8 @@ else
   echo "FAIL - stalled rank: exit $rc after ${took_ms} ms"; cat stall.log; failed=1
 fi
 
-compare two one
-compare three one
-compare three_b one_b
-compare_steps=62 compare uneven3 uneven1
+compare_runs two one 50 test
+compare_runs three one 50 test
+compare_runs three_b one_b 50 test
+compare_runs uneven3 uneven1 62 test
 exit $failed

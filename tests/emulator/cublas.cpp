@@ -17,7 +17,6 @@ struct cublasContext {
   void* workspace = nullptr;  // nullptr: cuBLAS's own pool
   size_t workspace_bytes = 0;
   cublasMath_t math = CUBLAS_DEFAULT_MATH;
-  cublasPointerMode_t pointer_mode = CUBLAS_POINTER_MODE_HOST;
 };
 
 namespace elbo_emu {
@@ -111,7 +110,6 @@ cublasStatus_t cublasSetPointerMode_v2(cublasHandle_t handle, cublasPointerMode_
   if (!handle) return CUBLAS_STATUS_NOT_INITIALIZED;
   if (mode != CUBLAS_POINTER_MODE_HOST)
     return invalid("cublasSetPointerMode", "only CUBLAS_POINTER_MODE_HOST is emulated");
-  handle->pointer_mode = mode;
   return CUBLAS_STATUS_SUCCESS;
 }
 

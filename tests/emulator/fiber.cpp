@@ -107,7 +107,7 @@ constexpr size_t kColours = 1024;
 constexpr size_t kColourBytes = 64 * 1024;
 
 [[noreturn]] void die(const char* what) {
-  std::fprintf(stderr, "elbo_emu fiber: %s\n", what);
+  std::fprintf(stderr, "elbo-emu: fiber: %s\n", what);
   std::abort();
 }
 

@@ -14,10 +14,7 @@
 #include "elbo_emu/device.h"
 #include "elbo_emu/emulator.h"
 #include "fiber.h"
-
-#if defined(__SANITIZE_ADDRESS__)
-#include <sanitizer/asan_interface.h>
-#endif
+#include "poison.h"
 
 namespace elbo_emu {
 
@@ -34,24 +31,8 @@ constexpr size_t kRedzone = 32;
 constexpr size_t kArenaBytes = 2 * kSharedLimit;
 
 [[noreturn]] void die(const std::string& message) {
-  std::fprintf(stderr, "elbo_emu: %s\n", message.c_str());
+  std::fprintf(stderr, "elbo-emu: %s\n", message.c_str());
   std::abort();
-}
-
-void poison(void* p, size_t bytes) {
-#if defined(__SANITIZE_ADDRESS__)
-  ASAN_POISON_MEMORY_REGION(p, bytes);
-#else
-  (void)p, (void)bytes;
-#endif
-}
-
-void unpoison(void* p, size_t bytes) {
-#if defined(__SANITIZE_ADDRESS__)
-  ASAN_UNPOISON_MEMORY_REGION(p, bytes);
-#else
-  (void)p, (void)bytes;
-#endif
 }
 
 // ---- thread order ---------------------------------------------------------------------------
@@ -143,8 +124,8 @@ struct Unwind {};
 
 class Executor {
  public:
-  Executor() { poison(arena_, kArenaBytes); }
-  ~Executor() { unpoison(arena_, kArenaBytes); }
+  Executor() { ELBO_EMU_POISON(arena_, kArenaBytes); }
+  ~Executor() { ELBO_EMU_UNPOISON(arena_, kArenaBytes); }
 
   cudaError_t run(const KernelLaunch& launch);
   void barrier(const char* file, int line);
@@ -236,7 +217,7 @@ cudaError_t Executor::run(const KernelLaunch& launch) {
 
 bool Executor::run_block() {
   // Fresh shared memory: what the last block left is poisoned again, then refilled at first use.
-  poison(arena_, arena_end_);
+  ELBO_EMU_POISON(arena_, arena_end_);
   shared_.clear();
   shared_bytes_ = launch_->dynamic_shared;
   arena_end_ = kRedzone;
@@ -388,7 +369,7 @@ void* Executor::shared_array(const void* tag, size_t bytes, size_t align, const 
   if (offset + bytes + kRedzone > kArenaBytes)
     throw Fault{where() + ": too many static shared arrays (at " + site + ")"};
   std::byte* p = arena_ + offset;
-  unpoison(p, bytes);
+  ELBO_EMU_UNPOISON(p, bytes);
   std::memset(p, 0xFF, bytes);  // uninitialised shared memory reads as NaN
   shared_.push_back({tag, offset});
   shared_bytes_ += bytes;

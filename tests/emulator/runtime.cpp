@@ -246,6 +246,11 @@ StreamState* stream_of(State& S, cudaStream_t stream) {
   return S.streams.count(s) ? s : nullptr;
 }
 
+std::shared_ptr<EventState> event_of(State& S, cudaEvent_t event) {
+  auto it = S.events.find(reinterpret_cast<EventState*>(event));
+  return it == S.events.end() ? nullptr : it->second;
+}
+
 // The dependency closure test for joins: is node `a` an ancestor of (or equal to) one of `tips`?
 bool reaches(const GraphState& g, const std::vector<size_t>& tips, size_t a) {
   std::vector<size_t> todo = tips;
@@ -479,7 +484,6 @@ bool is_pinned(const void* p) {
   std::lock_guard<std::mutex> lock(st().mu);
   return find_in(st().pinned, p, 0) != nullptr;
 }
-bool on_device_thread() { return std::this_thread::get_id() == st().device_id; }
 
 void launch_kernel(KernelLaunch launch, cudaStream_t stream) {
   std::string why;

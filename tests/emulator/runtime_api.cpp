@@ -16,6 +16,56 @@
 using namespace elbo_emu;
 using namespace elbo_emu::rt;
 
+namespace {
+
+// The codes the emulator returns, with CUDA's names and (most of) its words for them.
+struct ErrorText {
+  cudaError_t code;
+  const char* name;
+  const char* text;
+};
+#define ELBO_EMU_ERROR(code, text) \
+  { code, #code, text }
+constexpr ErrorText kErrors[] = {
+    ELBO_EMU_ERROR(cudaSuccess, "no error"),
+    ELBO_EMU_ERROR(cudaErrorInvalidValue, "invalid argument"),
+    ELBO_EMU_ERROR(cudaErrorMemoryAllocation, "out of memory"),
+    ELBO_EMU_ERROR(cudaErrorInvalidConfiguration, "invalid configuration argument"),
+    ELBO_EMU_ERROR(cudaErrorInvalidMemcpyDirection, "invalid copy direction for memcpy"),
+    ELBO_EMU_ERROR(cudaErrorInsufficientDriver,
+                   "CUDA driver version is insufficient for CUDA runtime version"),
+    ELBO_EMU_ERROR(cudaErrorNoDevice, "no CUDA-capable device is detected"),
+    ELBO_EMU_ERROR(cudaErrorInvalidDevice, "invalid device ordinal"),
+    ELBO_EMU_ERROR(cudaErrorInvalidResourceHandle, "invalid resource handle"),
+    ELBO_EMU_ERROR(cudaErrorNotReady, "device not ready"),
+    ELBO_EMU_ERROR(cudaErrorIllegalState, "the operation cannot be performed in the present state"),
+    ELBO_EMU_ERROR(cudaErrorLaunchFailure, "unspecified launch failure"),
+    ELBO_EMU_ERROR(cudaErrorIllegalAddress, "an illegal memory access was encountered"),
+    ELBO_EMU_ERROR(cudaErrorStreamCaptureUnsupported,
+                   "operation not permitted when stream is capturing"),
+    ELBO_EMU_ERROR(cudaErrorStreamCaptureInvalidated,
+                   "operation failed due to a previous error during capture"),
+    ELBO_EMU_ERROR(cudaErrorStreamCaptureUnmatched, "capture was not initiated in this stream"),
+    ELBO_EMU_ERROR(cudaErrorStreamCaptureUnjoined, "capturing stream has unjoined work"),
+    ELBO_EMU_ERROR(cudaErrorStreamCaptureIsolation,
+                   "dependency created on uncaptured work in another stream"),
+    ELBO_EMU_ERROR(cudaErrorStreamCaptureImplicit,
+                   "operation would make the legacy stream depend on a capturing blocking stream"),
+    ELBO_EMU_ERROR(cudaErrorStreamCaptureWrongThread,
+                   "attempt to terminate a thread-local capture sequence from another thread"),
+    ELBO_EMU_ERROR(cudaErrorCapturedEvent,
+                   "operation not permitted on an event last recorded in a capturing stream"),
+};
+#undef ELBO_EMU_ERROR
+
+const ErrorText* error_text(cudaError_t e) {
+  for (const ErrorText& t : kErrors)
+    if (t.code == e) return &t;
+  return nullptr;
+}
+
+}  // namespace
+
 extern "C" {
 
 cudaError_t cudaGetLastError() {
@@ -30,68 +80,13 @@ cudaError_t cudaPeekAtLastError() {
 }
 
 const char* cudaGetErrorName(cudaError_t e) {
-  switch (e) {
-#define ELBO_EMU_NAME(x) \
-  case x:                \
-    return #x;
-    ELBO_EMU_NAME(cudaSuccess)
-    ELBO_EMU_NAME(cudaErrorInvalidValue)
-    ELBO_EMU_NAME(cudaErrorMemoryAllocation) ELBO_EMU_NAME(cudaErrorInvalidConfiguration)
-        ELBO_EMU_NAME(cudaErrorInvalidMemcpyDirection) ELBO_EMU_NAME(cudaErrorInsufficientDriver)
-            ELBO_EMU_NAME(cudaErrorNoDevice) ELBO_EMU_NAME(cudaErrorInvalidDevice)
-                ELBO_EMU_NAME(cudaErrorInvalidResourceHandle) ELBO_EMU_NAME(cudaErrorNotReady)
-                    ELBO_EMU_NAME(cudaErrorIllegalState) ELBO_EMU_NAME(cudaErrorLaunchFailure)
-                        ELBO_EMU_NAME(cudaErrorStreamCaptureUnsupported)
-                            ELBO_EMU_NAME(cudaErrorStreamCaptureInvalidated)
-                                ELBO_EMU_NAME(cudaErrorStreamCaptureMerge)
-                                    ELBO_EMU_NAME(cudaErrorStreamCaptureUnmatched)
-                                        ELBO_EMU_NAME(cudaErrorStreamCaptureUnjoined) ELBO_EMU_NAME(
-                                            cudaErrorStreamCaptureIsolation)
-                                            ELBO_EMU_NAME(cudaErrorStreamCaptureImplicit)
-                                                ELBO_EMU_NAME(cudaErrorStreamCaptureWrongThread)
-                                                    ELBO_EMU_NAME(cudaErrorCapturedEvent)
-                                                        ELBO_EMU_NAME(cudaErrorInvalidDevicePointer)
-                                                            ELBO_EMU_NAME(cudaErrorIllegalAddress)
-#undef ELBO_EMU_NAME
-                                                                default : return "cudaErrorUnknown";
-  }
+  const ErrorText* t = error_text(e);
+  return t ? t->name : "cudaErrorUnknown";
 }
 
 const char* cudaGetErrorString(cudaError_t e) {
-  switch (e) {
-    case cudaSuccess:
-      return "no error";
-    case cudaErrorInvalidValue:
-      return "invalid argument";
-    case cudaErrorMemoryAllocation:
-      return "out of memory";
-    case cudaErrorInvalidConfiguration:
-      return "invalid configuration argument";
-    case cudaErrorInsufficientDriver:
-      return "CUDA driver version is insufficient for CUDA runtime version";
-    case cudaErrorNoDevice:
-      return "no CUDA-capable device is detected";
-    case cudaErrorInvalidDevice:
-      return "invalid device ordinal";
-    case cudaErrorInvalidResourceHandle:
-      return "invalid resource handle";
-    case cudaErrorNotReady:
-      return "device not ready";
-    case cudaErrorLaunchFailure:
-      return "unspecified launch failure";
-    case cudaErrorIllegalAddress:
-      return "an illegal memory access was encountered";
-    case cudaErrorStreamCaptureUnsupported:
-      return "operation not permitted when stream is capturing";
-    case cudaErrorStreamCaptureInvalidated:
-      return "operation failed due to a previous error during capture";
-    case cudaErrorStreamCaptureUnjoined:
-      return "capture was not joined to the origin stream";
-    case cudaErrorStreamCaptureImplicit:
-      return "operation would make the legacy stream depend on a capturing blocking stream";
-    default:
-      return cudaGetErrorName(e);
-  }
+  const ErrorText* t = error_text(e);
+  return t ? t->text : "unknown error";
 }
 
 cudaError_t cudaDriverGetVersion(int* v) {

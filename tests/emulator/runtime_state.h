@@ -21,15 +21,7 @@
 #include <vector>
 
 #include "elbo_emu/emulator.h"
-
-#if defined(__SANITIZE_ADDRESS__)
-#include <sanitizer/asan_interface.h>
-#define ELBO_EMU_POISON(p, n) ASAN_POISON_MEMORY_REGION(p, n)
-#define ELBO_EMU_UNPOISON(p, n) ASAN_UNPOISON_MEMORY_REGION(p, n)
-#else
-#define ELBO_EMU_POISON(p, n) ((void)(p), (void)(n))
-#define ELBO_EMU_UNPOISON(p, n) ((void)(p), (void)(n))
-#endif
+#include "poison.h"
 
 namespace elbo_emu::rt {
 
@@ -171,6 +163,8 @@ cudaError_t check_capture_rules(State& S, const char* call);
 // The state behind a stream handle (the legacy stream for nullptr, cudaStreamLegacy and
 // cudaStreamPerThread), or nullptr when it is not a live stream.
 StreamState* stream_of(State& S, cudaStream_t stream);
+// The event behind a handle, or nullptr when it is not a live one. Caller holds mu.
+std::shared_ptr<EventState> event_of(State& S, cudaEvent_t event);
 
 // The dependency closure test for joins: is node `a` an ancestor of (or equal to) one of `tips`?
 bool reaches(const GraphState& g, const std::vector<size_t>& tips, size_t a);

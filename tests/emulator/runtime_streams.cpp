@@ -85,11 +85,11 @@ cudaError_t cudaStreamWaitEvent(cudaStream_t stream, cudaEvent_t event, unsigned
   State& S = st();
   std::lock_guard<std::mutex> lock(S.mu);
   StreamState* s = stream_of(S, stream);
-  auto it = S.events.find(reinterpret_cast<EventState*>(event));
+  const std::shared_ptr<EventState> event_state = event_of(S, event);
   if (!s) return misuse("cudaStreamWaitEvent", "not a live stream", cudaErrorInvalidResourceHandle);
-  if (it == S.events.end())
+  if (!event_state)
     return misuse("cudaStreamWaitEvent", "not a live event", cudaErrorInvalidResourceHandle);
-  EventState& ev = *it->second;
+  EventState& ev = *event_state;
   if (ev.capture) {  // a fork or join inside a capture
     Capture* c = ev.capture;
     if (s->capture && s->capture != c)
@@ -234,33 +234,45 @@ cudaError_t cudaEventRecord(cudaEvent_t event, cudaStream_t stream) {
   if (const cudaError_t e = device_call("cudaEventRecord")) return e;
   State& S = st();
   std::lock_guard<std::mutex> lock(S.mu);
-  auto it = S.events.find(reinterpret_cast<EventState*>(event));
-  if (it == S.events.end())
-    return misuse("cudaEventRecord", "not a live event", cudaErrorInvalidResourceHandle);
+  const std::shared_ptr<EventState> ev = event_of(S, event);
+  if (!ev) return misuse("cudaEventRecord", "not a live event", cudaErrorInvalidResourceHandle);
   auto e = std::make_shared<Entry>();
   e->kind = Entry::Record;
-  e->event = it->second;
+  e->event = ev;
   StreamState* s = stream_of(S, stream);
   const cudaError_t rc = enqueue_entry(S, s, e, "cudaEventRecord");
   if (rc == cudaSuccess && s && !s->capture) {
-    it->second->record_ticket = e->ticket;
-    it->second->capture = nullptr;
-    it->second->last_in_capture = false;
+    ev->record_ticket = e->ticket;
+    ev->capture = nullptr;
+    ev->last_in_capture = false;
   }
   return rc;
 }
 
+namespace {
+
+// The event that cudaEventQuery and cudaEventSynchronize may wait for, or nullptr after misuse().
+// Caller holds mu.
+std::shared_ptr<EventState> waitable_event(State& S, cudaEvent_t event, const char* call) {
+  std::shared_ptr<EventState> ev = event_of(S, event);
+  if (!ev) {
+    misuse(call, "not a live event", cudaErrorInvalidResourceHandle);
+  } else if (ev->last_in_capture) {
+    misuse(call, "the event was last recorded in a capturing stream", cudaErrorCapturedEvent);
+    ev = nullptr;
+  }
+  return ev;
+}
+
+}  // namespace
+
 cudaError_t cudaEventQuery(cudaEvent_t event) {
   State& S = st();
   std::lock_guard<std::mutex> lock(S.mu);
-  auto it = S.events.find(reinterpret_cast<EventState*>(event));
-  if (it == S.events.end())
-    return misuse("cudaEventQuery", "not a live event", cudaErrorInvalidResourceHandle);
-  if (it->second->last_in_capture)
-    return misuse("cudaEventQuery", "the event was last recorded in a capturing stream",
-                  cudaErrorCapturedEvent);
+  const std::shared_ptr<EventState> ev = waitable_event(S, event, "cudaEventQuery");
+  if (!ev) return cudaPeekAtLastError();
   if (S.sticky != cudaSuccess) return S.sticky;
-  return S.pending.count(it->second->record_ticket) ? cudaErrorNotReady : cudaSuccess;
+  return S.pending.count(ev->record_ticket) ? cudaErrorNotReady : cudaSuccess;
 }
 
 cudaError_t cudaEventSynchronize(cudaEvent_t event) {
@@ -268,13 +280,9 @@ cudaError_t cudaEventSynchronize(cudaEvent_t event) {
   uint64_t ticket = 0;
   {
     std::lock_guard<std::mutex> lock(S.mu);
-    auto it = S.events.find(reinterpret_cast<EventState*>(event));
-    if (it == S.events.end())
-      return misuse("cudaEventSynchronize", "not a live event", cudaErrorInvalidResourceHandle);
-    if (it->second->last_in_capture)
-      return misuse("cudaEventSynchronize", "the event was last recorded in a capturing stream",
-                    cudaErrorCapturedEvent);
-    ticket = it->second->record_ticket;
+    const std::shared_ptr<EventState> ev = waitable_event(S, event, "cudaEventSynchronize");
+    if (!ev) return cudaPeekAtLastError();
+    ticket = ev->record_ticket;
   }
   return sync_ticket(ticket);
 }
@@ -282,20 +290,18 @@ cudaError_t cudaEventSynchronize(cudaEvent_t event) {
 cudaError_t cudaEventElapsedTime(float* ms, cudaEvent_t start, cudaEvent_t end) {
   State& S = st();
   std::lock_guard<std::mutex> lock(S.mu);
-  auto a = S.events.find(reinterpret_cast<EventState*>(start));
-  auto b = S.events.find(reinterpret_cast<EventState*>(end));
-  if (!ms || a == S.events.end() || b == S.events.end())
+  const std::shared_ptr<EventState> a = event_of(S, start), b = event_of(S, end);
+  if (!ms || !a || !b)
     return misuse("cudaEventElapsedTime", "not live events", cudaErrorInvalidResourceHandle);
-  if (!a->second->timing || !b->second->timing)
+  if (!a->timing || !b->timing)
     return misuse("cudaEventElapsedTime", "an event was created with cudaEventDisableTiming",
                   cudaErrorInvalidResourceHandle);
-  if (a->second->record_ticket == 0 || b->second->record_ticket == 0)
+  if (a->record_ticket == 0 || b->record_ticket == 0)
     return misuse("cudaEventElapsedTime", "an event was never recorded",
                   cudaErrorInvalidResourceHandle);
-  if (S.pending.count(a->second->record_ticket) || S.pending.count(b->second->record_ticket))
+  if (S.pending.count(a->record_ticket) || S.pending.count(b->record_ticket))
     return cudaErrorNotReady;
-  *ms = std::chrono::duration<float, std::milli>(b->second->recorded_at - a->second->recorded_at)
-            .count();
+  *ms = std::chrono::duration<float, std::milli>(b->recorded_at - a->recorded_at).count();
   return cudaSuccess;
 }
 

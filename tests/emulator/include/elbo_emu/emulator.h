@@ -69,8 +69,6 @@ void register_demand_poller(std::function<bool()> poller);
 bool is_device_range(const void* p, size_t bytes);
 // Whether p lies inside a live pinned host allocation (cudaMallocHost / cudaHostAlloc).
 bool is_pinned(const void* p);
-// Whether the calling thread is the device thread running work (device memory accessible).
-bool on_device_thread();
 
 // ---- kernels --------------------------------------------------------------------------------
 
