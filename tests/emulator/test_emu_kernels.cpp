@@ -443,25 +443,4 @@ TEST(EmuKernelsDeathTest, HeapOverflowInAKernelIsCaughtByASan) {
 }
 #endif
 
-// ---- cost per CUDA thread (printed, not checked) -----------------------------------------------
-
-void one_barrier() { __syncthreads(); }
-
-TEST_F(EmuKernels, CostPerThread) {
-  for (auto [name, kernel] : {std::pair{"empty", &empty_kernel}, {"one barrier", &one_barrier}}) {
-    const KernelLaunch launch = make_launch(name, kernel, 1000, kBlock);
-    ASSERT_EQ(elbo_emu::execute_kernel(launch), cudaSuccess);  // warm the fiber pool
-    double best = 1e300;                                       // the least disturbed of a few runs
-    for (int run = 0; run < 5; ++run) {
-      const auto start = std::chrono::steady_clock::now();
-      ASSERT_EQ(elbo_emu::execute_kernel(launch), cudaSuccess);
-      const std::chrono::duration<double, std::nano> took =
-          std::chrono::steady_clock::now() - start;
-      best = std::min(best, took.count());
-    }
-    std::printf("%s kernel, 1000 blocks of %u threads: %.1f ns per thread\n", name, kBlock,
-                best / (1000.0 * kBlock));
-  }
-}
-
 }  // namespace
