@@ -1,18 +1,14 @@
-// Checkpoint files in the layout documented in checkpoint.h: written under a temporary name,
-// synced and renamed so that a crash at any moment leaves the previous checkpoint intact.
+// Checkpoint files in the layout documented in checkpoint.h: built in memory, then written under
+// a temporary name, synced and renamed (io/files.h), so that a crash at any moment leaves the
+// previous checkpoint intact.
 #include "io/checkpoint.h"
 
-#include <fcntl.h>
-#include <unistd.h>
-
 #include <algorithm>
-#include <cerrno>
 #include <cstdio>
-#include <cstring>
 #include <ctime>
-#include <filesystem>
 
 #include "core/error.h"
+#include "io/files.h"
 #include "io/hdf5.h"
 #include "io/location.h"
 #include "io/shards.h"  // shape_str
@@ -20,8 +16,6 @@
 namespace elbo {
 
 namespace {
-
-namespace fs = std::filesystem;
 
 constexpr int64_t kFormatVersion = 1;
 
@@ -46,13 +40,15 @@ void write_tensors(h5::File& f, const std::string& group, const ParameterLayout&
     f.write_floats(group + "/" + t.name, tensor_shape(t), flat.data() + t.offset);
 }
 
-void write_contents(const std::string& path, const ParameterLayout& layout,
-                    const CheckpointData& d) {
-  h5::File f = h5::File::create(path);
+// The checkpoint's bytes, built in memory (see h5::File::create_in_memory).
+std::string checkpoint_image(const std::string& path, const ParameterLayout& layout,
+                             const CheckpointData& d) {
+  h5::File f = h5::File::create_in_memory(path);
   f.write_int_attribute("/", "format_version", kFormatVersion);
   f.write_int_attribute("/", "world_size", d.state.world_size);
   f.write_string_attribute("/", "created", iso8601_utc_now());
   f.write_string_attribute("/", "config", d.config_yaml);
+  if (!d.run_id.empty()) f.write_string_attribute("/", "run_id", d.run_id);
   write_tensors(f, "/params", layout, d.params);
   f.create_group("/optimizer");
   f.write_string_attribute("/optimizer", "name", d.optimizer_name);
@@ -65,19 +61,7 @@ void write_contents(const std::string& path, const ParameterLayout& layout,
   f.write_int_attribute("/state", "samples_seen", d.state.samples_seen);
   // HDF5 attributes here are int64; the seed's bits survive the round trip.
   f.write_int_attribute("/state", "seed", static_cast<int64_t>(d.state.seed));
-  f.flush();
-}  // the file closes here, before it is synced
-
-// fsync by path: the file's bytes (or a directory's entries) reach the disk before we go on.
-void fsync_path(const std::string& path, bool directory) {
-  int fd = ::open(path.c_str(), O_RDONLY | (directory ? O_DIRECTORY : 0));
-  ELBO_CHECK(fd >= 0, "open('" + path + "') for fsync: " + std::strerror(errno));
-  int rc = ::fsync(fd);
-  int err = errno;
-  ::close(fd);
-  // Some file systems cannot sync a directory (EINVAL); the rename itself has still happened.
-  ELBO_CHECK(rc == 0 || (directory && err == EINVAL),
-             "fsync('" + path + "'): " + std::strerror(err));
+  return f.image();
 }
 
 std::vector<float> read_tensors(const h5::File& f, const std::string& group,
@@ -120,20 +104,7 @@ void write_checkpoint_atomically(const std::string& path, const ParameterLayout&
   size_t P = layout.total_size();
   ELBO_CHECK(data.params.size() == P && data.exp_avg.size() == P && data.exp_avg_sq.size() == P,
              "checkpoint buffers do not match the parameter layout");
-  // The pid keeps two processes saving to one path (a misconfigured launch) from sharing a file.
-  std::string tmp = path + ".tmp." + std::to_string(::getpid());
-  try {
-    write_contents(tmp, layout, data);
-    fsync_path(tmp, false);
-    ELBO_CHECK(std::rename(tmp.c_str(), path.c_str()) == 0,
-               "rename('" + tmp + "', '" + path + "'): " + std::strerror(errno));
-  } catch (...) {
-    std::error_code ec;
-    fs::remove(tmp, ec);
-    throw;
-  }
-  std::string dir = fs::path(path).parent_path().string();
-  fsync_path(dir.empty() ? "." : dir, true);  // makes the rename itself durable
+  write_file_atomically(path, checkpoint_image(path, layout, data), "the checkpoint");
 }
 
 CheckpointData read_checkpoint(const std::string& path, const ParameterLayout& layout) {
@@ -141,6 +112,7 @@ CheckpointData read_checkpoint(const std::string& path, const ParameterLayout& l
   check_format(f);
   CheckpointData d;
   d.config_yaml = f.read_string_attribute("/", "config");
+  if (f.has_attribute("/", "run_id")) d.run_id = f.read_string_attribute("/", "run_id");
   d.state.world_size = f.read_int_attribute("/", "world_size");
   d.params = read_tensors(f, "/params", layout);
   d.optimizer_name = f.read_string_attribute("/optimizer", "name");

@@ -134,6 +134,26 @@ File File::create(const std::string& path) {
   return File(Handle(id, Handle::Type::File), path);
 }
 
+File File::create_in_memory(const std::string& name) {
+  silence_error_printing();
+  Handle fapl(H5Pcreate(H5P_FILE_ACCESS), Handle::Type::PropList);
+  ELBO_CHECK(fapl.valid(), "H5Pcreate(H5P_FILE_ACCESS)");
+  ELBO_H5_CHECK(H5Pset_fapl_core(fapl.get(), size_t{1} << 20, /*backing_store=*/0), name);
+  hid_t id = H5Fcreate(name.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get());
+  ELBO_CHECK(id >= 0, "H5Fcreate in memory for '" + name + "'");
+  return File(Handle(id, Handle::Type::File), name);
+}
+
+std::string File::image() {
+  flush();
+  const ssize_t size = H5Fget_file_image(id(), nullptr, 0);
+  ELBO_CHECK(size > 0, "H5Fget_file_image size of '" + path_ + "'");
+  std::string bytes(static_cast<size_t>(size), '\0');
+  ELBO_CHECK(H5Fget_file_image(id(), bytes.data(), bytes.size()) == size,
+             "H5Fget_file_image of '" + path_ + "'");
+  return bytes;
+}
+
 bool File::exists(const std::string& object_path) const {
   silence_error_printing();
   // H5Lexists fails (rather than answering no) when a parent is missing, so walk the path.

@@ -43,8 +43,15 @@ class File {
  public:
   // Open an existing file read-only; a missing file or one that is not HDF5 is a BadInput error.
   static File open_read(const std::string& path);
-  // Create (truncate) a file for writing.
+  // Create (truncate) a file on disk, written by HDF5 itself (tests and tools).
   static File create(const std::string& path);
+  // Create a file in memory (HDF5's core driver, no backing store); `name` is for messages.
+  // elbo's own outputs are made this way and written by write_file_atomically(image()), so
+  // HDF5 never writes to the disk: a full disk is then one clear error of ours, not a failure
+  // half way through HDF5's writes (whose clean-up at exit crashes on a file it could not close).
+  static File create_in_memory(const std::string& name);
+  // The bytes of a file made by create_in_memory, everything written so far included.
+  std::string image();
 
   const std::string& path() const { return path_; }
   hid_t id() const { return handle_.get(); }

@@ -11,6 +11,7 @@
 #include <numeric>
 
 #include "core/error.h"
+#include "io/files.h"
 #include "io/hdf5.h"
 #include "io/location.h"
 
@@ -364,8 +365,9 @@ void ShardedDataset::read_labels(std::span<const int64_t> rows, int64_t* out) co
 
 namespace {
 
-void write_shard(const std::string& path, const std::vector<int64_t>& sample_shape, hid_t file_type,
-                 hid_t mem_type, const void* x, size_t x_count, std::span<const int64_t> labels) {
+std::string shard_image(const std::string& path, const std::vector<int64_t>& sample_shape,
+                        hid_t file_type, hid_t mem_type, const void* x, size_t x_count,
+                        std::span<const int64_t> labels) {
   ELBO_CHECK(!sample_shape.empty(), "write_shard: empty sample shape");
   size_t F = static_cast<size_t>(
       std::accumulate(sample_shape.begin(), sample_shape.end(), int64_t{1}, std::multiplies<>()));
@@ -374,24 +376,31 @@ void write_shard(const std::string& path, const std::vector<int64_t>& sample_sha
   ELBO_CHECK(labels.empty() || labels.size() == n, "write_shard: label count != row count");
   std::vector<int64_t> shape{static_cast<int64_t>(n)};
   shape.insert(shape.end(), sample_shape.begin(), sample_shape.end());
-  h5::File f = h5::File::create(path);
+  h5::File f = h5::File::create_in_memory(path);
   f.write_dataset("/x", shape, file_type, mem_type, x);
   if (!labels.empty())
     f.write_dataset("/y", {static_cast<int64_t>(n)}, H5T_STD_I64LE, H5T_NATIVE_INT64,
                     labels.data());
-  f.flush();
+  return f.image();
 }
 
 }  // namespace
 
+std::string shard_image_u8(const std::string& path, const std::vector<int64_t>& sample_shape,
+                           std::span<const uint8_t> x, std::span<const int64_t> labels) {
+  return shard_image(path, sample_shape, H5T_STD_U8LE, H5T_NATIVE_UINT8, x.data(), x.size(), labels);
+}
+
 void write_shard_u8(const std::string& path, const std::vector<int64_t>& sample_shape,
                     std::span<const uint8_t> x, std::span<const int64_t> labels) {
-  write_shard(path, sample_shape, H5T_STD_U8LE, H5T_NATIVE_UINT8, x.data(), x.size(), labels);
+  write_file_atomically(path, shard_image_u8(path, sample_shape, x, labels), "the shard");
 }
 
 void write_shard_f32(const std::string& path, const std::vector<int64_t>& sample_shape,
                      std::span<const float> x, std::span<const int64_t> labels) {
-  write_shard(path, sample_shape, H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, x.data(), x.size(), labels);
+  write_file_atomically(
+      path, shard_image(path, sample_shape, H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, x.data(), x.size(), labels),
+      "the shard");
 }
 
 }  // namespace elbo

@@ -68,7 +68,11 @@ class ShardedDataset {
 // "[2, 3]": a shape as it appears in error messages (shards and checkpoints).
 std::string shape_str(const std::vector<int64_t>& shape);
 
-// Writes one shard file: x [n, sample_shape...] uint8, optional labels [n].
+// The bytes of one shard file: x [n, sample_shape...] uint8, optional labels [n]; `path` names it
+// in messages.
+std::string shard_image_u8(const std::string& path, const std::vector<int64_t>& sample_shape,
+                           std::span<const uint8_t> x, std::span<const int64_t> labels);
+// Writes one shard file atomically (io/files.h): x [n, sample_shape...] uint8, optional labels [n].
 void write_shard_u8(const std::string& path, const std::vector<int64_t>& sample_shape,
                     std::span<const uint8_t> x, std::span<const int64_t> labels);
 // Same for float32 samples.

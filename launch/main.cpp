@@ -30,7 +30,10 @@ int main(int argc, char** argv) {
   train_cmd->add_option("overrides", train.overrides, "key.path=value overrides, e.g. train.epochs=3");
   train_cmd->add_option("--resume", train.resume,
                         "continue a run: 'auto' (the newest checkpoint in output.dir, if any) or a "
-                        "checkpoint file");
+                        "checkpoint file (into its own run's directory, or an empty or new one)");
+  train_cmd->add_flag("--discard-newer", train.discard_newer,
+                      "with --resume PATH: delete the run's checkpoints past PATH's step "
+                      "(otherwise such a resume is refused)");
 
   elbo::PrepareOptions prepare;
   CLI::App* prepare_cmd = app.add_subcommand("prepare", "Write HDF5 shards from IDX files");

@@ -182,7 +182,7 @@ void check_resumable(const Config& cfg, const CheckpointData& ck, const std::str
 }
 
 void train_with(const Config& cfg, const std::string& cfg_path, const std::string& resume,
-                Communicator& control, const CudaProbe& probe) {
+                bool discard_newer, Communicator& control, const CudaProbe& probe) {
   refuse_isolated_ranks(control, cfg_path);
   const DevicePlan device = plan_device(cfg.device, cuda_backend_built(), probe.devices,
                                         control.local_rank(), control.local_size(), cfg_path,
@@ -212,7 +212,6 @@ void train_with(const Config& cfg, const std::string& cfg_path, const std::strin
                     cfg_path + ")");
   const fs::path run_dir = cfg.output.dir;
   const bool writer = comm.rank() == 0;  // rank 0 alone writes files (and reads checkpoints)
-  if (writer && resume.empty()) check_run_directory_is_free(run_dir);
 
   // Ranks on one node share its cores: by default each gets its share of BLAS threads.
   const int threads = cfg.train.threads > 0 || comm.local_size() == 1
@@ -247,32 +246,33 @@ void train_with(const Config& cfg, const std::string& cfg_path, const std::strin
   // Everything that can fail on bad input happens before the first file is written.
   const std::unique_ptr<Trainer> trainer = make_trainer(cfg, data_comm, *backend, train, test.get());
   check_ranks_agree(comm, cfg, train, test.get(), trainer->num_params());
-  const CheckpointDirectory checkpoints(run_dir / "checkpoints", cfg.checkpoint.keep);
+  // Rank 0 takes the run directory's lock and decides how the run starts, refusing anything that
+  // would lose what the directory holds (launch/run_directory.h). A checkpoint named on the
+  // command line is read and checked first, so a bad one leaves no trace.
+  std::optional<RunDirectory> run;
   std::optional<CheckpointData> ck;
-  if (writer && !resume.empty()) {
-    const std::string from = resume == "auto" ? checkpoints.last().string() : resume;
-    ck = resume == "auto" ? checkpoints.load_newest(trainer->layout())
-                          : read_checkpoint(resume, trainer->layout());
-    if (ck) check_resumable(cfg, *ck, from);
+  if (writer) {
+    std::optional<CheckpointData> named;
+    if (!resume.empty() && resume != "auto") {
+      named = read_checkpoint(resume, trainer->layout());
+      check_resumable(cfg, *named, resume);
+    }
+    run.emplace(RunDirectory::open(run_dir));
+    ck = run->choose_start(resume, std::move(named), discard_newer, trainer->layout());
+    if (ck && resume == "auto") check_resumable(cfg, *ck, (run_dir / "checkpoints").string());
   }
   trainer->restore(ck ? &*ck : nullptr);
   MetricsWriter metrics;
   if (writer) {
-    std::error_code ec;
-    fs::create_directories(run_dir / "checkpoints", ec);
-    if (ec) throw_bad_input("cannot create the run directory: " + ec.message() + " (" +
-                            run_dir.string() + ")");
-    write_text_file(run_dir / "config.yaml", to_yaml(cfg));
-    if (ck) {  // what came after the checkpoint never happened, as far as this run is concerned
-      checkpoints.prepare_for_resume_at(ck->state.step);
-      trim_metrics_after(run_dir / "metrics.jsonl", ck->state.step);
-    }
-    metrics = MetricsWriter((run_dir / "metrics.jsonl").string());
+    run->start(to_yaml(cfg), ck ? &*ck : nullptr, cfg.checkpoint.keep);
+    metrics = MetricsWriter(run->metrics_path().string());
     std::printf("elbo: device %s, communicator %s, %d rank(s), %s threads per rank, data %s\n",
                 device_name.c_str(), data_comm.name().c_str(), comm.size(),
                 threads > 0 ? std::to_string(threads).c_str() : "default",
                 cache ? "cached in memory" : "read from the shards each step");
   }
+  const CheckpointDirectory not_written(run_dir / "checkpoints", cfg.checkpoint.keep);
+  const CheckpointDirectory& checkpoints = writer ? run->checkpoints() : not_written;
   const auto t0 = std::chrono::steady_clock::now();
   install_stop_signal_handlers();
   trainer->run(checkpoints, metrics);
@@ -282,17 +282,20 @@ void train_with(const Config& cfg, const std::string& cfg_path, const std::strin
 }  // namespace
 
 int run_train(const TrainOptions& options) {
+  if (options.discard_newer && (options.resume.empty() || options.resume == "auto"))
+    throw_bad_input("--discard-newer goes with --resume PATH: it deletes the checkpoints of that "
+                    "run past PATH's step (command line)");
   const Config cfg = load_config(options.config_path, options.overrides);
   const CudaProbe probe = probe_cuda_before_mpi(cfg);
   auto comm = watched(make_control_communicator(cfg.distributed.backend), cfg.distributed.timeout_s);
   if (comm->size() == 1) {
-    train_with(cfg, options.config_path, options.resume, *comm, probe);
+    train_with(cfg, options.config_path, options.resume, options.discard_newer, *comm, probe);
     return 0;
   }
   // With several ranks an error on one must end all of them: the others would otherwise wait in
   // the next collective for ever.
   try {
-    train_with(cfg, options.config_path, options.resume, *comm, probe);
+    train_with(cfg, options.config_path, options.resume, options.discard_newer, *comm, probe);
   } catch (const Error& e) {
     std::fprintf(stderr, "elbo: error: rank %d: %s\n", comm->rank(), e.what());
     comm->abort(e.exit_code());

@@ -101,9 +101,11 @@ expect_error() {
   return 1
 }
 
-# tree_digest <dir>: every path (sorted) and the md5 of every file under dir.
+# tree_digest <dir>: every path (sorted) and the md5 of every file under dir, but for the
+# contents of .elbo.lock, which names the last process that took the directory's lock.
 tree_digest() {
-  (cd "$1" && find . -print | LC_ALL=C sort && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 -r md5sum)
+  (cd "$1" && find . -print | LC_ALL=C sort &&
+   find . -type f ! -name .elbo.lock -print0 | LC_ALL=C sort -z | xargs -0 -r md5sum)
 }
 
 # ---------------------------------------------------------------------------------------------
