@@ -37,6 +37,7 @@ DirectoryLock DirectoryLock::acquire(const fs::path& dir, const std::string& wha
     if (ec) throw_file_error("create", what, dir.string(), ec.value());
   }
   const fs::path path = dir / kFileName;
+  const bool file_existed = exists(fs::symlink_status(path, ec));
   const int fd = ::open(path.c_str(), O_RDWR | O_CREAT | O_NOFOLLOW | O_CLOEXEC, 0644);
   if (fd < 0) throw_file_error("open the lock file of", what, path.string(), errno);
   if (::flock(fd, LOCK_EX | LOCK_NB) != 0) {
@@ -57,7 +58,7 @@ DirectoryLock DirectoryLock::acquire(const fs::path& dir, const std::string& wha
     ::close(fd);
     throw_file_error("write the lock file of", what, path.string(), err);
   }
-  return DirectoryLock(fd, !existed);
+  return DirectoryLock(fd, !existed, !file_existed, path);
 }
 
 DirectoryLock& DirectoryLock::operator=(DirectoryLock&& o) noexcept {
@@ -65,9 +66,24 @@ DirectoryLock& DirectoryLock::operator=(DirectoryLock&& o) noexcept {
     if (fd_ >= 0) ::close(fd_);
     fd_ = o.fd_;
     created_ = o.created_;
+    created_file_ = o.created_file_;
+    file_ = std::move(o.file_);
     o.fd_ = -1;
   }
   return *this;
+}
+
+void DirectoryLock::release_leaving_no_trace() {
+  if (fd_ < 0) return;
+  // Used only for a directory that no elbo process may write into: one that locks the unlinked
+  // file after us refuses the directory just as this one did.
+  if (created_file_) ::unlink(file_.c_str());
+  ::close(fd_);
+  fd_ = -1;
+  if (created_) {
+    std::error_code ec;
+    fs::remove(file_.parent_path(), ec);  // only if empty
+  }
 }
 
 DirectoryLock::~DirectoryLock() {

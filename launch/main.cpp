@@ -20,6 +20,9 @@ int fail(const std::string& message, int code) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Line-buffered even into a file or pipe: a second Ctrl-C ends the process at once (_Exit, the
+  // only safe thing in a signal handler), and every line printed before it is then already out.
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
   CLI::App app{"elbo: data-parallel Variational Autoencoder training"};
   app.set_version_flag("--version", "elbo 0.1.0");
   app.require_subcommand(1);

@@ -193,7 +193,12 @@ std::optional<CheckpointData> CheckpointDirectory::load_newest(const ParameterLa
 
 RunDirectory RunDirectory::open(const fs::path& dir) {
   RunDirectory rd(dir, DirectoryLock::acquire(dir, "output.dir"));
-  rd.inspect();
+  try {
+    rd.inspect();
+  } catch (const Error&) {
+    rd.lock_.release_leaving_no_trace();  // not elbo's directory: leave it as it was
+    throw;
+  }
   return rd;
 }
 
