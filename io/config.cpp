@@ -604,6 +604,17 @@ std::string to_yaml(const Config& c) {
   return std::string(out.c_str()) + "\n";
 }
 
+std::string config_value_text(const Config& c, const std::string& key_path) {
+  YAML::Node node = YAML::Load(to_yaml(c));
+  for (const std::string& key : split_path(key_path)) {
+    ELBO_CHECK(node.IsMap() && node[key].IsDefined(), "no config key '" + key_path + "'");
+    node = node[key];
+  }
+  YAML::Emitter out;
+  out << YAML::Flow << node;
+  return out.c_str();
+}
+
 ModelSpec model_spec(const Config& c, int input_dim) {
   ModelSpec spec;
   spec.input_dim = input_dim;

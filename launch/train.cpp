@@ -162,23 +162,14 @@ void check_distinct_gpus(Communicator& comm, const DevicePlan& device) {
 // these would silently turn the continuation into another computation.
 void check_resumable(const Config& cfg, const CheckpointData& ck, const std::string& ck_path) {
   const Config old = parse_config(ck.config_yaml, ck_path + ":/config");
-  auto differs = [&](const char* key, const std::string& was, const std::string& now) {
+  for (const std::string key :
+       {"seed", "train.batch_size", "model.encoder", "model.latent", "model.decoder",
+        "model.activation", "model.likelihood", "train.optimizer.name"}) {
+    const std::string was = config_value_text(old, key), now = config_value_text(cfg, key);
     if (was != now)
-      throw_bad_input("cannot resume: " + std::string(key) + " was " + was + " in the checkpoint, is " +
-                      now + " now (" + ck_path + ")");
-  };
-  differs("seed", std::to_string(old.seed), std::to_string(cfg.seed));
-  differs("train.batch_size", std::to_string(old.train.batch_size), std::to_string(cfg.train.batch_size));
-  auto model = [](const ModelConfig& m) {
-    std::string text = "encoder [";
-    for (int w : m.encoder) text += std::to_string(w) + " ";
-    text += "] latent " + std::to_string(m.latent) + " decoder [";
-    for (int w : m.decoder) text += std::to_string(w) + " ";
-    return text + "] activation " + std::to_string(static_cast<int>(m.activation)) +
-           " likelihood " + std::to_string(static_cast<int>(m.likelihood));
-  };
-  differs("the model", model(old.model), model(cfg.model));
-  differs("train.optimizer.name", old.train.optimizer.name, cfg.train.optimizer.name);
+      throw_bad_input("cannot resume: " + key + " was " + was + " in the checkpoint, is " + now +
+                      " now (" + ck_path + ")");
+  }
 }
 
 void train_with(const Config& cfg, const std::string& cfg_path, const std::string& resume,

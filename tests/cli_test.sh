@@ -264,6 +264,17 @@ output:
   dir: $NONE
 EOF
 expect_error "batch_size" "$ELBO" train "$W/tiny.yaml"
+# ---------------------------------------------------------------------------------------------
+# 6b. Resuming with another model names the key and both values as the config spells them.
+RESUME_FAIL=("${SMOKE_FAIL[@]}" --resume "$RUN/checkpoints/last.h5")
+expect_error "model.activation was relu in the checkpoint, is tanh now" \
+  "$ELBO" "${RESUME_FAIL[@]}" model.activation=tanh
+expect_error "model.likelihood was bernoulli in the checkpoint, is gaussian now" \
+  "$ELBO" "${RESUME_FAIL[@]}" model.likelihood=gaussian
+expect_error "train.optimizer.name was adam in the checkpoint, is adamw now" \
+  "$ELBO" "${RESUME_FAIL[@]}" train.optimizer.name=adamw
+expect_error "seed was 1 in the checkpoint, is 2 now" "$ELBO" "${RESUME_FAIL[@]}" seed=2
+
 if [ ! -e "$NONE" ]; then ok "no failed start created its output.dir"
 else fail "a failed start created '$NONE'"; find "$NONE" | sed 's/^/    | /'; fi
 

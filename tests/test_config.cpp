@@ -580,6 +580,23 @@ TEST_F(ConfigTest, ToYamlWritesEveryKeyAndRoundTripsAParsedFile) {
   expect_same(elbo::parse_config(elbo::to_yaml(load(kFullConfig)), "x"), load(kFullConfig));
 }
 
+// What resume mismatches print: values as the config spells them, not enum numbers.
+TEST_F(ConfigTest, ConfigValueTextIsTheYamlSpelling) {
+  const Config c = load(kFullConfig);
+  EXPECT_EQ(elbo::config_value_text(c, "model.activation"), "tanh");
+  EXPECT_EQ(elbo::config_value_text(c, "model.likelihood"), "gaussian");
+  EXPECT_EQ(elbo::config_value_text(c, "model.encoder"), "[512, 256]");
+  EXPECT_EQ(elbo::config_value_text(c, "model.latent"), "16");
+  EXPECT_EQ(elbo::config_value_text(c, "train.optimizer.name"), "adamw");
+  EXPECT_EQ(elbo::config_value_text(c, "train.optimizer.betas"), "[0.8, 0.95]");
+  EXPECT_EQ(elbo::config_value_text(c, "seed"), "7");
+  EXPECT_EQ(elbo::config_value_text(load("data: {train: x}\n"), "model.activation"), "relu");
+  EXPECT_EQ(
+      elbo::config_value_text(load("data: {train: x}\nmodel: {decoder: []}\n"), "model.decoder"),
+      "[]");
+  EXPECT_THROW(elbo::config_value_text(c, "model.depth"), Error);
+}
+
 TEST_F(ConfigTest, ModelSpecAndAdamConfig) {
   const Config c = load(kFullConfig);
   const elbo::ModelSpec spec = elbo::model_spec(c, 784);
