@@ -32,6 +32,21 @@ std::string where(const std::string& path, const std::string& object) {
   return "'" + path + ":" + object + "'";
 }
 
+const char* file_kind(std::filesystem::file_type t) {
+  switch (t) {
+    case std::filesystem::file_type::fifo:
+      return "a FIFO";
+    case std::filesystem::file_type::character:
+      return "a character device";
+    case std::filesystem::file_type::block:
+      return "a block device";
+    case std::filesystem::file_type::socket:
+      return "a socket";
+    default:
+      return "a special file";
+  }
+}
+
 std::vector<hsize_t> to_dims(const std::vector<int64_t>& shape) {
   return std::vector<hsize_t>(shape.begin(), shape.end());
 }
@@ -104,8 +119,15 @@ File File::open_read(const std::string& path) {
   silence_error_printing();
   namespace fs = std::filesystem;
   std::error_code ec;
-  if (!fs::exists(path, ec)) throw_bad_input("cannot open: no such file" + at(path));
-  if (fs::is_directory(path, ec)) throw_bad_input("cannot open: is a directory" + at(path));
+  const fs::file_status st = fs::status(path, ec);
+  if (st.type() == fs::file_type::not_found)
+    throw_bad_input("cannot open: no such file" + at(path));
+  if (ec) throw_bad_input("cannot open: " + ec.message() + at(path));  // e.g. a too long name
+  if (fs::is_directory(st)) throw_bad_input("cannot open: is a directory" + at(path));
+  // Opening a FIFO would wait for a writer for ever; devices and sockets are no HDF5 files either.
+  if (!fs::is_regular_file(st))
+    throw_bad_input(std::string("cannot open: is ") + file_kind(st.type()) +
+                    ", not a regular file" + at(path));
   if (!std::ifstream(path, std::ios::binary))
     throw_bad_input(std::string("cannot open: ") + std::strerror(errno) + at(path));
   if (H5Fis_hdf5(path.c_str()) <= 0) throw_bad_input("not an HDF5 file" + at(path));

@@ -52,8 +52,8 @@ std::vector<std::string> list_directory(const std::string& dir) {
   try {
     for (const auto& e : fs::directory_iterator(dir)) {
       std::string ext = e.path().extension().string();
-      if (e.is_regular_file() && (ext == ".h5" || ext == ".hdf5"))
-        paths.push_back(e.path().string());
+      // Not only regular files: a FIFO or device named like a shard is an error, not skipped.
+      if (!e.is_directory() && (ext == ".h5" || ext == ".hdf5")) paths.push_back(e.path().string());
     }
   } catch (const fs::filesystem_error& e) {
     throw_bad_input("cannot list the directory: " + e.code().message() + at(dir));
@@ -70,7 +70,7 @@ std::vector<std::string> list_shards(const std::string& dir_or_glob) {
   glob_t g{};
   if (glob(dir_or_glob.c_str(), 0, nullptr, &g) == 0) {
     for (size_t i = 0; i < g.gl_pathc; ++i)  // glob(3) returns them sorted
-      if (fs::is_regular_file(g.gl_pathv[i], ec)) paths.emplace_back(g.gl_pathv[i]);
+      if (!fs::is_directory(g.gl_pathv[i], ec)) paths.emplace_back(g.gl_pathv[i]);
   }
   globfree(&g);
   if (paths.empty()) throw_bad_input("no shards match the pattern" + at(dir_or_glob));

@@ -275,6 +275,21 @@ expect_error "train.optimizer.name was adam in the checkpoint, is adamw now" \
   "$ELBO" "${RESUME_FAIL[@]}" train.optimizer.name=adamw
 expect_error "seed was 1 in the checkpoint, is 2 now" "$ELBO" "${RESUME_FAIL[@]}" seed=2
 
+# ---------------------------------------------------------------------------------------------
+# 6c. A FIFO or device where a checkpoint or shard should be is refused at once (reading a FIFO
+#     would wait for a writer for ever; `timeout` turns such a hang into a failure).
+mkfifo "$W/fifo.h5"
+mkdir -p "$W/data/withfifo" && cp "$W/data/tiny/"*.h5 "$W/data/withfifo/" && mkfifo "$W/data/withfifo/z.h5"
+expect_error "cannot open: is a FIFO, not a regular file ($W/fifo.h5)" timeout 20 "$ELBO" info "$W/fifo.h5"
+expect_error "cannot open: is a character device, not a regular file (/dev/null)" \
+  timeout 20 "$ELBO" info /dev/null
+expect_error "cannot open: is a FIFO, not a regular file ($W/fifo.h5)" \
+  timeout 20 "$ELBO" "${SMOKE_FAIL[@]}" --resume "$W/fifo.h5"
+expect_error "cannot open: is a FIFO, not a regular file ($W/data/withfifo/z.h5)" \
+  timeout 20 "$ELBO" "${SMOKE_FAIL[@]}" "data.train=$W/data/withfifo"
+expect_error "cannot open: is a FIFO, not a regular file ($W/fifo.h5)" \
+  timeout 20 "$ELBO" "${SMOKE_FAIL[@]}" "data.test=$W/fifo.h5"
+
 if [ ! -e "$NONE" ]; then ok "no failed start created its output.dir"
 else fail "a failed start created '$NONE'"; find "$NONE" | sed 's/^/    | /'; fi
 

@@ -1,6 +1,7 @@
 // io tests: HDF5 wrappers on the golden file, shard round trips and row reads, IDX import,
 // checkpoints, and the one-line BadInput error each broken user file gives.
 #include <gtest/gtest.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -153,6 +154,25 @@ TEST_F(IoTest, Hdf5OpenErrors) {
   std::ofstream(path("text.h5")) << "just some text, not HDF5\n";
   expect_bad_input([&] { h5::File::open_read(path("text.h5")); },
                    {"not an HDF5 file (" + path("text.h5") + ")"});
+  const std::string long_name = path(std::string(5000, 'n') + ".h5");
+  expect_bad_input(
+      [&] { h5::File::open_read(long_name); },
+      {"cannot open: " + std::generic_category().message(ENAMETOOLONG) + " (" + long_name + ")"});
+}
+
+// Opening a FIFO for reading waits for a writer for ever: it, and a device, are refused at once.
+TEST_F(IoTest, Hdf5OpenRefusesFilesThatAreNotRegular) {
+  ASSERT_EQ(::mkfifo(path("fifo.h5").c_str(), 0600), 0) << std::strerror(errno);
+  expect_bad_input([&] { h5::File::open_read(path("fifo.h5")); },
+                   {"cannot open: is a FIFO, not a regular file (" + path("fifo.h5") + ")"});
+  expect_bad_input([&] { h5::File::open_read("/dev/null"); },
+                   {"cannot open: is a character device, not a regular file (/dev/null)"});
+  expect_bad_input([&] { h5::File::open_read(dir_.string()); },
+                   {"cannot open: is a directory (" + dir_.string() + ")"});
+  // A symbolic link to a regular file (as last.h5 is) opens.
+  write_u8_rows(path("real.h5"), 0, 2, {3});
+  fs::create_symlink(path("real.h5"), path("link.h5"));
+  EXPECT_EQ(h5::File::open_read(path("link.h5")).dataset_shape("/x"), (std::vector<int64_t>{2, 3}));
 }
 
 // ---- shards -------------------------------------------------------------------------------------
@@ -303,6 +323,22 @@ TEST_F(IoTest, ShardNotHdf5) {
   std::ofstream(path("text.h5")) << "x,y\n1,2\n";
   expect_bad_input([&] { ShardedDataset::open(dir_.string()); },
                    {"not an HDF5 file (" + path("text.h5") + ")"});
+}
+
+// A FIFO named like a shard, in the directory or matched by the glob, is an error, not skipped.
+TEST_F(IoTest, ShardThatIsNotARegularFile) {
+  write_u8_rows(path("a.h5"), 0, 2, {3});
+  ASSERT_EQ(::mkfifo(path("b.h5").c_str(), 0600), 0) << std::strerror(errno);
+  fs::create_directories(path("sub.h5"));  // a directory named like a shard is not one
+  expect_bad_input([&] { ShardedDataset::open(dir_.string()); },
+                   {"cannot open: is a FIFO, not a regular file (" + path("b.h5") + ")"});
+  expect_bad_input([&] { ShardedDataset::open(path("*.h5")); },
+                   {"cannot open: is a FIFO, not a regular file (" + path("b.h5") + ")"});
+  expect_bad_input([&] { ShardedDataset::open("/dev/null"); },
+                   {"cannot open: is a character device, not a regular file (/dev/null)"});
+  fs::remove(path("b.h5"));
+  EXPECT_EQ(ShardedDataset::open(dir_.string()).size(), 2);
+  EXPECT_EQ(ShardedDataset::open(path("*.h5")).size(), 2);
 }
 
 TEST_F(IoTest, ShardGlobMatchesNothing) {
@@ -630,6 +666,12 @@ TEST_F(IoTest, CheckpointErrors) {
   ParameterLayout layout(small_spec());
   expect_bad_input([&] { read_checkpoint(path("missing.h5"), layout); },
                    {"no such file (" + path("missing.h5") + ")"});
+
+  ASSERT_EQ(::mkfifo(path("fifo.h5").c_str(), 0600), 0) << std::strerror(errno);
+  expect_bad_input([&] { read_checkpoint(path("fifo.h5"), layout); },
+                   {"cannot open: is a FIFO, not a regular file (" + path("fifo.h5") + ")"});
+  expect_bad_input([&] { read_checkpoint_header(path("fifo.h5")); },
+                   {"cannot open: is a FIFO, not a regular file (" + path("fifo.h5") + ")"});
 
   write_u8_rows(path("shard.h5"), 0, 2, {6});
   expect_bad_input([&] { read_checkpoint(path("shard.h5"), layout); },
