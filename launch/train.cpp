@@ -5,11 +5,12 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
-#include <fstream>
 #include <optional>
 #include <string>
 #include <thread>
@@ -21,11 +22,13 @@
 #include "distributed/communicator.h"
 #include "io/checkpoint.h"
 #include "io/config.h"
+#include "io/memory.h"
 #include "io/metrics.h"
 #include "io/shards.h"
 #include "core/cuda/cuda_backend.h"
 #include "distributed/nccl_communicator.h"
 #include "launch/device_plan.h"
+#include "launch/error_report.h"
 #include "launch/run_directory.h"
 #include "launch/trainer.h"
 #include "launch/stop_signal.h"
@@ -64,15 +67,45 @@ bool should_cache(const ShardedDataset& d, DataCache choice, int local_ranks) {
   if (choice != DataCache::Auto) return choice == DataCache::Always;
   const double bytes = static_cast<double>(d.size()) * static_cast<double>(d.features()) *
                        (d.sample_type() == SampleType::U8 ? 1.0 : 4.0);
-  double available = 1024.0 * 1024.0 * 1024.0;  // when /proc/meminfo says nothing: 1 GiB
-  std::ifstream meminfo("/proc/meminfo");
-  for (std::string key; meminfo >> key;) {
-    double kb = 0;
-    meminfo >> kb;
-    if (key == "MemAvailable:") available = kb * 1024.0;
-    meminfo.ignore(64, '\n');
+  return bytes * local_ranks <= 0.5 * available_memory_bytes();
+}
+
+// output.dir is checked before anything is written, so that a path that cannot work is one clear
+// error rather than a bare "filesystem error" (or a failure after training): every component and
+// the whole path short enough for the files the run puts there, and the nearest part that exists
+// a writable directory.
+void check_output_dir_can_be_used(const fs::path& dir) {
+  const auto refuse = [&dir](const std::string& why) {
+    throw_bad_input("cannot create the run directory: " + why + " (" + dir.string() + ")");
+  };
+  // The nearest part of the path that exists (a name too long to look up does not).
+  fs::path existing = dir;
+  std::error_code ec;
+  fs::file_status st = fs::status(existing, ec);
+  while (!fs::exists(st) && existing.has_relative_path()) {
+    existing = existing.parent_path();
+    st = fs::status(existing.empty() ? "." : existing, ec);
   }
-  return bytes * local_ranks <= 0.5 * available;
+  const std::string shown = existing.empty() ? "." : existing.string();
+  const long name_max = pathconf(shown.c_str(), _PC_NAME_MAX);
+  for (const fs::path& part : dir)
+    if (name_max > 0 && part.string().size() > static_cast<size_t>(name_max))
+      refuse("a path component is " + std::to_string(part.string().size()) +
+             " characters long; the file system allows at most " + std::to_string(name_max));
+  // The longest name the run writes below it: checkpoints/step-NNNNNNNNN.h5.tmp.<pid>.
+  constexpr size_t kLongestInside = sizeof("/checkpoints/step-000000000.h5.tmp.4294967295") - 1;
+  const long path_max = pathconf(shown.c_str(), _PC_PATH_MAX);
+  const size_t max_path = path_max > 0 ? static_cast<size_t>(path_max) : 4096;
+  if (dir.string().size() + kLongestInside >= max_path)
+    refuse("the path is " + std::to_string(dir.string().size()) +
+           " characters long; with the files the run writes in it, at most " +
+           std::to_string(max_path - 1 - kLongestInside) + " are possible");
+  if (!fs::exists(st)) refuse(ec.message() + " ('" + shown + "')");
+  if (!fs::is_directory(st))
+    refuse(existing == dir ? std::string("it exists and is not a directory")
+                           : "'" + shown + "' is not a directory");
+  if (::access(shown.c_str(), W_OK | X_OK) != 0)
+    refuse(std::string(std::strerror(errno)) + " ('" + shown + "')");
 }
 
 void refuse_isolated_ranks(const Communicator& comm, const std::string& cfg_path) {
@@ -203,6 +236,7 @@ void train_with(const Config& cfg, const std::string& cfg_path, const std::strin
                     cfg_path + ")");
   const fs::path run_dir = cfg.output.dir;
   const bool writer = comm.rank() == 0;  // rank 0 alone writes files (and reads checkpoints)
+  if (writer) check_output_dir_can_be_used(run_dir);
   if (writer && resume.empty()) check_run_directory_is_free(run_dir);
 
   // Ranks on one node share its cores: by default each gets its share of BLAS threads.
@@ -284,12 +318,10 @@ int run_train(const TrainOptions& options) {
   // the next collective for ever.
   try {
     train_with(cfg, options.config_path, options.resume, *comm, probe);
-  } catch (const Error& e) {
-    std::fprintf(stderr, "elbo: error: rank %d: %s\n", comm->rank(), e.what());
-    comm->abort(e.exit_code());
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "elbo: error: rank %d: %s\n", comm->rank(), e.what());
-    comm->abort(1);
+  } catch (...) {
+    const ErrorReport report = report_of(std::current_exception());
+    std::fprintf(stderr, "elbo: error: rank %d: %s\n", comm->rank(), report.message.c_str());
+    comm->abort(report.exit_code);
   }
   return 0;
 }

@@ -290,6 +290,41 @@ expect_error "cannot open: is a FIFO, not a regular file ($W/data/withfifo/z.h5)
 expect_error "cannot open: is a FIFO, not a regular file ($W/fifo.h5)" \
   timeout 20 "$ELBO" "${SMOKE_FAIL[@]}" "data.test=$W/fifo.h5"
 
+# ---------------------------------------------------------------------------------------------
+# 6d. An output.dir that cannot be created is one line naming the reason and the path, before
+#     anything is written (not a bare "filesystem error").
+LONG=$(printf 'x%.0s' $(seq 5000))
+echo "not a directory" >"$W/plainfile"
+before=$(tree_digest "$W/runs" 2>&1)
+expect_error "cannot create the run directory: a path component is 5000 characters long; the file system allows at most 255 ($W/$LONG/run)" \
+  "$ELBO" "${SMOKE_FAIL[@]}" "output.dir=$W/$LONG/run"
+expect_error "cannot create the run directory: a path component is 5000 characters long" \
+  "$ELBO" "${SMOKE_FAIL[@]}" "output.dir=$W/$LONG" --resume auto
+expect_error "cannot create the run directory: '$W/plainfile' is not a directory ($W/plainfile/run)" \
+  "$ELBO" "${SMOKE_FAIL[@]}" "output.dir=$W/plainfile/run"
+expect_error "cannot create the run directory: it exists and is not a directory ($W/plainfile)" \
+  "$ELBO" "${SMOKE_FAIL[@]}" "output.dir=$W/plainfile"
+mkdir -p "$W/readonly"
+if [ "$(id -u)" -ne 0 ]; then
+  chmod 555 "$W/readonly"
+  expect_error "cannot create the run directory: Permission denied ('$W/readonly') ($W/readonly/run)" \
+    "$ELBO" "${SMOKE_FAIL[@]}" "output.dir=$W/readonly/run"
+  chmod 755 "$W/readonly"
+elif unshare -m true 2>/dev/null; then  # root passes permission bits; a read-only mount stops it
+  expect_error "cannot create the run directory: Read-only file system ('$W/readonly') ($W/readonly/sub/run)" \
+    unshare -m sh -c 'mount -t tmpfs -o ro tmpfs "$1" && shift && exec "$@"' sh "$W/readonly" \
+    "$ELBO" "${SMOKE_FAIL[@]}" "output.dir=$W/readonly/sub/run"
+else
+  echo "skip - a read-only output.dir (root without mount namespaces)"
+fi
+after=$(tree_digest "$W/runs" 2>&1)
+if [ "$before" = "$after" ] && [ "$(cat "$W/plainfile")" = "not a directory" ] &&
+   [ -z "$(ls -A "$W/readonly")" ]; then
+  ok "unusable output.dirs left every file as it was"
+else
+  fail "an unusable output.dir changed files"; diff <(echo "$before") <(echo "$after") | sed 's/^/    | /'
+fi
+
 if [ ! -e "$NONE" ]; then ok "no failed start created its output.dir"
 else fail "a failed start created '$NONE'"; find "$NONE" | sed 's/^/    | /'; fi
 

@@ -14,7 +14,10 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <optional>
+#include <regex>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <utility>
@@ -27,6 +30,7 @@
 #include "io/metrics.h"
 #include "io/shards.h"
 #include "launch/device_plan.h"
+#include "launch/error_report.h"
 #include "launch/run_directory.h"
 #include "launch/trainer.h"
 
@@ -454,6 +458,44 @@ TEST_F(GraphAgreement, OneRankFailingTurnsGraphsOffOnEveryRank) {
     EXPECT_EQ(count(o.out, "elbo: note: this step cannot be captured as a CUDA graph on 1 of 2 "
                            "ranks"), 1u) << o.out;
   }
+}
+
+// What reaches main without an elbo::Error around it still becomes one `<what> (<where>)` line.
+TEST(ErrorReport, LastResortNamesWhatItCan) {
+  const auto report = [](auto e) { return report_of(std::make_exception_ptr(e)); };
+  namespace fs = std::filesystem;
+  const ErrorReport one =
+      report(fs::filesystem_error("cannot create directories", fs::path("/a/b"),
+                                  std::make_error_code(std::errc::filename_too_long)));
+  EXPECT_EQ(one.message, "cannot create directories: File name too long (/a/b)");
+  EXPECT_EQ(one.exit_code, 2);
+  const ErrorReport two =
+      report(fs::filesystem_error("cannot rename", fs::path("x.tmp"), fs::path("d/x"),
+                                  std::make_error_code(std::errc::permission_denied)));
+  EXPECT_EQ(two.message, "cannot rename: Permission denied (x.tmp, d/x)");
+  EXPECT_EQ(two.exit_code, 2);
+
+  const ErrorReport oom = report(std::bad_alloc());
+  EXPECT_TRUE(oom.message.starts_with("out of memory: an allocation failed (std::bad_alloc); "))
+      << oom.message;
+  EXPECT_TRUE(std::regex_match(
+      oom.message, std::regex(R"(.+ \([0-9.]+ [KMGTPE]?i?B(ytes)? of memory available\))")))
+      << oom.message;
+  EXPECT_EQ(oom.exit_code, 2);
+
+  try {
+    throw_bad_input("shard has 0 rows (s.h5)");
+  } catch (...) {
+    const ErrorReport r = report_of(std::current_exception());
+    EXPECT_EQ(r.message, "shard has 0 rows (s.h5)");
+    EXPECT_EQ(r.exit_code, 2);
+  }
+  const ErrorReport internal = report(Error(ErrorKind::Internal, "H5Dread failed [x.cpp:1]"));
+  EXPECT_EQ(internal.message, "H5Dread failed [x.cpp:1]");
+  EXPECT_EQ(internal.exit_code, 1);
+  const ErrorReport other = report(std::runtime_error("something else"));
+  EXPECT_EQ(other.message, "something else");
+  EXPECT_EQ(other.exit_code, 1);
 }
 
 }  // namespace
