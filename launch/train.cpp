@@ -11,6 +11,7 @@
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
+#include <limits>
 #include <optional>
 #include <string>
 #include <thread>
@@ -60,14 +61,71 @@ std::unique_ptr<Communicator> make_control_communicator(CommBackend choice) {
 
 // Several processes started by mpirun that do not talk would each train alone into the same run
 // directory.
-// Caching reads each row once instead of every epoch (the global shuffle sends every row to
-// every rank over time, so a rank cannot cache only "its" rows). `auto` caches when the data of
-// all ranks on the node takes at most half of the available memory.
-bool should_cache(const ShardedDataset& d, DataCache choice, int local_ranks) {
-  if (choice != DataCache::Auto) return choice == DataCache::Always;
-  const double bytes = static_cast<double>(d.size()) * static_cast<double>(d.features()) *
-                       (d.sample_type() == SampleType::U8 ? 1.0 : 4.0);
-  return bytes * local_ranks <= 0.5 * available_memory_bytes();
+double data_bytes(const ShardedDataset& d) {
+  return static_cast<double>(d.size()) * static_cast<double>(d.features()) *
+         (d.sample_type() == SampleType::U8 ? 1.0 : 4.0);
+}
+
+// The host memory one rank needs to train, the data cache aside. On the CPU: the parameters, their
+// gradients and two Adam moments, every layer's output and its gradient for `rows` rows, the
+// latent and input buffers. On any device: a checkpoint's three copies being saved (and those of
+// the one resumed from), the loader's batches and the epoch's permutation of the training rows.
+struct TrainingMemory {
+  size_t parameters = 0;
+  double bytes = 0;
+};
+TrainingMemory training_memory(const ModelSpec& spec, int rows, bool host_backend, bool resuming,
+                               int64_t train_rows) {
+  const ParameterLayout layout(spec);
+  const double P = static_cast<double>(layout.total_size()), B = rows;
+  double outputs = 0;
+  for (const LinearLayer& l : layout.layers()) outputs += l.out;
+  double floats = 3 * P * (resuming ? 2 : 1) + 3 * B * spec.input_dim;
+  if (host_backend)
+    floats += 4 * P + 2 * B * outputs + 3 * B * spec.latent + 2 * B + 3 * B * spec.input_dim;
+  return {layout.total_size(), 4 * floats + 8 * static_cast<double>(train_rows)};
+}
+
+// Refuses a model or a data cache that the node's memory cannot hold, before any of it is
+// allocated (std::bad_alloc, or the OOM killer, would end the run instead), and decides whether to
+// cache: caching reads each row once instead of every epoch (the global shuffle sends every row to
+// every rank over time, so a rank cannot cache only "its" rows). `auto` caches when the training
+// data of all ranks on the node takes at most half of the available memory and fits beside what
+// training needs.
+bool plan_memory(const Config& cfg, const ModelSpec& spec, int rows, bool host_backend,
+                 bool resuming, const ShardedDataset& train, const ShardedDataset* test,
+                 int local_ranks, const std::string& cfg_path) {
+  const double available = available_memory_bytes(), per_rank = available / local_ranks;
+  const TrainingMemory need = training_memory(spec, rows, host_backend, resuming, train.size());
+  const std::string each =
+      local_ranks > 1 ? " for each of the " + std::to_string(local_ranks) + " ranks on this node"
+                      : "";
+  if (need.bytes > per_rank) {
+    const std::string what = std::to_string(need.parameters) +
+                             " float32 parameters, with their gradients, Adam moments and "
+                             "checkpoint copies, and the activations of " +
+                             std::to_string(rows) + " rows a step";
+    throw_bad_input("the model needs " + bytes_text(need.bytes) + " of memory to train" + each +
+                    " (" + what + "), more than the " + bytes_text(available) +
+                    " available; choose a smaller model.encoder, model.decoder, model.latent or "
+                    "train.batch_size (" +
+                    cfg_path + ")");
+  }
+  const double data = data_bytes(train) + (test ? data_bytes(*test) : 0.0);
+  switch (cfg.data.cache) {
+    case DataCache::Never:
+      return false;
+    case DataCache::Always:
+      if (need.bytes + data > per_rank)
+        throw_bad_input("data.cache always: the data takes " + bytes_text(data) + " in memory" +
+                        each + ", and training " + bytes_text(need.bytes) + " more, but " +
+                        bytes_text(available) + " is available; use data.cache: auto or never (" +
+                        cfg.data.train + ")");
+      return true;
+    case DataCache::Auto:
+      break;
+  }
+  return data_bytes(train) * local_ranks <= 0.5 * available && need.bytes + data <= per_rank;
 }
 
 // output.dir is checked before anything is written, so that a path that cannot work is one clear
@@ -226,6 +284,10 @@ void train_with(const Config& cfg, const std::string& cfg_path, const std::strin
       throw_bad_input("test data has a different sample shape than the training data (" +
                       cfg.data.test + ")");
   }
+  if (train.features() > std::numeric_limits<int>::max())
+    throw_bad_input("samples have " + std::to_string(train.features()) + " values (shape " +
+                    shape_str(train.sample_shape()) + "); the model takes at most " +
+                    std::to_string(std::numeric_limits<int>::max()) + " (" + cfg.data.train + ")");
   if (train.size() < cfg.train.batch_size)
     throw_bad_input("train.batch_size " + std::to_string(cfg.train.batch_size) +
                     " is larger than the training data's " + std::to_string(train.size()) +
@@ -255,7 +317,10 @@ void train_with(const Config& cfg, const std::string& cfg_path, const std::strin
   if (plane == DataPlane::Nccl)
     nccl = make_nccl_communicator(control, cuda_stream(*backend), cfg.distributed.timeout_s);
   Communicator& data_comm = nccl ? *nccl : control;
-  const bool cache = should_cache(train, cfg.data.cache, comm.local_size());
+  const int max_rows = (cfg.train.batch_size + comm.size() - 1) / comm.size();  // a rank's share
+  const bool cache =
+      plan_memory(cfg, model_spec(cfg, static_cast<int>(train.features())), max_rows, !device.cuda,
+                  writer && !resume.empty(), train, test.get(), comm.local_size(), cfg_path);
   if (cache) {
     train.cache_in_memory();
     if (test) test->cache_in_memory();

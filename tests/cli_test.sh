@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Command-line integration test for elbo.
-#   usage: tests/cli_test.sh <path-to-elbo> <work-dir>
+#   usage: tests/cli_test.sh <path-to-elbo> <work-dir> [<path-to-h5_tool>]
 # Contract under test: every bad input (config, data file, checkpoint, command line) ends with
 # exactly one stderr line `elbo: error: <what> (<where>)` and exit code 2; nothing the user had is
 # overwritten; a finished run directory is not clobbered; a failed start leaves the run directory
@@ -9,8 +9,8 @@
 # Fashion-MNIST files are absent, 0 otherwise. Writes only under <work-dir>.
 set -u
 
-if [ "$#" -ne 2 ]; then
-  echo "usage: $0 <path-to-elbo> <work-dir>" >&2
+if [ "$#" -ne 2 ] && [ "$#" -ne 3 ]; then
+  echo "usage: $0 <path-to-elbo> <work-dir> [<path-to-h5_tool>]" >&2
   exit 1
 fi
 
@@ -18,6 +18,8 @@ abspath() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$PWD/$1" ;;
 
 ELBO=$(abspath "$1")
 W=$(abspath "$2")
+H5TOOL=""  # writes broken HDF5 files (tests/h5_tool.cpp); without it those checks are skipped
+if [ "$#" -eq 3 ]; then H5TOOL=$(abspath "$3"); fi
 SCRIPT_DIR=$(cd "$(dirname "$0")" && pwd)
 CONFIGS="$SCRIPT_DIR/../configs"
 FMNIST=/usr/share/datasets/fashion-mnist
@@ -323,6 +325,24 @@ if [ "$before" = "$after" ] && [ "$(cat "$W/plainfile")" = "not a directory" ] &
   ok "unusable output.dirs left every file as it was"
 else
   fail "an unusable output.dir changed files"; diff <(echo "$before") <(echo "$after") | sed 's/^/    | /'
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 6e. A model or a data cache too large for the machine's memory is refused before it is
+#     allocated (not std::bad_alloc, nor the OOM killer), saying how much it needs.
+params=$(( 784 * 1048576 + 1048576 + 1048576 * 1048576 + 1048576 + 1048576 * 16 + 16 \
+           + 8 * 64 + 64 + 64 * 784 + 784 ))  # smoke.yaml's latent 8 and decoder [64], D = 784
+expect_error "the model needs 28.0 TiB of memory to train ($params float32 parameters" \
+  "$ELBO" "${SMOKE_FAIL[@]}" "model.encoder=[1048576, 1048576]"
+if [ -n "$H5TOOL" ]; then
+  # A chunked shard that was never written is tiny on disk, but as data it is twice the memory.
+  avail_kb=$(awk '/^MemAvailable:/ { print $2 }' /proc/meminfo)
+  mkdir -p "$W/data/huge"
+  "$H5TOOL" shard "$W/data/huge/s.h5" u8 $(( avail_kb / 2 + 16 )) 4096 sparse
+  expect_error "data.cache always: the data takes" \
+    "$ELBO" "${SMOKE_FAIL[@]}" "data.train=$W/data/huge" data.test= data.cache=always
+  expect_error "is available; use data.cache: auto or never ($W/data/huge)" \
+    "$ELBO" "${SMOKE_FAIL[@]}" "data.train=$W/data/huge" data.test= data.cache=always
 fi
 
 if [ ! -e "$NONE" ]; then ok "no failed start created its output.dir"
