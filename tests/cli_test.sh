@@ -345,6 +345,26 @@ if [ -n "$H5TOOL" ]; then
     "$ELBO" "${SMOKE_FAIL[@]}" "data.train=$W/data/huge" data.test= data.cache=always
 fi
 
+# ---------------------------------------------------------------------------------------------
+# 6f. A checkpoint whose fields were damaged or edited is refused by `elbo info` and by
+#     `elbo train --resume` alike, naming the file and the field (a negative step crashed resume).
+if [ -n "$H5TOOL" ]; then
+  cp "$RUN/checkpoints/last.h5" "$W/negative_step.h5" &&
+    "$H5TOOL" set-int "$W/negative_step.h5" /state step -5
+  want="checkpoint attribute 'step' is -5, must be between 0 and the config's train.max_steps 150 ($W/negative_step.h5:/state)"
+  expect_error "$want" "$ELBO" info "$W/negative_step.h5"
+  expect_error "$want" "$ELBO" "${SMOKE_FAIL[@]}" --resume "$W/negative_step.h5"
+  cp "$RUN/checkpoints/last.h5" "$W/nan_param.h5" &&
+    "$H5TOOL" set-value "$W/nan_param.h5" /params/encoder.0.weight 100 nan
+  want="tensor holds a non-finite value (nan) at index 100 ($W/nan_param.h5:/params/encoder.0.weight)"
+  expect_error "$want" "$ELBO" info "$W/nan_param.h5"
+  expect_error "$want" "$ELBO" "${SMOKE_FAIL[@]}" --resume "$W/nan_param.h5"
+  cp "$RUN/checkpoints/last.h5" "$W/samples.h5" &&
+    "$H5TOOL" set-int "$W/samples.h5" /state samples_seen 12345
+  expect_error "checkpoint attribute 'samples_seen' is 12345, but 150 steps of train.batch_size 64 are 9600 ($W/samples.h5:/state)" \
+    "$ELBO" "${SMOKE_FAIL[@]}" --resume "$W/samples.h5"
+fi
+
 if [ ! -e "$NONE" ]; then ok "no failed start created its output.dir"
 else fail "a failed start created '$NONE'"; find "$NONE" | sed 's/^/    | /'; fi
 

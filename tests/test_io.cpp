@@ -16,9 +16,11 @@
 #include "core/error.h"
 #include "core/model.h"
 #include "io/checkpoint.h"
+#include "io/config.h"
 #include "io/hdf5.h"
 #include "io/idx.h"
 #include "io/shards.h"
+#include "tests/h5_fixtures.h"
 
 namespace fs = std::filesystem;
 using namespace elbo;
@@ -563,10 +565,25 @@ ModelSpec small_spec(int hidden = 5) {
   return s;
 }
 
+// The config a run of small_spec(hidden) would have saved (batch 50, adamw).
+Config small_config(int hidden = 5) {
+  Config c;
+  c.seed = 0xFEDCBA9876543210ull;
+  c.data.train = "shards/";
+  c.model.encoder = {hidden};
+  c.model.latent = 2;
+  c.model.decoder = {4};
+  c.train.batch_size = 50;
+  c.train.optimizer.name = "adamw";
+  c.output.dir = "runs/small";
+  return c;
+}
+
+// A checkpoint of small_spec() whose fields agree, as a run writes them: 1234 steps of 50 samples.
 CheckpointData sample_checkpoint(const ParameterLayout& layout) {
   CheckpointData d;
-  d.state = {3, 1234, 56789, 0xFEDCBA9876543210ull, 4};
-  d.config_yaml = "model:\n  latent: 2\n";
+  d.state = {3, 1234, 61700, 0xFEDCBA9876543210ull, 4};
+  d.config_yaml = to_yaml(small_config(layout.find("encoder.0.weight")->rows));
   d.optimizer_name = "adamw";
   d.optimizer_steps = 1234;
   size_t P = layout.total_size();
@@ -597,7 +614,7 @@ TEST_F(IoTest, CheckpointRoundTripIsBitwise) {
   EXPECT_TRUE(bitwise_equal(in.exp_avg_sq, out.exp_avg_sq));
   EXPECT_EQ(out.state.epoch, 3);
   EXPECT_EQ(out.state.step, 1234);
-  EXPECT_EQ(out.state.samples_seen, 56789);
+  EXPECT_EQ(out.state.samples_seen, 61700);
   EXPECT_EQ(out.state.seed, 0xFEDCBA9876543210ull);
   EXPECT_EQ(out.state.world_size, 4);
   EXPECT_EQ(out.config_yaml, in.config_yaml);
@@ -620,7 +637,8 @@ TEST_F(IoTest, CheckpointRoundTripIsBitwise) {
 TEST_F(IoTest, CheckpointReplacesAtomicallyAndLeavesNoTemporary) {
   ParameterLayout layout(small_spec());
   CheckpointData first = sample_checkpoint(layout), second = first;
-  second.state.step = 2000;
+  second.state.step = second.optimizer_steps = 2000;
+  second.state.samples_seen = 2000 * 50;
   for (float& v : second.params) v += 1.0f;
   std::string p = path("ckpt.h5");
   write_checkpoint_atomically(p, layout, first);
@@ -698,4 +716,113 @@ TEST_F(IoTest, CheckpointErrors) {
   fs::copy_file(p, path("cut.h5"));
   fs::resize_file(path("cut.h5"), fs::file_size(p) / 2);
   expect_bad_input([&] { read_checkpoint(path("cut.h5"), layout); }, {"(" + path("cut.h5")});
+}
+
+// Every field read from a checkpoint is checked, alone and against the others, naming the file and
+// the field: a damaged or edited checkpoint is refused, not continued from (a negative step once
+// crashed the training loop). Each case edits a copy of a good checkpoint with the HDF5 C API.
+TEST_F(IoTest, CheckpointFieldsAreValidated) {
+  ParameterLayout layout(small_spec());
+  const std::string good = path("good.h5");
+  write_checkpoint_atomically(good, layout, sample_checkpoint(layout));
+  ASSERT_EQ(read_checkpoint(good, layout).state.step, 1234);
+  struct Case {
+    std::string name;
+    std::function<void(const std::string&)> edit;
+    std::string message;  // the error, up to the location
+    std::string object;   // the location inside the file
+  };
+  using namespace elbo_test;
+  const auto set_int = [](const std::string& object, const std::string& name, int64_t v) {
+    return [=](const std::string& p) { set_int_attribute(p, object, name, v); };
+  };
+  const auto set_text = [](const std::string& object, const std::string& name, std::string v) {
+    return [=](const std::string& p) { set_string_attribute(p, object, name, v); };
+  };
+  const auto set_element = [](const std::string& ds, int64_t index, double v) {
+    return [=](const std::string& p) { set_value(p, ds, index, v); };
+  };
+  Config other_model = small_config();
+  other_model.model.activation = Activation::Tanh;  // same tensors: still loads
+  Config wider = small_config(7);
+  const std::vector<Case> cases = {
+      {"negative step", set_int("/state", "step", -5),
+       "checkpoint attribute 'step' is -5, must be between 0 and 2147483647", "/state"},
+      {"step past the Adam counter", set_int("/state", "step", int64_t{1} << 40),
+       "checkpoint attribute 'step' is 1099511627776, must be between 0 and 2147483647", "/state"},
+      {"negative epoch", set_int("/state", "epoch", -1),
+       "checkpoint attribute 'epoch' is -1, must be between 0 and the config's train.epochs 10",
+       "/state"},
+      {"epoch past train.epochs", set_int("/state", "epoch", 11),
+       "checkpoint attribute 'epoch' is 11, must be between 0 and the config's train.epochs 10",
+       "/state"},
+      {"more epochs than steps",
+       [](const std::string& p) {
+         set_int_attribute(p, "/state", "step", 2);
+         set_int_attribute(p, "/state", "samples_seen", 100);
+         set_int_attribute(p, "/optimizer", "steps", 2);
+       },
+       "checkpoint attribute 'epoch' is 3, but only 2 steps were taken", "/state"},
+      {"samples_seen", set_int("/state", "samples_seen", 56789),
+       "checkpoint attribute 'samples_seen' is 56789, but 1234 steps of train.batch_size 50 are "
+       "61700",
+       "/state"},
+      {"seed", set_int("/state", "seed", 7),
+       "checkpoint attribute 'seed' is 7, but the config's seed is 18364758544493064720", "/state"},
+      {"world_size 0", set_int("/", "world_size", 0),
+       "checkpoint attribute 'world_size' is 0, must be between 1 and the config's "
+       "train.batch_size 50",
+       "/"},
+      {"world_size past the batch", set_int("/", "world_size", 51),
+       "checkpoint attribute 'world_size' is 51, must be between 1 and the config's "
+       "train.batch_size 50",
+       "/"},
+      {"optimizer name", set_text("/optimizer", "name", "sgd"),
+       "checkpoint attribute 'name' is 'sgd', but the config's train.optimizer.name is 'adamw'",
+       "/optimizer"},
+      {"optimizer steps", set_int("/optimizer", "steps", 1233),
+       "checkpoint attribute 'steps' is 1233, but /state says 1234 steps were taken", "/optimizer"},
+      {"step as text", set_text("/state", "step", "1234"),
+       "attribute 'step' is not a scalar integer", "/state"},
+      {"format_version as text", set_text("/", "format_version", "1"),
+       "attribute 'format_version' is not a scalar integer", "/"},
+      {"config that does not validate",
+       set_text("/", "config", "data: {train: x}\ntrain: {epochs: -1}\n"),
+       "key 'train.epochs' must be >= 1, got -1", "/config:2"},
+      {"config of another model", set_text("/", "config", to_yaml(wider)),
+       "the config attribute describes another model than the tensors hold (123 parameters vs "
+       "101)",
+       "/config"},
+      {"NaN parameter", set_element("/params/encoder.0.weight", 3, std::nan("")),
+       "tensor holds a non-finite value (nan) at index 3", "/params/encoder.0.weight"},
+      {"infinite first moment", set_element("/optimizer/exp_avg/decoder.out.bias", 5, -INFINITY),
+       "tensor holds a non-finite value (-inf) at index 5", "/optimizer/exp_avg/decoder.out.bias"},
+      {"negative second moment", set_element("/optimizer/exp_avg_sq/encoder.head.weight", 1, -0.5),
+       "tensor holds a negative second moment (-0.5) at index 1",
+       "/optimizer/exp_avg_sq/encoder.head.weight"},
+      {"float64 tensor",
+       [](const std::string& p) { retype_dataset(p, "/params/decoder.out.bias", H5T_IEEE_F64LE); },
+       "tensor is not float32 (64-bit float)", "/params/decoder.out.bias"},
+      {"integer tensor",
+       [](const std::string& p) {
+         retype_dataset(p, "/optimizer/exp_avg/encoder.0.bias", H5T_STD_I32LE);
+       },
+       "tensor is not float32 (32-bit non-float)", "/optimizer/exp_avg/encoder.0.bias"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    const std::string p = path("edited.h5");
+    fs::copy_file(good, p, fs::copy_options::overwrite_existing);
+    c.edit(p);
+    expect_bad_input([&] { read_checkpoint(p, layout); },
+                     {c.message + " (" + p + ":" + c.object + ")"});
+  }
+  // Edits that keep the file consistent still load: a negative first moment, another activation.
+  const std::string p = path("edited.h5");
+  fs::copy_file(good, p, fs::copy_options::overwrite_existing);
+  set_value(p, "/optimizer/exp_avg/encoder.0.weight", 0, -2.0);
+  set_string_attribute(p, "/", "config", to_yaml(other_model));
+  const CheckpointData d = read_checkpoint(p, layout);
+  EXPECT_EQ(d.exp_avg[layout.find("encoder.0.weight")->offset], -2.0f);
+  EXPECT_EQ(parse_config(d.config_yaml, "c").model.activation, Activation::Tanh);
 }
