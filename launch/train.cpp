@@ -321,17 +321,14 @@ void train_with(const Config& cfg, const std::string& cfg_path, const std::strin
   const bool cache =
       plan_memory(cfg, model_spec(cfg, static_cast<int>(train.features())), max_rows, !device.cuda,
                   writer && !resume.empty(), train, test.get(), comm.local_size(), cfg_path);
+  // Rows are checked as they are read: cached ones now, the others batch by batch.
+  if (cfg.model.likelihood == Likelihood::Bernoulli) {
+    train.require_unit_interval("model.likelihood bernoulli");
+    if (test) test->require_unit_interval("model.likelihood bernoulli");
+  }
   if (cache) {
     train.cache_in_memory();
     if (test) test->cache_in_memory();
-  }
-  for (const ShardedDataset* d : {&train, test.get()}) {
-    // Value ranges are known only for cached data; uint8 data is in [0, 1] by construction.
-    if (d && d->cached() && cfg.model.likelihood == Likelihood::Bernoulli &&
-        (d->min_value() < 0.0f || d->max_value() > 1.0f))
-      throw_bad_input("model.likelihood bernoulli needs data in [0, 1], found values in [" +
-                      std::to_string(d->min_value()) + ", " + std::to_string(d->max_value()) +
-                      "] (" + (d == &train ? cfg.data.train : cfg.data.test) + ")");
   }
 
   // Everything that can fail on bad input happens before the first file is written.

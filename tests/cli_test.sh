@@ -365,6 +365,52 @@ if [ -n "$H5TOOL" ]; then
     "$ELBO" "${SMOKE_FAIL[@]}" --resume "$W/samples.h5"
 fi
 
+# ---------------------------------------------------------------------------------------------
+# 6g. Data errors found only while reading batches (data.cache: never) end the run with one line
+#     naming the file, the dataset and the row, exit 2; with the data cached, the same check stops
+#     the start before anything is written. A filter the library lacks is refused at the start.
+if [ -n "$H5TOOL" ]; then
+  D="$W/data/fixtures"
+  mkdir -p "$D/corrupt" "$D/filter" "$D/good" "$D/nan_test" "$D/outside"
+  "$H5TOOL" shard "$D/corrupt/s.h5" u8 2000 16 deflate &&
+    "$H5TOOL" corrupt-chunk "$D/corrupt/s.h5" /x 1000  # the chunk of rows 992-1007
+  "$H5TOOL" shard "$D/filter/s.h5" u8 2000 16 unavailable
+  "$H5TOOL" shard "$D/good/s.h5" f32 256 16 contiguous
+  "$H5TOOL" shard "$D/nan_test/t.h5" f32 64 16 contiguous &&
+    "$H5TOOL" set-value "$D/nan_test/t.h5" /x $(( 5 * 16 + 3 )) nan
+  "$H5TOOL" shard "$D/outside/s.h5" f32 256 16 contiguous &&
+    "$H5TOOL" set-value "$D/outside/s.h5" /x $(( 100 * 16 + 7 )) 1.5
+  FIX=(train "$CONFIGS/smoke.yaml" data.test= train.max_steps=0 train.epochs=1 output.log_every=1)
+
+  expect_error "cannot read '/x' at row " \
+    "$ELBO" "${FIX[@]}" "data.train=$D/corrupt" data.cache=never "output.dir=$W/runs/corrupt"
+  row=$(sed -n "s/.*cannot read '\/x' at row \([0-9]*\): .*/\1/p" "$W/log/cmd$N.err")
+  if [ -n "$row" ] && [ "$row" -ge 992 ] && [ "$row" -le 1007 ] &&
+     grep -q "filter returned failure during read.* ($D/corrupt/s.h5)\$" "$W/log/cmd$N.err"; then
+    ok "the corrupt chunk is found by a batch read: row $row, in the chunk of rows 992-1007"
+  else
+    fail "corrupt chunk: row '$row' (want 992-1007)"; show "$W/log/cmd$N.err"
+  fi
+  expect_error "cannot read '/x' at row 992: filter returned failure during read" \
+    "$ELBO" "${FIX[@]}" "data.train=$D/corrupt" data.cache=auto "output.dir=$NONE"
+  expect_error "dataset is stored with the HDF5 filter 'unavailable test filter' (id 511), which this HDF5 library cannot decode" \
+    "$ELBO" "${FIX[@]}" "data.train=$D/filter" data.cache=never "output.dir=$NONE"
+  for cache in never auto; do
+    expect_error "non-finite value in '/x' at row 5 ($D/nan_test/t.h5)" \
+      "$ELBO" "${FIX[@]}" "data.train=$D/good" "data.test=$D/nan_test" "data.cache=$cache" \
+      "output.dir=$([ $cache = never ] && echo "$W/runs/nan_test" || echo "$NONE")"
+    expect_error "value 1.5 in '/x' at row 100 is outside [0, 1], which model.likelihood bernoulli needs ($D/outside/s.h5)" \
+      "$ELBO" "${FIX[@]}" "data.train=$D/outside" "data.cache=$cache" \
+      "output.dir=$([ $cache = never ] && echo "$W/runs/outside" || echo "$NONE")"
+  done
+  # The range is the Bernoulli likelihood's rule only: a Gaussian model trains on the same data.
+  "$ELBO" "${FIX[@]}" "data.train=$D/outside" data.cache=never model.likelihood=gaussian \
+    "output.dir=$W/runs/outside_gaussian" >"$W/log/outside_gaussian.out" 2>&1
+  rc=$?
+  if [ "$rc" -eq 0 ]; then ok "a Gaussian model trains on data outside [0, 1]"
+  else fail "a Gaussian model on data outside [0, 1] exits $rc"; show "$W/log/outside_gaussian.out"; fi
+fi
+
 if [ ! -e "$NONE" ]; then ok "no failed start created its output.dir"
 else fail "a failed start created '$NONE'"; find "$NONE" | sed 's/^/    | /'; fi
 
