@@ -14,6 +14,11 @@ namespace elbo::h5 {
 // setting per thread), so a user sees only our one-line error. Cheap to call repeatedly.
 void silence_error_printing();
 
+// Why the last HDF5 call on this thread failed, from its error stack, innermost cause first where
+// it is a filter's (e.g. "required filter 'lzf' is not registered", "filter returned failure
+// during read: inflate() failed"); for messages about a file that cannot be read.
+std::string last_error_reason();
+
 // Owns one hid_t and closes it with the right H5*close.
 class Handle {
  public:
@@ -61,6 +66,7 @@ class File {
   // A missing dataset is a BadInput error naming the file and the dataset.
   Handle open_dataset(const std::string& dataset) const;
   std::vector<int64_t> dataset_shape(const std::string& dataset) const;
+  // A dataset that cannot be read (a corrupt chunk, a filter this library lacks) is BadInput.
   FloatArray read_floats(const std::string& dataset) const;
   void write_floats(const std::string& dataset, const std::vector<int64_t>& shape,
                     const float* data);  // creates intermediate groups

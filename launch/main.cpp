@@ -5,7 +5,7 @@
 #include <cstdio>
 #include <exception>
 
-#include "core/error.h"
+#include "launch/error_report.h"
 #include "launch/info.h"
 #include "launch/prepare.h"
 #include "launch/train.h"
@@ -80,10 +80,9 @@ int main(int argc, char** argv) {
     if (*train_cmd) return elbo::run_train(train);
     if (*prepare_cmd) return elbo::run_prepare(prepare);
     if (*info_cmd) return elbo::run_info(info_path, info_params);
-  } catch (const elbo::Error& e) {
-    return fail(e.what(), e.exit_code());
-  } catch (const std::exception& e) {
-    return fail(e.what(), 1);
+  } catch (...) {
+    const elbo::ErrorReport report = elbo::report_of(std::current_exception());
+    return fail(report.message, report.exit_code);
   }
   return 1;
 }

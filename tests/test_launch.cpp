@@ -15,7 +15,10 @@
 #include <map>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <optional>
+#include <regex>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <utility>
@@ -30,6 +33,7 @@
 #include "io/metrics.h"
 #include "io/shards.h"
 #include "launch/device_plan.h"
+#include "launch/error_report.h"
 #include "launch/run_directory.h"
 #include "launch/trainer.h"
 
@@ -479,11 +483,24 @@ class RunDirectoryTest : public ::testing::Test {
     s.decoder = {3};
     return s;
   }
+  // The config of these checkpoints: the model of spec(), batches of 8 (read_checkpoint checks
+  // a checkpoint against its config).
+  static std::string config_yaml() {
+    Config c;
+    c.data.train = "data";
+    c.model.encoder = {3};
+    c.model.latent = 2;
+    c.model.decoder = {3};
+    c.train.batch_size = 8;
+    c.output.dir = "runs/x";
+    return to_yaml(c);
+  }
   CheckpointData at_step(int64_t step) const {
     CheckpointData d;
     d.state.step = step;
     d.state.samples_seen = step * 8;
-    d.config_yaml = "seed: 1\n";
+    d.state.seed = 1;
+    d.config_yaml = config_yaml();
     d.optimizer_steps = step;
     d.params.assign(layout_.total_size(), 0.25f);
     d.exp_avg.assign(layout_.total_size(), 0.0f);
@@ -585,6 +602,44 @@ TEST_F(RunDirectoryTest, TrimMetricsDropsLaterRecordsAndACutLastLine) {
   EXPECT_EQ(text_of(m), "{\"type\": \"step\", \"step\": 10}\n{\"type\": \"note\"}\n");
   EXPECT_EQ(trim_metrics_after(m, 15), 0u);
   EXPECT_EQ(trim_metrics_after(dir_ / "absent.jsonl", 0), 0u);
+}
+
+// What reaches main without an elbo::Error around it still becomes one `<what> (<where>)` line.
+TEST(ErrorReport, LastResortNamesWhatItCan) {
+  const auto report = [](auto e) { return report_of(std::make_exception_ptr(e)); };
+  namespace fs = std::filesystem;
+  const ErrorReport one =
+      report(fs::filesystem_error("cannot create directories", fs::path("/a/b"),
+                                  std::make_error_code(std::errc::filename_too_long)));
+  EXPECT_EQ(one.message, "cannot create directories: File name too long (/a/b)");
+  EXPECT_EQ(one.exit_code, 2);
+  const ErrorReport two =
+      report(fs::filesystem_error("cannot rename", fs::path("x.tmp"), fs::path("d/x"),
+                                  std::make_error_code(std::errc::permission_denied)));
+  EXPECT_EQ(two.message, "cannot rename: Permission denied (x.tmp, d/x)");
+  EXPECT_EQ(two.exit_code, 2);
+
+  const ErrorReport oom = report(std::bad_alloc());
+  EXPECT_TRUE(oom.message.starts_with("out of memory: an allocation failed (std::bad_alloc); "))
+      << oom.message;
+  EXPECT_TRUE(std::regex_match(
+      oom.message, std::regex(R"(.+ \([0-9.]+ [KMGTPE]?i?B(ytes)? of memory available\))")))
+      << oom.message;
+  EXPECT_EQ(oom.exit_code, 2);
+
+  try {
+    throw_bad_input("shard has 0 rows (s.h5)");
+  } catch (...) {
+    const ErrorReport r = report_of(std::current_exception());
+    EXPECT_EQ(r.message, "shard has 0 rows (s.h5)");
+    EXPECT_EQ(r.exit_code, 2);
+  }
+  const ErrorReport internal = report(Error(ErrorKind::Internal, "H5Dread failed [x.cpp:1]"));
+  EXPECT_EQ(internal.message, "H5Dread failed [x.cpp:1]");
+  EXPECT_EQ(internal.exit_code, 1);
+  const ErrorReport other = report(std::runtime_error("something else"));
+  EXPECT_EQ(other.message, "something else");
+  EXPECT_EQ(other.exit_code, 1);
 }
 
 }  // namespace
