@@ -99,6 +99,11 @@ netns_up() {  # netns_up N WORKDIR [SLOTS]
                 --mca btl_tcp_if_include "$netns_cidr" --mca oob_tcp_if_include "$netns_cidr"
                 --mca mpi_yield_when_idle 1 --bind-to none
                 -x OMPI_ALLOW_RUN_AS_ROOT -x OMPI_ALLOW_RUN_AS_ROOT_CONFIRM)
+  # The sanitizers' settings (sanitized builds) reach the ranks on every host.
+  local v
+  for v in ASAN_OPTIONS LSAN_OPTIONS UBSAN_OPTIONS; do
+    if [ -n "${!v:-}" ]; then netns_mpirun+=(-x "$v"); fi
+  done
   if [ "${NETNS_KEEPALIVE:-1}" != 0 ]; then
     netns_mpirun+=(--mca oob_tcp_keepalive_time 2 --mca oob_tcp_keepalive_intvl 1
                    --mca oob_tcp_keepalive_probes 3)
