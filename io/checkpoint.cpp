@@ -8,7 +8,6 @@
 #include <cmath>
 #include <cstdint>
 #include <cstdio>
-#include <ctime>
 
 #include "core/error.h"
 #include "io/config.h"
@@ -27,15 +26,6 @@ constexpr int64_t kFormatVersion = 1;
 std::vector<int64_t> tensor_shape(const TensorView& t) {
   if (t.is_bias) return {t.rows};
   return {t.rows, t.cols};
-}
-
-std::string iso8601_utc_now() {
-  std::time_t now = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&now, &tm);
-  char s[32];
-  std::strftime(s, sizeof s, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return s;
 }
 
 void write_tensors(h5::File& f, const std::string& group, const ParameterLayout& layout,

@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <ctime>
 #include <filesystem>
 
 #include "core/error.h"
@@ -64,6 +65,15 @@ void write_synced(const std::string& path, std::string_view bytes, const std::st
 
 void write_new_file_synced(const std::string& path, std::string_view bytes, const std::string& what) {
   write_synced(path, bytes, what, path);
+}
+
+std::string iso8601_utc_now() {
+  std::time_t now = std::time(nullptr);
+  std::tm tm{};
+  gmtime_r(&now, &tm);
+  char s[32];
+  std::strftime(s, sizeof s, "%Y-%m-%dT%H:%M:%SZ", &tm);
+  return s;
 }
 
 void fsync_path(const std::string& path, bool directory) {

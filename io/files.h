@@ -25,6 +25,9 @@ void rename_into_place(const std::string& from, const std::string& to, const std
 // Both of the above through temporary_name_for(path).
 void write_file_atomically(const std::string& path, std::string_view bytes, const std::string& what);
 
+// The time now as ISO 8601 UTC ("2026-12-01T19:30:00Z"), for the files elbo stamps.
+std::string iso8601_utc_now();
+
 // fsync by path: a file's bytes, or a directory's entries, reach the disk before we go on.
 void fsync_path(const std::string& path, bool directory);
 

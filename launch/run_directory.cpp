@@ -48,15 +48,6 @@ std::string run_id_in_marker(const std::string& text) {
   return hex ? id : "";
 }
 
-std::string iso8601_utc_now() {
-  std::time_t now = std::time(nullptr);
-  std::tm tm{};
-  gmtime_r(&now, &tm);
-  char s[32];
-  std::strftime(s, sizeof s, "%Y-%m-%dT%H:%M:%SZ", &tm);
-  return s;
-}
-
 // Makes renames and unlinks in a directory durable before anything relies on them.
 void sync_directory(const fs::path& dir) { fsync_path(dir.string(), true); }
 
