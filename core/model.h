@@ -84,6 +84,7 @@ class Vae {
   const float* recon_per_sample() const { return recon_.data(); }  // [B]
   const float* kl_per_sample() const { return kl_.data(); }        // [B]
   const float* output() const { return acts_.back().data(); }      // [B, D] logits or means
+  const float* latent_head() const { return head_.data(); }        // [B, 2L]: mu | logvar rows
 
  private:
   const float* layer_input(size_t i, const float* x) const;

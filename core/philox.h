@@ -15,7 +15,10 @@ struct Philox4 {
 };
 
 // Stream ids (the last counter word) keep the uses of the generator apart.
-enum class RngStream : uint32_t { Init = 1, Shuffle = 2, Noise = 3, Binarize = 4, EvalNoise = 5 };
+enum class RngStream : uint32_t {
+  Init = 1, Shuffle = 2, Noise = 3, Binarize = 4, EvalNoise = 5,
+  ImportanceNoise = 6,  // importance sample k of a sample: counter (latent, sample, k)
+};
 
 ELBO_HD void philox_mulhilo(uint32_t a, uint32_t b, uint32_t& hi, uint32_t& lo) {
   const uint64_t p = static_cast<uint64_t>(a) * b;

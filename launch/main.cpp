@@ -4,8 +4,11 @@
 
 #include <cstdio>
 #include <exception>
+#include <string>
 
+#include "core/error.h"
 #include "launch/error_report.h"
+#include "launch/eval.h"
 #include "launch/info.h"
 #include "launch/prepare.h"
 #include "launch/train.h"
@@ -53,6 +56,37 @@ int main(int argc, char** argv) {
   info_cmd->add_option("checkpoint", info_path, "checkpoint file (.h5)")->required();
   info_cmd->add_flag("--params", info_params, "also print every parameter, one tensor per line");
 
+  // eval and encode share the options that choose what is scored and how.
+  const auto add_scoring_options = [](CLI::App* cmd, elbo::ScoringOptions& o) {
+    cmd->add_option("checkpoint", o.checkpoint, "checkpoint file (.h5)")->required();
+    cmd->add_option("--device", o.device,
+                    "auto | cpu | cuda (default: the device of the checkpoint's config)");
+    cmd->add_option("--batch", o.batch, "samples per forward pass")->capture_default_str();
+    cmd->add_option("--seed", o.seed, "seed of the evaluation noise (default: the checkpoint's)");
+  };
+  elbo::ScoringOptions eval;
+  eval.iw_samples = 100;
+  bool eval_json = false;
+  CLI::App* eval_cmd = app.add_subcommand(
+      "eval", "Negative ELBO and importance-weighted -log p(x) of a checkpoint on a data set");
+  add_scoring_options(eval_cmd, eval);
+  eval_cmd->add_option("--data", eval.data,
+                       "directory (or glob) of HDF5 shards (default: the checkpoint's data.test)");
+  eval_cmd->add_option("--iw-samples", eval.iw_samples, "importance samples K per sample")
+      ->capture_default_str();
+  eval_cmd->add_flag("--json", eval_json, "print one JSON object");
+
+  elbo::EncodeOptions encode;
+  CLI::App* encode_cmd = app.add_subcommand(
+      "encode", "Posterior mean and log-variance and per-sample scores of a data set, to HDF5");
+  add_scoring_options(encode_cmd, encode.scoring);
+  encode_cmd->add_option("--data", encode.scoring.data, "directory (or glob) of HDF5 shards")
+      ->required();
+  encode_cmd->add_option("--out", encode.out, "the latents file to write (.h5)")->required();
+  encode_cmd->add_option("--iw-samples", encode.scoring.iw_samples,
+                         "also iw_nll, from K importance samples per sample");
+  encode_cmd->add_flag("--force", encode.force, "replace an existing --out");
+
   // CLI11 reports an unknown command as a missing one; name it instead.
   const std::string first = argc > 1 ? argv[1] : "";
   std::string commands;
@@ -80,6 +114,18 @@ int main(int argc, char** argv) {
     if (*train_cmd) return elbo::run_train(train);
     if (*prepare_cmd) return elbo::run_prepare(prepare);
     if (*info_cmd) return elbo::run_info(info_path, info_params);
+    if (*eval_cmd) {
+      if (eval.iw_samples <= 0)
+        elbo::throw_bad_input("--iw-samples must be positive, got " +
+                              std::to_string(eval.iw_samples) + " (command line)");
+      return elbo::run_eval(eval, eval_json);
+    }
+    if (*encode_cmd) {
+      if (encode_cmd->count("--iw-samples") > 0 && encode.scoring.iw_samples <= 0)
+        elbo::throw_bad_input("--iw-samples must be positive, got " +
+                              std::to_string(encode.scoring.iw_samples) + " (command line)");
+      return elbo::run_encode(encode);
+    }
   } catch (...) {
     const elbo::ErrorReport report = elbo::report_of(std::current_exception());
     return fail(report.message, report.exit_code);
