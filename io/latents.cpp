@@ -13,6 +13,7 @@
 #include "core/error.h"
 #include "io/files.h"
 #include "io/hdf5.h"
+#include "io/location.h"
 
 namespace elbo {
 namespace {
@@ -73,7 +74,13 @@ LatentsWriter::LatentsWriter(const std::string& path, const LatentsShape& shape)
   // naming why; HDF5 then writes into the empty file.
   const int fd = ::open(temporary_.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC,
                         0644);
-  if (fd < 0) throw_file_error("create", "the latents file", path_, errno);
+  if (fd < 0) {
+    const int err = errno;
+    // A directory on the way that does not exist is the user's path, not the machine's fault.
+    if (err == ENOENT)
+      throw_bad_input("cannot create the latents file: its directory does not exist" + at(path_));
+    throw_file_error("create", "the latents file", path_, err);
+  }
   ::close(fd);
   try {
     file_ = std::make_unique<h5::File>(h5::File::create(temporary_));

@@ -62,6 +62,10 @@ int main(int argc, char** argv) {
     cmd->add_option("--device", o.device,
                     "auto | cpu | cuda (default: the device of the checkpoint's config)");
     cmd->add_option("--batch", o.batch, "samples per forward pass")->capture_default_str();
+    cmd->add_option("--threads", o.threads,
+                    "BLAS threads per rank on the CPU; figures are the same bits at any number "
+                    "of ranks with the same --threads")
+        ->capture_default_str();
     cmd->add_option("--seed", o.seed, "seed of the evaluation noise (default: the checkpoint's)");
   };
   elbo::ScoringOptions eval;

@@ -5,7 +5,6 @@
 #include <cstdio>
 #include <cstdlib>
 #include <span>
-#include <thread>
 
 #include "core/cuda/cuda_backend.h"
 #include "core/error.h"
@@ -37,6 +36,9 @@ void binarize_rows(float* x, std::span<const uint32_t> ids, int64_t D, RngKey ke
 ScoringJob::ScoringJob(const ScoringOptions& options) : options_(options) {
   if (options.batch <= 0)
     throw_bad_input("--batch must be positive, got " + std::to_string(options.batch) +
+                    " (command line)");
+  if (options.threads <= 0)
+    throw_bad_input("--threads must be positive, got " + std::to_string(options.threads) +
                     " (command line)");
   if (options.iw_samples < 0)
     throw_bad_input("--iw-samples must be positive, got " + std::to_string(options.iw_samples) +
@@ -90,9 +92,9 @@ void ScoringJob::open(Communicator& comm) {
   data_ = std::make_unique<ShardedDataset>(ShardedDataset::open(data_path_));
   if (data_->features() != header_.input_dim)
     throw_bad_input("the data's samples have " + std::to_string(data_->features()) +
-                    " values (shape " + shape_str(data_->sample_shape()) + "), the checkpoint's " +
-                    "model takes " + std::to_string(header_.input_dim) + " (" +
-                    options_.checkpoint + ")" + at(data_path_));
+                    " values, shape " + shape_str(data_->sample_shape()) + "; the model of " +
+                    options_.checkpoint + " takes " + std::to_string(header_.input_dim) +
+                    at(data_path_));
   if (cfg_.model.likelihood == Likelihood::Bernoulli)
     data_->require_unit_interval("model.likelihood bernoulli");
   const ParameterLayout layout(model_spec(cfg_, static_cast<int>(header_.input_dim)));
@@ -104,12 +106,10 @@ void ScoringJob::open(Communicator& comm) {
                                         options_.checkpoint + ":/config", cuda_problem_);
   if (!device.warning.empty() && comm.rank() == 0)
     std::fprintf(stderr, "elbo: warning: %s; scoring on the CPU\n", device.warning.c_str());
-  // Ranks on one node share its cores, as in training.
-  const int threads = cfg_.train.threads > 0 || comm.local_size() == 1
-                          ? cfg_.train.threads
-                          : std::max(1, static_cast<int>(std::thread::hardware_concurrency()) /
-                                            comm.local_size());
-  configure_cpu_thread(threads);
+  // A fixed number of BLAS threads per rank, not a share of the node's cores as in training:
+  // how a product is split between threads changes its last bits, and with the same threads on
+  // every rank a chunk's figures are the same bits at any world size.
+  configure_cpu_thread(options_.threads);
   backend_ = device.cuda ? make_cuda_backend(device.index) : make_cpu_backend();
   device_name_ = device.cuda ? "cuda:" + std::to_string(device.index) : "cpu";
   const int B = options_.batch;

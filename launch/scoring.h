@@ -24,6 +24,7 @@ struct ScoringOptions {
   std::string device;  // empty: the checkpoint's device
   int iw_samples = 0;  // K; 0: no importance-weighted estimate
   int batch = 256;     // samples per forward pass
+  int threads = 1;     // BLAS threads per rank on the CPU
   int64_t seed = -1;   // negative: the checkpoint's seed
 };
 
