@@ -9,8 +9,9 @@ elbo_packages=(build-essential cmake pkg-config libhdf5-dev libyaml-cpp-dev libo
                libcli11-dev libgtest-dev libopenmpi-dev openmpi-bin zlib1g-dev
                dataset-fashion-mnist)
 # What the test suite needs on top (test.sh): python3 (standard library) for the scripts' checks,
-# iproute2 for the network-namespace test hosts, procps (ps, pgrep) for the process checks.
-elbo_test_packages=(python3 iproute2 procps)
+# python3-h5py to read elbo's HDF5 outputs as a user would (tests/eval_test.sh), iproute2 for the
+# network-namespace test hosts, procps (ps, pgrep) for the process checks.
+elbo_test_packages=(python3 python3-h5py iproute2 procps)
 
 # install_missing_packages [PACKAGE...]: apt-get installs those not installed yet (default: the
 # packages of building and training).
