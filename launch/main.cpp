@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <exception>
 #include <string>
+#include <utility>
 
 #include "core/error.h"
 #include "launch/error_report.h"
@@ -118,6 +119,10 @@ int main(int argc, char** argv) {
     if (*train_cmd) return elbo::run_train(train);
     if (*prepare_cmd) return elbo::run_prepare(prepare);
     if (*info_cmd) return elbo::run_info(info_path, info_params);
+    for (const auto& [cmd, o] : {std::pair{eval_cmd, &eval}, std::pair{encode_cmd, &encode.scoring}})
+      if (*cmd && cmd->count("--seed") > 0 && o->seed < 0)
+        elbo::throw_bad_input("--seed must not be negative, got " + std::to_string(o->seed) +
+                              " (command line)");
     if (*eval_cmd) {
       if (eval.iw_samples <= 0)
         elbo::throw_bad_input("--iw-samples must be positive, got " +

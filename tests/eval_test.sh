@@ -175,6 +175,7 @@ expect_error encode_missing_checkpoint 2 "no such file" "$elbo" encode runs/none
   --out none.h5
 expect_error no_dir 2 "directory does not exist" "$elbo" encode "$ck" --data data/uneven --out nodir/x.h5
 expect_error no_batch 2 "--batch must be positive" "$elbo" eval "$ck" --batch 0
+expect_error negative_seed 2 "--seed must not be negative" "$elbo" eval "$ck" --seed -1
 for f in bad_k.h5 other_shape.h5 none.h5 nodir; do
   [ -e "$f" ] && fail "$f exists after a refused encode"
 done
