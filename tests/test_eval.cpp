@@ -3,14 +3,19 @@
 // ELBO have closed forms, and the log-mean-exp against direct summation.
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <cmath>
+#include <filesystem>
 #include <limits>
 #include <string>
 #include <vector>
 
 #include "core/iwae.h"
 #include "core/model.h"
+#include "io/files.h"
 #include "io/hdf5.h"
+#include "io/latents.h"
 
 namespace elbo {
 namespace {
@@ -237,13 +242,70 @@ TEST(ImportanceWeighted, LinearGaussianConvergesToLogPxAsKGrows) {
     }
     // A lower bound in expectation at least as tight as the ELBO, whose expectation at K = 1 is
     // the ELBO itself.
-    if (K > 1) EXPECT_GT(mean, mean_elbo) << "K " << K;
+    if (K > 1) {
+      EXPECT_GT(mean, mean_elbo) << "K " << K;
+    }
   }
   const double elbo_gap = mean_log_px - mean_elbo;
   EXPECT_LT(gaps[1], 0.5 * elbo_gap);
   EXPECT_LT(std::fabs(gaps[2]), 0.05);
   EXPECT_LT(std::fabs(gaps[3]), 0.01);
   EXPECT_LT(std::fabs(gaps[3]), std::fabs(gaps[1]));
+}
+
+// The latents file: rows land where they belong whatever order they come in (ranks' chunks arrive
+// round by round), and a writer that never commits leaves nothing behind.
+TEST(LatentsWriter, RowsInAnyOrderAndNoFileWithoutCommit) {
+  namespace fs = std::filesystem;
+  const fs::path dir = fs::temp_directory_path() / ("elbo_test_latents_" + std::to_string(::getpid()));
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  const std::string path = (dir / "latents.h5").string();
+  constexpr int N = 10, L = 3;
+  std::vector<float> mu(N * L), logvar(N * L);
+  std::vector<double> neg_elbo(N), iw(N);
+  std::vector<int64_t> y(N);
+  for (int i = 0; i < N; ++i) {
+    for (int j = 0; j < L; ++j) {
+      mu[static_cast<size_t>(i * L + j)] = static_cast<float>(i) + 0.1f * static_cast<float>(j);
+      logvar[static_cast<size_t>(i * L + j)] = -static_cast<float>(i);
+    }
+    neg_elbo[static_cast<size_t>(i)] = 100.0 + i;
+    iw[static_cast<size_t>(i)] = 90.0 + i;
+    y[static_cast<size_t>(i)] = i % 4;
+  }
+  {
+    LatentsWriter w(path, LatentsShape{N, L, true, true});
+    w.write_rows(7, 3, &mu[21], &logvar[21], &neg_elbo[7], &iw[7], &y[7]);  // the last chunk first
+    w.write_rows(0, 7, &mu[0], &logvar[0], &neg_elbo[0], &iw[0], &y[0]);
+    EXPECT_FALSE(fs::exists(path));  // only the temporary until commit
+  }
+  EXPECT_TRUE(fs::is_empty(dir)) << "an uncommitted writer left a file";
+  {
+    LatentsWriter w(path, LatentsShape{N, L, true, true});
+    w.write_rows(5, 5, &mu[15], &logvar[15], &neg_elbo[5], &iw[5], &y[5]);
+    w.write_rows(0, 5, &mu[0], &logvar[0], &neg_elbo[0], &iw[0], &y[0]);
+    w.attribute("data", std::string("somewhere"));
+    w.attribute("samples", int64_t{N});
+    w.commit();
+  }
+  const h5::File f = h5::File::open_read(path);
+  EXPECT_EQ(f.read_floats("/mu").data, mu);
+  EXPECT_EQ(f.read_floats("/mu").shape, (std::vector<int64_t>{N, L}));
+  EXPECT_EQ(f.read_floats("/logvar").data, logvar);
+  const h5::FloatArray ne = f.read_floats("/neg_elbo"), iwr = f.read_floats("/iw_nll");
+  const h5::FloatArray yr = f.read_floats("/y");
+  for (int i = 0; i < N; ++i) {
+    EXPECT_EQ(ne.data[static_cast<size_t>(i)], static_cast<float>(neg_elbo[static_cast<size_t>(i)]));
+    EXPECT_EQ(iwr.data[static_cast<size_t>(i)], static_cast<float>(iw[static_cast<size_t>(i)]));
+    EXPECT_EQ(yr.data[static_cast<size_t>(i)], static_cast<float>(y[static_cast<size_t>(i)]));
+  }
+  EXPECT_EQ(f.read_string_attribute("/", "data"), "somewhere");
+  EXPECT_EQ(f.read_int_attribute("/", "samples"), N);
+  size_t files = 0;
+  for ([[maybe_unused]] const auto& e : fs::directory_iterator(dir)) ++files;
+  EXPECT_EQ(files, 1u);  // no temporary left
+  fs::remove_all(dir);
 }
 
 }  // namespace
