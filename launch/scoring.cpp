@@ -103,7 +103,9 @@ void ScoringJob::open(Communicator& comm) {
 
   const DevicePlan device = plan_device(cfg_.device, cuda_backend_built(), cuda_devices_,
                                         comm.local_rank(), comm.local_size(),
-                                        options_.checkpoint + ":/config", cuda_problem_);
+                                        options_.device.empty() ? options_.checkpoint + ":/config"
+                                                                : "--device " + options_.device,
+                                        cuda_problem_);
   if (!device.warning.empty() && comm.rank() == 0)
     std::fprintf(stderr, "elbo: warning: %s; scoring on the CPU\n", device.warning.c_str());
   // A fixed number of BLAS threads per rank, not a share of the node's cores as in training:

@@ -30,14 +30,27 @@ timeout 600 "$elbo" encode "$ck" "${args[@]}" --out gpu.h5 --device cuda >gpu_en
   { echo "FAIL - encode on cuda:"; cat gpu_encode.log; exit 1; }
 timeout 300 "$elbo" encode "$ck" "${args[@]}" --out cpu.h5 --device cpu >cpu_encode.log 2>&1 ||
   { echo "FAIL - encode on cpu:"; cat cpu_encode.log; exit 1; }
+# Two ranks, each on its GPU (or both on the one there is: eval needs no NCCL), count every sample once.
+if command -v mpirun >/dev/null; then
+  OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 timeout 600 mpirun -np 2 --oversubscribe \
+    --mca mpi_yield_when_idle 1 "$elbo" eval "$ck" "${args[@]}" --json --device cuda >gpu2.json 2>gpu2.log ||
+    { echo "FAIL - eval on cuda at 2 ranks:"; cat gpu2.log; exit 1; }
+else
+  cp gpu.json gpu2.json
+  echo "note - no mpirun: the 2-rank case is not run"
+fi
 "$PY" - <<'PY'
 import json, sys
+gpu2 = json.loads(open("gpu2.json").readline())
 gpu, cpu = (json.loads(open(f"{d}.json").readline()) for d in ("gpu", "cpu"))
 ok = gpu["device"].startswith("cuda") and cpu["device"] == "cpu" and gpu["samples"] == cpu["samples"] == 300
 for key in ("neg_elbo", "recon", "kl", "iw_nll"):
     rel = abs(gpu[key] - cpu[key]) / abs(cpu[key])
-    print(f"{key}: cuda {gpu[key]:.6f}, cpu {cpu[key]:.6f}, relative difference {rel:.1e}")
-    ok = ok and rel < 1e-5
+    rel2 = abs(gpu2[key] - gpu[key]) / abs(gpu[key])
+    print(f"{key}: cuda {gpu[key]:.6f}, cpu {cpu[key]:.6f}, relative difference {rel:.1e}; "
+          f"2 ranks on cuda {rel2:.1e} from 1")
+    ok = ok and rel < 1e-5 and rel2 < 1e-9
+ok = ok and gpu2["samples"] == 300
 try:
     import h5py, numpy as np
 except ImportError:
