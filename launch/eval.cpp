@@ -2,9 +2,12 @@
 // figures over the ranks, encode sends each chunk to rank 0, which writes it where its rows go.
 #include "launch/eval.h"
 
+#include <algorithm>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
+#include <memory>
 #include <vector>
 
 #include "core/error.h"
