@@ -14,6 +14,11 @@ namespace elbo::h5 {
 // setting per thread), so a user sees only our one-line error. Cheap to call repeatedly.
 void silence_error_printing();
 
+// Checks a read of stored bytes that the file's metadata describes (H5Dread, H5Aread): a failure
+// means the bytes are corrupt (a filter that fails on them, a chunk past the end of the file), so
+// it is a BadInput error naming `where` (the file and the object).
+void check_read(herr_t status, const std::string& where);
+
 // Owns one hid_t and closes it with the right H5*close.
 class Handle {
  public:
