@@ -3,7 +3,8 @@
 // flush, fsync, rename) so a crash at any moment leaves the previous checkpoint intact.
 //
 // Layout (format_version 1):
-//   /                       attrs: format_version, world_size, created (ISO 8601 UTC), config (YAML)
+//   /                       attrs: format_version, world_size, created (ISO 8601 UTC), config (YAML),
+//                           run_id (the run it belongs to; see launch/run_directory.h)
 //   /params/<name>          float32, true shapes ([out, in] or [out])
 //   /optimizer              attrs: name ("adam" | "adamw"), steps
 //   /optimizer/exp_avg/<name>, /optimizer/exp_avg_sq/<name>   float32, same shapes
@@ -30,6 +31,7 @@ struct TrainingState {
 struct CheckpointData {
   TrainingState state;
   std::string config_yaml;
+  std::string run_id;  // empty in checkpoints written before runs had ids
   std::string optimizer_name = "adam";
   int64_t optimizer_steps = 0;
   std::vector<float> params, exp_avg, exp_avg_sq;  // each layout.total_size() long

@@ -2,6 +2,7 @@
 // where the value came from (file line or override), so every error is one line naming both.
 #include "io/config.h"
 
+#include <yaml-cpp/eventhandler.h>
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
@@ -172,6 +173,7 @@ T integer_at_least(const Field& f, T lo) {
 
 // Sizes that become int element counts must stay far from overflow.
 constexpr int kMaxWidth = 1 << 20;       // model.latent and every hidden width
+constexpr size_t kMaxLayers = 64;        // hidden layers in model.encoder and in model.decoder
 constexpr int kMaxBatchSize = 1 << 24;   // train.batch_size
 
 template <class T>
@@ -192,6 +194,23 @@ double positive(const Field& f) {
   check(f, value > 0, "> 0");
   return value;
 }
+
+// Values the step computes with in float32 must survive the conversion: not overflow to infinity,
+// and not round to 0 or become subnormal (which devices flush to 0) unless they are 0.
+std::string number_text(double v);
+
+double float32(const Field& f, double value) {
+  constexpr double kMax = std::numeric_limits<float>::max(),
+                   kMin = std::numeric_limits<float>::min();
+  check(f, value <= kMax, "<= " + number_text(kMax) + ", the largest float32");
+  check(f, value == 0 || value >= kMin,
+        ">= " + number_text(kMin) +
+            ", the smallest normal float32 (smaller values round to 0 or lose precision)");
+  return value;
+}
+
+double float32_positive(const Field& f) { return float32(f, positive(f)); }
+double float32_non_negative(const Field& f) { return float32(f, non_negative(f)); }
 
 template <class E>
 E choice(const Field& f, NameTable<E> table) {
@@ -266,23 +285,33 @@ std::vector<Field> list(const Field& f, const Locator& loc) {
 }
 
 std::vector<int> widths(const Field& f, const Locator& loc) {
+  const std::vector<Field> items = list(f, loc);
+  if (items.size() > kMaxLayers)
+    fail(f, "must have at most " + std::to_string(kMaxLayers) + " layers, got " +
+                std::to_string(items.size()));
   std::vector<int> out;
-  for (const Field& item : list(f, loc)) out.push_back(integer_between(item, 1, kMaxWidth));
+  for (const Field& item : items) out.push_back(integer_between(item, 1, kMaxWidth));
   return out;
 }
 
 // ---- sections -----------------------------------------------------------------------------------
 
+[[noreturn]] void missing_data_train(const Locator& loc) {
+  throw_bad_input("missing required key 'data.train' (" + loc.origin() + ")");
+}
+
+// A missing required key is reported after the unknown keys of its map: a misspelt key is the
+// usual cause of both, and its name is the more useful message.
 DataConfig read_data(MapReader m, const Locator& loc) {
   DataConfig d;
   auto train = m.take("train");
-  if (!train) throw_bad_input("missing required key 'data.train' (" + loc.origin() + ")");
-  d.train = text(*train);
+  if (train) d.train = text(*train);
   // Empty, null (`test:`) or `data.test=` all mean no test set, hence no evaluation.
   if (auto f = m.take("test")) d.test = f->node.IsNull() ? "" : text(*f, /*allow_empty=*/true);
   if (auto f = m.take("binarize")) d.binarize = choice<Binarize>(*f, kBinarize);
   if (auto f = m.take("cache")) d.cache = choice<DataCache>(*f, kDataCache);
   m.finish();
+  if (!train) missing_data_train(loc);
   return d;
 }
 
@@ -300,19 +329,22 @@ ModelConfig read_model(MapReader m, const Locator& loc) {
 OptimizerConfig read_optimizer(MapReader m, const Locator& loc) {
   OptimizerConfig o;
   if (auto f = m.take("name")) o.name = name_of<int>(kOptimizer, choice<int>(*f, kOptimizer));
-  if (auto f = m.take("lr")) o.lr = positive(*f);
+  if (auto f = m.take("lr")) o.lr = float32_positive(*f);
   if (auto f = m.take("betas")) {
     const std::vector<Field> b = list(*f, loc);
     if (b.size() != 2) fail(*f, "must be a list of two numbers, got " + std::to_string(b.size()));
     for (const Field& item : b) {
       const double beta = number(item);
       check(item, beta >= 0 && beta < 1, ">= 0 and < 1");
+      // Adam divides by 1 - beta^t, which is 0 for a beta that float32 rounds up to 1.
+      check(item, static_cast<float>(beta) < 1.0f,
+            "<= " + number_text(std::nextafter(1.0f, 0.0f)) + ", the largest float32 below 1");
     }
     o.beta1 = number(b[0]);
     o.beta2 = number(b[1]);
   }
-  if (auto f = m.take("eps")) o.eps = positive(*f);
-  if (auto f = m.take("weight_decay")) o.weight_decay = non_negative(*f);
+  if (auto f = m.take("eps")) o.eps = float32_positive(*f);
+  if (auto f = m.take("weight_decay")) o.weight_decay = float32_non_negative(*f);
   m.finish();
   return o;
 }
@@ -322,8 +354,8 @@ TrainConfig read_train(MapReader m, const Locator& loc) {
   if (auto f = m.take("epochs")) t.epochs = integer_at_least(*f, 1);
   if (auto f = m.take("batch_size")) t.batch_size = integer_between(*f, 1, kMaxBatchSize);
   if (auto s = m.section("optimizer")) t.optimizer = read_optimizer(*s, loc);
-  if (auto f = m.take("grad_clip")) t.grad_clip = non_negative(*f);
-  if (auto f = m.take("beta")) t.beta = non_negative(*f);
+  if (auto f = m.take("grad_clip")) t.grad_clip = float32_non_negative(*f);
+  if (auto f = m.take("beta")) t.beta = float32_non_negative(*f);
   if (auto f = m.take("kl_warmup_steps")) t.kl_warmup_steps = integer_at_least<int64_t>(*f, 0);
   if (auto f = m.take("threads")) t.threads = integer_at_least(*f, 0);
   if (auto f = m.take("max_steps")) t.max_steps = integer_at_least<int64_t>(*f, 0);
@@ -362,8 +394,7 @@ Config read_config(const YAML::Node& root, const Locator& loc) {
   if (auto f = m.take("name")) c.name = text(*f);
   if (auto f = m.take("seed")) c.seed = integer<uint64_t>(*f);
   auto data = m.section("data");
-  if (!data) throw_bad_input("missing required key 'data.train' (" + loc.origin() + ")");
-  c.data = read_data(*data, loc);
+  if (data) c.data = read_data(*data, loc);
   if (auto s = m.section("model")) c.model = read_model(*s, loc);
   if (auto s = m.section("train")) c.train = read_train(*s, loc);
   if (auto f = m.take("device")) c.device = choice<DeviceChoice>(*f, kDevice);
@@ -371,6 +402,7 @@ Config read_config(const YAML::Node& root, const Locator& loc) {
   if (auto s = m.section("checkpoint")) c.checkpoint = read_checkpoint(*s);
   if (auto s = m.section("output")) c.output = read_output(*s);
   m.finish();
+  if (!data) missing_data_train(loc);
   if (c.output.dir.empty()) c.output.dir = "runs/" + c.name;
   return c;
 }
@@ -383,10 +415,47 @@ std::string one_line(std::string s) {
   return s;
 }
 
+// Notes where a text's second YAML document starts (its `---` line).
+class SecondDocument final : public YAML::EventHandler {
+ public:
+  std::optional<YAML::Mark> start;
+
+  void OnDocumentStart(const YAML::Mark& mark) override {
+    if (++documents_ == 2) start = mark;
+  }
+  void OnDocumentEnd() override {}
+  void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
+  void OnScalar(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                const std::string&) override {}
+  void OnSequenceStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                       YAML::EmitterStyle::value) override {}
+  void OnSequenceEnd() override {}
+  void OnMapStart(const YAML::Mark&, const std::string&, YAML::anchor_t,
+                  YAML::EmitterStyle::value) override {}
+  void OnMapEnd() override {}
+
+ private:
+  int documents_ = 0;
+};
+
 // `where` names the text in messages; `line_numbers` says whether its lines mean anything there.
+// Only one document is read, so a second one (after `---`) would be ignored without a word.
 YAML::Node load_yaml(const std::string& text, const std::string& where, bool line_numbers) {
   try {
-    return YAML::Load(text);
+    const std::vector<YAML::Node> documents = YAML::LoadAll(text);
+    if (documents.size() > 1) {
+      std::istringstream in(text);
+      YAML::Parser parser(in);
+      SecondDocument second;
+      while (!second.start && parser.HandleNextDocument(second)) {
+      }
+      const bool has_line = line_numbers && second.start && !second.start->is_null();
+      const std::string line = has_line ? ":" + std::to_string(second.start->line + 1) : "";
+      throw_bad_input("a second YAML document starts here; a config is one document (" + where +
+                      line + ")");
+    }
+    return documents.empty() ? YAML::Node() : documents.front();
   } catch (const YAML::ParserException& e) {
     const bool has_line = line_numbers && !e.mark.is_null();
     const std::string line = has_line ? ":" + std::to_string(e.mark.line + 1) : "";
@@ -540,6 +609,17 @@ std::string to_yaml(const Config& c) {
   out << EndMap;
   ELBO_CHECK(out.good(), "YAML emitter: " + out.GetLastError());
   return std::string(out.c_str()) + "\n";
+}
+
+std::string config_value_text(const Config& c, const std::string& key_path) {
+  YAML::Node node = YAML::Load(to_yaml(c));
+  for (const std::string& key : split_path(key_path)) {
+    ELBO_CHECK(node.IsMap() && node[key].IsDefined(), "no config key '" + key_path + "'");
+    node = node[key];
+  }
+  YAML::Emitter out;
+  out << YAML::Flow << node;
+  return out.c_str();
 }
 
 ModelSpec model_spec(const Config& c, int input_dim) {

@@ -90,6 +90,9 @@ Config parse_config(const std::string& yaml_text, const std::string& origin,
 
 // The fully resolved config as YAML (every key, defaults filled in); parse_config of it round-trips.
 std::string to_yaml(const Config& c);
+// One value of the resolved config as to_yaml writes it ("tanh", "[512, 256]"), for messages that
+// compare two configs; `key_path` is a known key ("model.activation").
+std::string config_value_text(const Config& c, const std::string& key_path);
 
 // The model and optimizer parts, in core's terms.
 ModelSpec model_spec(const Config& c, int input_dim);

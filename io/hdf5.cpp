@@ -29,6 +29,28 @@ void check_read(herr_t status, const std::string& where) {
   if (status < 0) throw_bad_input("cannot read the stored data; is the file corrupt?" + at(where));
 }
 
+std::string last_error_reason() {
+  struct Walk {
+    std::string innermost;
+    std::vector<std::string> filters;  // the data-pipeline errors at the bottom, innermost first
+    bool past_filters = false;
+  } walk;
+  const auto visit = [](unsigned, const H5E_error2_t* e, void* data) -> herr_t {
+    Walk& w = *static_cast<Walk*>(data);
+    if (e->maj_num == H5E_PLUGIN || !e->desc) return 0;  // the search for a plugin, not the cause
+    if (w.innermost.empty()) w.innermost = e->desc;
+    w.past_filters = w.past_filters || e->maj_num != H5E_PLINE;
+    if (!w.past_filters) w.filters.emplace_back(e->desc);
+    return 0;
+  };
+  H5Ewalk2(H5E_DEFAULT, H5E_WALK_UPWARD, visit, &walk);
+  if (walk.filters.empty()) return walk.innermost.empty() ? "unknown HDF5 error" : walk.innermost;
+  std::string reason;
+  for (auto it = walk.filters.rbegin(); it != walk.filters.rend(); ++it)
+    reason += (reason.empty() ? "" : ": ") + *it;
+  return reason;
+}
+
 namespace {
 
 // The main thread is silenced before main(); other threads call silence_error_printing().
@@ -36,6 +58,21 @@ namespace {
 
 std::string where(const std::string& path, const std::string& object) {
   return "'" + path + ":" + object + "'";
+}
+
+const char* file_kind(std::filesystem::file_type t) {
+  switch (t) {
+    case std::filesystem::file_type::fifo:
+      return "a FIFO";
+    case std::filesystem::file_type::character:
+      return "a character device";
+    case std::filesystem::file_type::block:
+      return "a block device";
+    case std::filesystem::file_type::socket:
+      return "a socket";
+    default:
+      return "a special file";
+  }
 }
 
 std::vector<hsize_t> to_dims(const std::vector<int64_t>& shape) {
@@ -110,8 +147,15 @@ File File::open_read(const std::string& path) {
   silence_error_printing();
   namespace fs = std::filesystem;
   std::error_code ec;
-  if (!fs::exists(path, ec)) throw_bad_input("cannot open: no such file" + at(path));
-  if (fs::is_directory(path, ec)) throw_bad_input("cannot open: is a directory" + at(path));
+  const fs::file_status st = fs::status(path, ec);
+  if (st.type() == fs::file_type::not_found)
+    throw_bad_input("cannot open: no such file" + at(path));
+  if (ec) throw_bad_input("cannot open: " + ec.message() + at(path));  // e.g. a too long name
+  if (fs::is_directory(st)) throw_bad_input("cannot open: is a directory" + at(path));
+  // Opening a FIFO would wait for a writer for ever; devices and sockets are no HDF5 files either.
+  if (!fs::is_regular_file(st))
+    throw_bad_input(std::string("cannot open: is ") + file_kind(st.type()) +
+                    ", not a regular file" + at(path));
   if (!std::ifstream(path, std::ios::binary))
     throw_bad_input(std::string("cannot open: ") + std::strerror(errno) + at(path));
   if (H5Fis_hdf5(path.c_str()) <= 0) throw_bad_input("not an HDF5 file" + at(path));
@@ -138,6 +182,26 @@ File File::create(const std::string& path) {
                    __FILE__, __LINE__);
   }
   return File(Handle(id, Handle::Type::File), path);
+}
+
+File File::create_in_memory(const std::string& name) {
+  silence_error_printing();
+  Handle fapl(H5Pcreate(H5P_FILE_ACCESS), Handle::Type::PropList);
+  ELBO_CHECK(fapl.valid(), "H5Pcreate(H5P_FILE_ACCESS)");
+  ELBO_H5_CHECK(H5Pset_fapl_core(fapl.get(), size_t{1} << 20, /*backing_store=*/0), name);
+  hid_t id = H5Fcreate(name.c_str(), H5F_ACC_TRUNC, H5P_DEFAULT, fapl.get());
+  ELBO_CHECK(id >= 0, "H5Fcreate in memory for '" + name + "'");
+  return File(Handle(id, Handle::Type::File), name);
+}
+
+std::string File::image() {
+  flush();
+  const ssize_t size = H5Fget_file_image(id(), nullptr, 0);
+  ELBO_CHECK(size > 0, "H5Fget_file_image size of '" + path_ + "'");
+  std::string bytes(static_cast<size_t>(size), '\0');
+  ELBO_CHECK(H5Fget_file_image(id(), bytes.data(), bytes.size()) == size,
+             "H5Fget_file_image of '" + path_ + "'");
+  return bytes;
 }
 
 bool File::exists(const std::string& object_path) const {
@@ -232,9 +296,10 @@ FloatArray File::read_floats(const std::string& dataset) const {
   hssize_t n = H5Sget_simple_extent_npoints(space.get());
   ELBO_H5_CHECK(n, where(path_, dataset));
   a.data.resize(static_cast<size_t>(n));
-  if (n > 0)  // HDF5 converts any numeric type to float
-    check_read(H5Dread(ds.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, a.data.data()),
-               path_ + ":" + dataset);
+  // HDF5 converts any numeric type to float
+  if (n > 0 &&
+      H5Dread(ds.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, a.data.data()) < 0)
+    throw_bad_input("cannot read the dataset: " + last_error_reason() + at(path_, dataset));
   return a;
 }
 

@@ -18,6 +18,10 @@ void silence_error_printing();
 // means the bytes are corrupt (a filter that fails on them, a chunk past the end of the file), so
 // it is a BadInput error naming `where` (the file and the object).
 void check_read(herr_t status, const std::string& where);
+// Why the last HDF5 call on this thread failed, from its error stack, innermost cause first where
+// it is a filter's (e.g. "required filter 'lzf' is not registered", "filter returned failure
+// during read: inflate() failed"); for messages about a file that cannot be read.
+std::string last_error_reason();
 
 // Owns one hid_t and closes it with the right H5*close.
 class Handle {
@@ -48,8 +52,15 @@ class File {
  public:
   // Open an existing file read-only; a missing file or one that is not HDF5 is a BadInput error.
   static File open_read(const std::string& path);
-  // Create (truncate) a file for writing.
+  // Create (truncate) a file on disk, written by HDF5 itself (tests and tools).
   static File create(const std::string& path);
+  // Create a file in memory (HDF5's core driver, no backing store); `name` is for messages.
+  // elbo's own outputs are made this way and written by write_file_atomically(image()), so
+  // HDF5 never writes to the disk: a full disk is then one clear error of ours, not a failure
+  // half way through HDF5's writes (whose clean-up at exit crashes on a file it could not close).
+  static File create_in_memory(const std::string& name);
+  // The bytes of a file made by create_in_memory, everything written so far included.
+  std::string image();
 
   const std::string& path() const { return path_; }
   hid_t id() const { return handle_.get(); }
@@ -59,6 +70,7 @@ class File {
   // A missing dataset is a BadInput error naming the file and the dataset.
   Handle open_dataset(const std::string& dataset) const;
   std::vector<int64_t> dataset_shape(const std::string& dataset) const;
+  // A dataset that cannot be read (a corrupt chunk, a filter this library lacks) is BadInput.
   FloatArray read_floats(const std::string& dataset) const;
   void write_floats(const std::string& dataset, const std::vector<int64_t>& shape,
                     const float* data);  // creates intermediate groups

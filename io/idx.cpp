@@ -2,19 +2,18 @@
 // `elbo prepare`.
 #include "io/idx.h"
 
-#include <fcntl.h>
-#include <unistd.h>
 #include <zlib.h>
 
 #include <algorithm>
 #include <array>
-#include <cerrno>
 #include <cstdio>
 #include <cstring>
 #include <filesystem>
 #include <regex>
 
 #include "core/error.h"
+#include "io/directory_lock.h"
+#include "io/files.h"
 #include "io/location.h"
 #include "io/shards.h"
 
@@ -131,9 +130,9 @@ std::string shard_name(int i, int n) {
   return s;
 }
 
-// Our temporary name for a shard: "<shard>.tmp".
+// Our temporary names for a shard: "<shard>.tmp.<pid>" (io/files.h).
 bool is_our_temporary(const std::string& name) {
-  static const std::regex re(R"(shard-[0-9]{5}-of-[0-9]{5}\.h5\.tmp)");
+  static const std::regex re(R"(shard-[0-9]{5}-of-[0-9]{5}\.h5\.tmp\.[0-9]+)");
   return std::regex_match(name, re);
 }
 
@@ -141,19 +140,6 @@ bool is_our_temporary(const std::string& name) {
 void remove_file(const std::string& path) {
   std::error_code ec;
   if (fs::is_regular_file(fs::symlink_status(path, ec))) fs::remove(path, ec);
-}
-
-// fsync by path, so a shard's bytes (or the directory's entries) are on disk before we go on.
-void fsync_path(const std::string& path, bool directory) {
-  int fd = ::open(path.c_str(), O_RDONLY | (directory ? O_DIRECTORY : 0));
-  if (fd < 0)
-    throw_internal("open('" + path + "') for fsync: " + std::strerror(errno), __FILE__, __LINE__);
-  int rc = ::fsync(fd);
-  int err = errno;
-  ::close(fd);
-  // Some file systems cannot sync a directory (EINVAL); the renames have still happened.
-  if (rc != 0 && !(directory && err == EINVAL))
-    throw_internal("fsync('" + path + "'): " + std::strerror(err), __FILE__, __LINE__);
 }
 
 void check_inputs(const IdxArray& x, const IdxArray* y, const std::string& images,
@@ -172,8 +158,6 @@ void check_inputs(const IdxArray& x, const IdxArray* y, const std::string& image
 // A data set is every shard file in the directory, so any existing one would mix into it.
 void check_no_shards_in(const std::string& out_dir) {
   std::error_code ec;
-  fs::create_directories(out_dir, ec);
-  if (ec) throw_bad_input("cannot create the directory: " + ec.message() + at(out_dir));
   for (const auto& e : fs::directory_iterator(out_dir, ec)) {
     std::string ext = e.path().extension().string();
     if (ext == ".h5" || ext == ".hdf5")
@@ -199,8 +183,10 @@ PrepareResult prepare_from_idx(const std::string& images, const std::string& lab
   IdxArray y;
   if (!labels.empty()) y = read_idx(labels);
   check_inputs(x, labels.empty() ? nullptr : &y, images, labels, num_shards);
+  // One `prepare` at a time per directory: two would each see no shards, then write into the
+  // same set. Under the lock, any temporaries of ours are a crashed run's.
+  const DirectoryLock lock = DirectoryLock::acquire(out_dir, "--out");
   check_no_shards_in(out_dir);
-
   remove_stale_temporaries(out_dir);
 
   PrepareResult r;
@@ -221,22 +207,15 @@ PrepareResult prepare_from_idx(const std::string& images, const std::string& lab
         shard_labels.assign(y.data.begin() + begin, y.data.begin() + begin + n);
       std::string path = (fs::path(out_dir) / shard_name(s, num_shards)).string();
       r.shard_paths.push_back(path);
-      temps.push_back(path + ".tmp");
       std::span<const uint8_t> rows(x.data.data() + static_cast<size_t>(begin) * F,
                                     static_cast<size_t>(n) * F);
-      write_shard_u8(temps.back(), sample_shape, rows, shard_labels);
-      fsync_path(temps.back(), false);
+      const std::string image = shard_image_u8(path, sample_shape, rows, shard_labels);
+      write_new_file_synced(temporary_name_for(path), image, "the shard");
+      temps.push_back(temporary_name_for(path));
       begin += n;
     }
-    for (; renamed < temps.size(); ++renamed) {
-      std::error_code ec;
-      fs::rename(temps[renamed], r.shard_paths[renamed], ec);
-      if (ec)
-        throw_internal("rename('" + temps[renamed] + "', '" + r.shard_paths[renamed] +
-                           "'): " + ec.message(),
-                       __FILE__, __LINE__);
-    }
-    fsync_path(out_dir, true);
+    for (; renamed < temps.size(); ++renamed)
+      rename_into_place(temps[renamed], r.shard_paths[renamed], "the shard");
   } catch (...) {
     for (size_t i = 0; i < renamed; ++i) remove_file(r.shard_paths[i]);
     for (size_t i = renamed; i < temps.size(); ++i) remove_file(temps[i]);

@@ -6,11 +6,14 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdio>
 #include <filesystem>
-#include <limits>
 #include <numeric>
+#include <optional>
+#include <type_traits>
 
 #include "core/error.h"
+#include "io/files.h"
 #include "io/hdf5.h"
 #include "io/location.h"
 
@@ -52,8 +55,8 @@ std::vector<std::string> list_directory(const std::string& dir) {
   try {
     for (const auto& e : fs::directory_iterator(dir)) {
       std::string ext = e.path().extension().string();
-      if (e.is_regular_file() && (ext == ".h5" || ext == ".hdf5"))
-        paths.push_back(e.path().string());
+      // Not only regular files: a FIFO or device named like a shard is an error, not skipped.
+      if (!e.is_directory() && (ext == ".h5" || ext == ".hdf5")) paths.push_back(e.path().string());
     }
   } catch (const fs::filesystem_error& e) {
     throw_bad_input("cannot list the directory: " + e.code().message() + at(dir));
@@ -70,7 +73,7 @@ std::vector<std::string> list_shards(const std::string& dir_or_glob) {
   glob_t g{};
   if (glob(dir_or_glob.c_str(), 0, nullptr, &g) == 0) {
     for (size_t i = 0; i < g.gl_pathc; ++i)  // glob(3) returns them sorted
-      if (fs::is_regular_file(g.gl_pathv[i], ec)) paths.emplace_back(g.gl_pathv[i]);
+      if (!fs::is_directory(g.gl_pathv[i], ec)) paths.emplace_back(g.gl_pathv[i]);
   }
   globfree(&g);
   if (paths.empty()) throw_bad_input("no shards match the pattern" + at(dir_or_glob));
@@ -130,6 +133,30 @@ void check_labels(const h5::File& f, const h5::Handle& y, int64_t rows) {
   check_well_formed(t.get(), f.path(), "/y");
 }
 
+// A chunk stored through a filter the library cannot decode (h5py's LZF without its plugin, say)
+// would fail only when a batch reads it: refuse the shard when it is opened instead.
+void check_filters(const std::string& path, const std::string& dataset, const h5::Handle& ds) {
+  h5::Handle dcpl(H5Dget_create_plist(ds.get()), h5::Handle::Type::PropList);
+  ELBO_CHECK(dcpl.valid(), "H5Dget_create_plist on '" + path + ":" + dataset + "'");
+  const int n = H5Pget_nfilters(dcpl.get());
+  for (int i = 0; i < n; ++i) {
+    unsigned flags = 0, config = 0, info = 0;
+    size_t values = 0;
+    char name[256] = {};
+    const H5Z_filter_t id = H5Pget_filter2(dcpl.get(), static_cast<unsigned>(i), &flags, &values,
+                                           nullptr, sizeof name, name, &config);
+    ELBO_CHECK(id >= 0, "H5Pget_filter2 on '" + path + ":" + dataset + "'");
+    if (H5Zfilter_avail(id) > 0 && H5Zget_filter_info(id, &info) >= 0 &&
+        (info & H5Z_FILTER_CONFIG_DECODE_ENABLED))
+      continue;
+    throw_bad_input("dataset is stored with the HDF5 filter '" + std::string(name) + "' (id " +
+                    std::to_string(id) +
+                    "), which this HDF5 library cannot decode; install its plugin (see "
+                    "HDF5_PLUGIN_PATH) or rewrite the shard without it" +
+                    at(path, dataset));
+  }
+}
+
 // Opens one shard, checks it on its own, and keeps its handles in `open`.
 ShardMeta open_shard(const std::string& path, OpenShards& open) {
   h5::File f = h5::File::open_read(path);
@@ -158,10 +185,12 @@ ShardMeta open_shard(const std::string& path, OpenShards& open) {
   if (m.rows < 0 || m.rows > std::numeric_limits<int64_t>::max() / features)
     throw_bad_input("dataset has too many rows: shape " + shape_str(shape) + at(path, "/x"));
   m.type = sample_type_of(path, x);
+  check_filters(path, "/x", x);
   m.labels = f.exists("/y");
   if (m.labels) {
     h5::Handle y = f.open_dataset("/y");
     check_labels(f, y, m.rows);
+    check_filters(path, "/y", y);
     open.y.push_back(std::move(y));
   }
   open.x.push_back(std::move(x));
@@ -214,13 +243,14 @@ std::vector<ShardRead> plan_reads(std::span<const int64_t> rows,
   return plan;
 }
 
-// Reads the given sorted distinct rows of dataset `ds` (rows of `features` elements) into one
-// buffer, in row order: one hyperslab per run of consecutive rows, OR-ed into one selection.
-template <typename T>
-std::vector<T> read_selected(hid_t ds, hid_t mem_type, const std::vector<int64_t>& local,
-                             int64_t features, const std::string& path) {
+// Reads the given sorted distinct rows of dataset `ds` (rows of `features` elements) into `out`,
+// in row order: one hyperslab per run of consecutive rows, OR-ed into one selection. When HDF5
+// cannot read them (a corrupt chunk, say), returns why (its error stack, read before any other
+// call clears it).
+std::optional<std::string> try_read_rows(hid_t ds, hid_t mem_type, std::span<const int64_t> local,
+                                         int64_t features, void* out, const std::string& where) {
   h5::Handle space(H5Dget_space(ds), h5::Handle::Type::Dataspace);
-  ELBO_CHECK(space.valid(), "H5Dget_space on '" + path + "'");
+  ELBO_CHECK(space.valid(), "H5Dget_space on '" + where + "'");
   int rank = H5Sget_simple_extent_ndims(space.get());
   std::vector<hsize_t> dims(static_cast<size_t>(rank)), start(dims.size(), 0);
   H5Sget_simple_extent_dims(space.get(), dims.data(), nullptr);
@@ -233,21 +263,79 @@ std::vector<T> read_selected(hid_t ds, hid_t mem_type, const std::vector<int64_t
     count[0] = b - a;
     ELBO_CHECK(
         H5Sselect_hyperslab(space.get(), op, start.data(), nullptr, count.data(), nullptr) >= 0,
-        "H5Sselect_hyperslab on '" + path + "'");
+        "H5Sselect_hyperslab on '" + where + "'");
     op = H5S_SELECT_OR;
     a = b;
   }
-  std::vector<T> buf(local.size() * static_cast<size_t>(features));
-  hsize_t n = buf.size();
+  hsize_t n = local.size() * static_cast<size_t>(features);
   h5::Handle mem(H5Screate_simple(1, &n, nullptr), h5::Handle::Type::Dataspace);
   ELBO_CHECK(mem.valid(), "H5Screate_simple");
-  h5::check_read(H5Dread(ds, mem_type, mem.get(), space.get(), H5P_DEFAULT, buf.data()), path);
+  if (H5Dread(ds, mem_type, mem.get(), space.get(), H5P_DEFAULT, out) >= 0) return std::nullopt;
+  return h5::last_error_reason();
+}
+
+// After a failed read of `local` (sorted) rows of `dataset`: the first of them that cannot be
+// read, and why, as the error. Reads them again in blocks, and the failing block row by row.
+[[noreturn]] void explain_read_failure(hid_t ds, hid_t mem_type, size_t element_size,
+                                       std::span<const int64_t> local, int64_t features,
+                                       const std::string& path, const std::string& dataset,
+                                       const std::string& reason) {
+  const size_t row_bytes = element_size * static_cast<size_t>(features);
+  const size_t block = std::clamp<size_t>((size_t{1} << 24) / row_bytes, 1, 256);
+  std::vector<unsigned char> buf(block * row_bytes);
+  const std::string where = path + ":" + dataset;
+  for (size_t a = 0; a < local.size(); a += block) {
+    const std::span<const int64_t> rows = local.subspan(a, std::min(block, local.size() - a));
+    if (!try_read_rows(ds, mem_type, rows, features, buf.data(), where)) continue;
+    for (size_t k = 0; k < rows.size(); ++k)
+      if (const auto why =
+              try_read_rows(ds, mem_type, rows.subspan(k, 1), features, buf.data(), where))
+        throw_bad_input("cannot read '" + dataset + "' at row " + std::to_string(rows[k]) + ": " +
+                        *why + at(path));
+  }
+  throw_bad_input("cannot read '" + dataset + "': " + reason + at(path));  // no row fails alone
+}
+
+template <typename T>
+std::vector<T> read_selected(hid_t ds, hid_t mem_type, const std::vector<int64_t>& local,
+                             int64_t features, const std::string& path,
+                             const std::string& dataset) {
+  std::vector<T> buf(local.size() * static_cast<size_t>(features));
+  if (const auto why =
+          try_read_rows(ds, mem_type, local, features, buf.data(), path + ":" + dataset))
+    explain_read_failure(ds, mem_type, sizeof(T), local, features, path, dataset, *why);
   return buf;
 }
 
-// Whole dataset into `dst` (already sized).
-void read_all(hid_t ds, hid_t mem_type, void* dst, const std::string& path) {
-  h5::check_read(H5Dread(ds, mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, dst), path);
+// Whole dataset of `rows` rows into `dst` (already sized).
+void read_all(hid_t ds, hid_t mem_type, size_t element_size, int64_t rows, int64_t features,
+              void* dst, const std::string& path, const std::string& dataset) {
+  if (H5Dread(ds, mem_type, H5S_ALL, H5S_ALL, H5P_DEFAULT, dst) >= 0) return;
+  const std::string why = h5::last_error_reason();
+  std::vector<int64_t> all(static_cast<size_t>(rows));
+  std::iota(all.begin(), all.end(), int64_t{0});
+  explain_read_failure(ds, mem_type, element_size, all, features, path, dataset, why);
+}
+
+// The rules every float32 row meets as it is read, from memory or from the shards alike: finite
+// values, in [0, 1] when `unit_interval` names what needs it. Row k of `v` is the shard's row
+// rows[k], or row k without `rows`.
+void check_rows(const float* v, size_t count, size_t F, const int64_t* rows,
+                const std::string& path, const std::string& unit_interval) {
+  for (size_t k = 0; k < count; ++k) {
+    const float* row = v + k * F;
+    for (size_t j = 0; j < F; ++j) {
+      const float x = row[j];
+      const bool finite = std::isfinite(x);
+      if (finite && (unit_interval.empty() || (x >= 0.0f && x <= 1.0f))) continue;
+      const std::string r = std::to_string(rows ? rows[k] : static_cast<int64_t>(k));
+      if (!finite) throw_bad_input("non-finite value in '/x' at row " + r + at(path));
+      char text[32];
+      std::snprintf(text, sizeof text, "%g", static_cast<double>(x));
+      throw_bad_input("value " + std::string(text) + " in '/x' at row " + r +
+                      " is outside [0, 1], which " + unit_interval + " needs" + at(path));
+    }
+  }
 }
 
 // One row to float: uint8 divided by 255 (as torchvision's ToTensor does), float32 copied.
@@ -259,10 +347,13 @@ void to_float(const float* src, int64_t n, float* dst) { std::copy(src, src + n,
 template <typename T>
 void read_rows_uncached(const std::vector<ShardRead>& plan, const OpenShards& open,
                         const std::vector<ShardInfo>& shards, hid_t mem_type, int64_t F,
-                        float* out) {
+                        const std::string& unit_interval, float* out) {
   for (const ShardRead& p : plan) {
     std::vector<T> buf =
-        read_selected<T>(open.x[p.shard].get(), mem_type, p.local, F, shards[p.shard].path + ":/x");
+        read_selected<T>(open.x[p.shard].get(), mem_type, p.local, F, shards[p.shard].path, "/x");
+    if constexpr (std::is_same_v<T, float>)
+      check_rows(buf.data(), p.local.size(), static_cast<size_t>(F), p.local.data(),
+                 shards[p.shard].path, unit_interval);
     for (auto [i, k] : p.dest)
       to_float(buf.data() + k * static_cast<size_t>(F), F, out + i * static_cast<size_t>(F));
   }
@@ -309,48 +400,32 @@ void ShardedDataset::cache_in_memory() {
     f32.resize(total);
   if (has_labels_) labels.resize(static_cast<size_t>(total_rows_));
   const size_t F = static_cast<size_t>(features_);
-  float lo = std::numeric_limits<float>::infinity(), hi = -lo;
   for (size_t s = 0; s < shards_.size(); ++s) {
     const size_t first = static_cast<size_t>(shards_[s].first_row) * F;
-    const size_t count = static_cast<size_t>(shards_[s].rows) * F;
+    const int64_t rows = shards_[s].rows;
+    const std::string& path = shards_[s].path;
     if (type_ == SampleType::U8) {
-      read_all(open_->x[s].get(), H5T_NATIVE_UINT8, u8.data() + first, shards_[s].path + ":/x");
-      const auto [mn, mx] = std::minmax_element(u8.begin() + static_cast<ptrdiff_t>(first),
-                                                u8.begin() + static_cast<ptrdiff_t>(first + count));
-      lo = std::min(lo, static_cast<float>(*mn) / 255.0f);
-      hi = std::max(hi, static_cast<float>(*mx) / 255.0f);
+      read_all(open_->x[s].get(), H5T_NATIVE_UINT8, 1, rows, features_, u8.data() + first, path,
+               "/x");
     } else {
-      read_all(open_->x[s].get(), H5T_NATIVE_FLOAT, f32.data() + first, shards_[s].path + ":/x");
-      for (size_t i = first; i < first + count; ++i) {
-        const float v = f32[i];
-        if (!std::isfinite(v))
-          throw_bad_input("non-finite value in '/x' at row " + std::to_string((i - first) / F) +
-                          at(shards_[s].path));
-        lo = std::min(lo, v);
-        hi = std::max(hi, v);
-      }
+      read_all(open_->x[s].get(), H5T_NATIVE_FLOAT, sizeof(float), rows, features_,
+               f32.data() + first, path, "/x");
+      check_rows(f32.data() + first, static_cast<size_t>(rows), F, nullptr, path, unit_interval_);
     }
     if (has_labels_)
-      read_all(open_->y[s].get(), H5T_NATIVE_INT64, labels.data() + shards_[s].first_row,
-               shards_[s].path + ":/y");
+      read_all(open_->y[s].get(), H5T_NATIVE_INT64, sizeof(int64_t), rows, 1,
+               labels.data() + shards_[s].first_row, path, "/y");
   }
   // Committed only once every shard has read and checked, so a failure leaves it uncached.
   cache_u8_ = std::move(u8);
   cache_f32_ = std::move(f32);
   cache_labels_ = std::move(labels);
-  min_value_ = lo;
-  max_value_ = hi;
   cached_ = true;
 }
 
-float ShardedDataset::min_value() const {
-  ELBO_CHECK(cached_, "min_value() before cache_in_memory()");
-  return min_value_;
-}
-
-float ShardedDataset::max_value() const {
-  ELBO_CHECK(cached_, "max_value() before cache_in_memory()");
-  return max_value_;
+void ShardedDataset::require_unit_interval(const std::string& reason) {
+  ELBO_CHECK(!cached_, "require_unit_interval after cache_in_memory");
+  unit_interval_ = reason;
 }
 
 void ShardedDataset::read_rows(std::span<const int64_t> rows, float* out) const {
@@ -370,9 +445,11 @@ void ShardedDataset::read_rows(std::span<const int64_t> rows, float* out) const 
   h5::silence_error_printing();  // this may run on a loader thread
   std::vector<ShardRead> plan = plan_reads(rows, shards_, total_rows_);
   if (type_ == SampleType::U8)
-    read_rows_uncached<uint8_t>(plan, *open_, shards_, H5T_NATIVE_UINT8, features_, out);
+    read_rows_uncached<uint8_t>(plan, *open_, shards_, H5T_NATIVE_UINT8, features_, unit_interval_,
+                                out);
   else
-    read_rows_uncached<float>(plan, *open_, shards_, H5T_NATIVE_FLOAT, features_, out);
+    read_rows_uncached<float>(plan, *open_, shards_, H5T_NATIVE_FLOAT, features_, unit_interval_,
+                              out);
 }
 
 void ShardedDataset::read_labels(std::span<const int64_t> rows, int64_t* out) const {
@@ -388,7 +465,7 @@ void ShardedDataset::read_labels(std::span<const int64_t> rows, int64_t* out) co
   h5::silence_error_printing();
   for (const ShardRead& p : plan_reads(rows, shards_, total_rows_)) {
     std::vector<int64_t> buf = read_selected<int64_t>(open_->y[p.shard].get(), H5T_NATIVE_INT64,
-                                                      p.local, 1, shards_[p.shard].path + ":/y");
+                                                      p.local, 1, shards_[p.shard].path, "/y");
     for (auto [i, k] : p.dest) out[i] = buf[k];
   }
 }
@@ -398,8 +475,9 @@ void ShardedDataset::read_labels(std::span<const int64_t> rows, int64_t* out) co
 
 namespace {
 
-void write_shard(const std::string& path, const std::vector<int64_t>& sample_shape, hid_t file_type,
-                 hid_t mem_type, const void* x, size_t x_count, std::span<const int64_t> labels) {
+std::string shard_image(const std::string& path, const std::vector<int64_t>& sample_shape,
+                        hid_t file_type, hid_t mem_type, const void* x, size_t x_count,
+                        std::span<const int64_t> labels) {
   ELBO_CHECK(!sample_shape.empty(), "write_shard: empty sample shape");
   size_t F = static_cast<size_t>(
       std::accumulate(sample_shape.begin(), sample_shape.end(), int64_t{1}, std::multiplies<>()));
@@ -408,24 +486,31 @@ void write_shard(const std::string& path, const std::vector<int64_t>& sample_sha
   ELBO_CHECK(labels.empty() || labels.size() == n, "write_shard: label count != row count");
   std::vector<int64_t> shape{static_cast<int64_t>(n)};
   shape.insert(shape.end(), sample_shape.begin(), sample_shape.end());
-  h5::File f = h5::File::create(path);
+  h5::File f = h5::File::create_in_memory(path);
   f.write_dataset("/x", shape, file_type, mem_type, x);
   if (!labels.empty())
     f.write_dataset("/y", {static_cast<int64_t>(n)}, H5T_STD_I64LE, H5T_NATIVE_INT64,
                     labels.data());
-  f.flush();
+  return f.image();
 }
 
 }  // namespace
 
+std::string shard_image_u8(const std::string& path, const std::vector<int64_t>& sample_shape,
+                           std::span<const uint8_t> x, std::span<const int64_t> labels) {
+  return shard_image(path, sample_shape, H5T_STD_U8LE, H5T_NATIVE_UINT8, x.data(), x.size(), labels);
+}
+
 void write_shard_u8(const std::string& path, const std::vector<int64_t>& sample_shape,
                     std::span<const uint8_t> x, std::span<const int64_t> labels) {
-  write_shard(path, sample_shape, H5T_STD_U8LE, H5T_NATIVE_UINT8, x.data(), x.size(), labels);
+  write_file_atomically(path, shard_image_u8(path, sample_shape, x, labels), "the shard");
 }
 
 void write_shard_f32(const std::string& path, const std::vector<int64_t>& sample_shape,
                      std::span<const float> x, std::span<const int64_t> labels) {
-  write_shard(path, sample_shape, H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, x.data(), x.size(), labels);
+  write_file_atomically(
+      path, shard_image(path, sample_shape, H5T_IEEE_F32LE, H5T_NATIVE_FLOAT, x.data(), x.size(), labels),
+      "the shard");
 }
 
 }  // namespace elbo

@@ -4,13 +4,20 @@ set -euo pipefail
 ELBO_ROOT=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 BUILD_DIR=${BUILD_DIR:-$ELBO_ROOT/build}
 
+# What building and training need (quickstart.sh).
 elbo_packages=(build-essential cmake pkg-config libhdf5-dev libyaml-cpp-dev libopenblas-dev
                libcli11-dev libgtest-dev libopenmpi-dev openmpi-bin zlib1g-dev
                dataset-fashion-mnist)
+# What the test suite needs on top (test.sh): python3 (standard library) for the scripts' checks,
+# iproute2 for the network-namespace test hosts, procps (ps, pgrep) for the process checks.
+elbo_test_packages=(python3 iproute2 procps)
 
+# install_missing_packages [PACKAGE...]: apt-get installs those not installed yet (default: the
+# packages of building and training).
 install_missing_packages() {
-  local missing=()
-  for p in "${elbo_packages[@]}"; do
+  [ $# -gt 0 ] || set -- "${elbo_packages[@]}"
+  local missing=() p
+  for p in "$@"; do
     dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing+=("$p")
   done
   [ ${#missing[@]} -eq 0 ] && return 0

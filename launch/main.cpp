@@ -5,7 +5,7 @@
 #include <cstdio>
 #include <exception>
 
-#include "core/error.h"
+#include "launch/error_report.h"
 #include "launch/info.h"
 #include "launch/prepare.h"
 #include "launch/train.h"
@@ -20,6 +20,9 @@ int fail(const std::string& message, int code) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // Line-buffered even into a file or pipe: a second Ctrl-C ends the process at once (_Exit, the
+  // only safe thing in a signal handler), and every line printed before it is then already out.
+  std::setvbuf(stdout, nullptr, _IOLBF, 0);
   CLI::App app{"elbo: data-parallel Variational Autoencoder training"};
   app.set_version_flag("--version", "elbo 0.1.0");
   app.require_subcommand(1);
@@ -30,7 +33,10 @@ int main(int argc, char** argv) {
   train_cmd->add_option("overrides", train.overrides, "key.path=value overrides, e.g. train.epochs=3");
   train_cmd->add_option("--resume", train.resume,
                         "continue a run: 'auto' (the newest checkpoint in output.dir, if any) or a "
-                        "checkpoint file");
+                        "checkpoint file (into its own run's directory, or an empty or new one)");
+  train_cmd->add_flag("--discard-newer", train.discard_newer,
+                      "with --resume PATH: delete the run's checkpoints past PATH's step "
+                      "(otherwise such a resume is refused)");
 
   elbo::PrepareOptions prepare;
   CLI::App* prepare_cmd = app.add_subcommand("prepare", "Write HDF5 shards from IDX files");
@@ -74,10 +80,9 @@ int main(int argc, char** argv) {
     if (*train_cmd) return elbo::run_train(train);
     if (*prepare_cmd) return elbo::run_prepare(prepare);
     if (*info_cmd) return elbo::run_info(info_path, info_params);
-  } catch (const elbo::Error& e) {
-    return fail(e.what(), e.exit_code());
-  } catch (const std::exception& e) {
-    return fail(e.what(), 1);
+  } catch (...) {
+    const elbo::ErrorReport report = elbo::report_of(std::current_exception());
+    return fail(report.message, report.exit_code);
   }
   return 1;
 }

@@ -10,6 +10,7 @@ namespace {
 volatile std::sig_atomic_t g_stop = 0;
 
 // The first signal asks for a clean stop; a second one (an impatient user) ends the process now.
+// stdout is line-buffered (main), so what was printed is not lost with it.
 extern "C" void on_stop_signal(int sig) {
   if (g_stop) std::_Exit(128 + sig);
   g_stop = 1;

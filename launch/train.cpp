@@ -5,11 +5,13 @@
 #include <unistd.h>
 
 #include <algorithm>
+#include <cerrno>
 #include <chrono>
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
 #include <filesystem>
-#include <fstream>
+#include <limits>
 #include <optional>
 #include <string>
 #include <thread>
@@ -21,11 +23,13 @@
 #include "distributed/communicator.h"
 #include "io/checkpoint.h"
 #include "io/config.h"
+#include "io/memory.h"
 #include "io/metrics.h"
 #include "io/shards.h"
 #include "core/cuda/cuda_backend.h"
 #include "distributed/nccl_communicator.h"
 #include "launch/device_plan.h"
+#include "launch/error_report.h"
 #include "launch/run_directory.h"
 #include "launch/trainer.h"
 #include "launch/stop_signal.h"
@@ -57,22 +61,109 @@ std::unique_ptr<Communicator> make_control_communicator(CommBackend choice) {
 
 // Several processes started by mpirun that do not talk would each train alone into the same run
 // directory.
-// Caching reads each row once instead of every epoch (the global shuffle sends every row to
-// every rank over time, so a rank cannot cache only "its" rows). `auto` caches when the data of
-// all ranks on the node takes at most half of the available memory.
-bool should_cache(const ShardedDataset& d, DataCache choice, int local_ranks) {
-  if (choice != DataCache::Auto) return choice == DataCache::Always;
-  const double bytes = static_cast<double>(d.size()) * static_cast<double>(d.features()) *
-                       (d.sample_type() == SampleType::U8 ? 1.0 : 4.0);
-  double available = 1024.0 * 1024.0 * 1024.0;  // when /proc/meminfo says nothing: 1 GiB
-  std::ifstream meminfo("/proc/meminfo");
-  for (std::string key; meminfo >> key;) {
-    double kb = 0;
-    meminfo >> kb;
-    if (key == "MemAvailable:") available = kb * 1024.0;
-    meminfo.ignore(64, '\n');
+double data_bytes(const ShardedDataset& d) {
+  return static_cast<double>(d.size()) * static_cast<double>(d.features()) *
+         (d.sample_type() == SampleType::U8 ? 1.0 : 4.0);
+}
+
+// The host memory one rank needs to train, the data cache aside. On the CPU: the parameters, their
+// gradients and two Adam moments, every layer's output and its gradient for `rows` rows, the
+// latent and input buffers. On any device: a checkpoint's three copies being saved (and those of
+// the one resumed from), the loader's batches and the epoch's permutation of the training rows.
+struct TrainingMemory {
+  size_t parameters = 0;
+  double bytes = 0;
+};
+TrainingMemory training_memory(const ModelSpec& spec, int rows, bool host_backend, bool resuming,
+                               int64_t train_rows) {
+  const ParameterLayout layout(spec);
+  const double P = static_cast<double>(layout.total_size()), B = rows;
+  double outputs = 0;
+  for (const LinearLayer& l : layout.layers()) outputs += l.out;
+  double floats = 3 * P * (resuming ? 2 : 1) + 3 * B * spec.input_dim;
+  if (host_backend)
+    floats += 4 * P + 2 * B * outputs + 3 * B * spec.latent + 2 * B + 3 * B * spec.input_dim;
+  return {layout.total_size(), 4 * floats + 8 * static_cast<double>(train_rows)};
+}
+
+// Refuses a model or a data cache that the node's memory cannot hold, before any of it is
+// allocated (std::bad_alloc, or the OOM killer, would end the run instead), and decides whether to
+// cache: caching reads each row once instead of every epoch (the global shuffle sends every row to
+// every rank over time, so a rank cannot cache only "its" rows). `auto` caches when the training
+// data of all ranks on the node takes at most half of the available memory and fits beside what
+// training needs.
+bool plan_memory(const Config& cfg, const ModelSpec& spec, int rows, bool host_backend,
+                 bool resuming, const ShardedDataset& train, const ShardedDataset* test,
+                 int local_ranks, const std::string& cfg_path) {
+  const double available = available_memory_bytes(), per_rank = available / local_ranks;
+  const TrainingMemory need = training_memory(spec, rows, host_backend, resuming, train.size());
+  const std::string each =
+      local_ranks > 1 ? " for each of the " + std::to_string(local_ranks) + " ranks on this node"
+                      : "";
+  if (need.bytes > per_rank) {
+    const std::string what = std::to_string(need.parameters) +
+                             " float32 parameters, with their gradients, Adam moments and "
+                             "checkpoint copies, and the activations of " +
+                             std::to_string(rows) + " rows a step";
+    throw_bad_input("the model needs " + bytes_text(need.bytes) + " of memory to train" + each +
+                    " (" + what + "), more than the " + bytes_text(available) +
+                    " available; choose a smaller model.encoder, model.decoder, model.latent or "
+                    "train.batch_size (" +
+                    cfg_path + ")");
   }
-  return bytes * local_ranks <= 0.5 * available;
+  const double data = data_bytes(train) + (test ? data_bytes(*test) : 0.0);
+  switch (cfg.data.cache) {
+    case DataCache::Never:
+      return false;
+    case DataCache::Always:
+      if (need.bytes + data > per_rank)
+        throw_bad_input("data.cache always: the data takes " + bytes_text(data) + " in memory" +
+                        each + ", and training " + bytes_text(need.bytes) + " more, but " +
+                        bytes_text(available) + " is available; use data.cache: auto or never (" +
+                        cfg.data.train + ")");
+      return true;
+    case DataCache::Auto:
+      break;
+  }
+  return data_bytes(train) * local_ranks <= 0.5 * available && need.bytes + data <= per_rank;
+}
+
+// output.dir is checked before anything is written, so that a path that cannot work is one clear
+// error rather than a bare "filesystem error" (or a failure after training): every component and
+// the whole path short enough for the files the run puts there, and the nearest part that exists
+// a writable directory.
+void check_output_dir_can_be_used(const fs::path& dir) {
+  const auto refuse = [&dir](const std::string& why) {
+    throw_bad_input("cannot create the run directory: " + why + " (" + dir.string() + ")");
+  };
+  // The nearest part of the path that exists (a name too long to look up does not).
+  fs::path existing = dir;
+  std::error_code ec;
+  fs::file_status st = fs::status(existing, ec);
+  while (!fs::exists(st) && existing.has_relative_path()) {
+    existing = existing.parent_path();
+    st = fs::status(existing.empty() ? "." : existing, ec);
+  }
+  const std::string shown = existing.empty() ? "." : existing.string();
+  const long name_max = pathconf(shown.c_str(), _PC_NAME_MAX);
+  for (const fs::path& part : dir)
+    if (name_max > 0 && part.string().size() > static_cast<size_t>(name_max))
+      refuse("a path component is " + std::to_string(part.string().size()) +
+             " characters long; the file system allows at most " + std::to_string(name_max));
+  // The longest name the run writes below it: checkpoints/step-NNNNNNNNN.h5.tmp.<pid>.
+  constexpr size_t kLongestInside = sizeof("/checkpoints/step-000000000.h5.tmp.4294967295") - 1;
+  const long path_max = pathconf(shown.c_str(), _PC_PATH_MAX);
+  const size_t max_path = path_max > 0 ? static_cast<size_t>(path_max) : 4096;
+  if (dir.string().size() + kLongestInside >= max_path)
+    refuse("the path is " + std::to_string(dir.string().size()) +
+           " characters long; with the files the run writes in it, at most " +
+           std::to_string(max_path - 1 - kLongestInside) + " are possible");
+  if (!fs::exists(st)) refuse(ec.message() + " ('" + shown + "')");
+  if (!fs::is_directory(st))
+    refuse(existing == dir ? std::string("it exists and is not a directory")
+                           : "'" + shown + "' is not a directory");
+  if (::access(shown.c_str(), W_OK | X_OK) != 0)
+    refuse(std::string(std::strerror(errno)) + " ('" + shown + "')");
 }
 
 void refuse_isolated_ranks(const Communicator& comm, const std::string& cfg_path) {
@@ -162,27 +253,18 @@ void check_distinct_gpus(Communicator& comm, const DevicePlan& device) {
 // these would silently turn the continuation into another computation.
 void check_resumable(const Config& cfg, const CheckpointData& ck, const std::string& ck_path) {
   const Config old = parse_config(ck.config_yaml, ck_path + ":/config");
-  auto differs = [&](const char* key, const std::string& was, const std::string& now) {
+  for (const std::string key :
+       {"seed", "train.batch_size", "model.encoder", "model.latent", "model.decoder",
+        "model.activation", "model.likelihood", "train.optimizer.name"}) {
+    const std::string was = config_value_text(old, key), now = config_value_text(cfg, key);
     if (was != now)
-      throw_bad_input("cannot resume: " + std::string(key) + " was " + was + " in the checkpoint, is " +
-                      now + " now (" + ck_path + ")");
-  };
-  differs("seed", std::to_string(old.seed), std::to_string(cfg.seed));
-  differs("train.batch_size", std::to_string(old.train.batch_size), std::to_string(cfg.train.batch_size));
-  auto model = [](const ModelConfig& m) {
-    std::string text = "encoder [";
-    for (int w : m.encoder) text += std::to_string(w) + " ";
-    text += "] latent " + std::to_string(m.latent) + " decoder [";
-    for (int w : m.decoder) text += std::to_string(w) + " ";
-    return text + "] activation " + std::to_string(static_cast<int>(m.activation)) +
-           " likelihood " + std::to_string(static_cast<int>(m.likelihood));
-  };
-  differs("the model", model(old.model), model(cfg.model));
-  differs("train.optimizer.name", old.train.optimizer.name, cfg.train.optimizer.name);
+      throw_bad_input("cannot resume: " + key + " was " + was + " in the checkpoint, is " + now +
+                      " now (" + ck_path + ")");
+  }
 }
 
 void train_with(const Config& cfg, const std::string& cfg_path, const std::string& resume,
-                Communicator& control, const CudaProbe& probe) {
+                bool discard_newer, Communicator& control, const CudaProbe& probe) {
   refuse_isolated_ranks(control, cfg_path);
   const DevicePlan device = plan_device(cfg.device, cuda_backend_built(), probe.devices,
                                         control.local_rank(), control.local_size(), cfg_path,
@@ -202,6 +284,10 @@ void train_with(const Config& cfg, const std::string& cfg_path, const std::strin
       throw_bad_input("test data has a different sample shape than the training data (" +
                       cfg.data.test + ")");
   }
+  if (train.features() > std::numeric_limits<int>::max())
+    throw_bad_input("samples have " + std::to_string(train.features()) + " values (shape " +
+                    shape_str(train.sample_shape()) + "); the model takes at most " +
+                    std::to_string(std::numeric_limits<int>::max()) + " (" + cfg.data.train + ")");
   if (train.size() < cfg.train.batch_size)
     throw_bad_input("train.batch_size " + std::to_string(cfg.train.batch_size) +
                     " is larger than the training data's " + std::to_string(train.size()) +
@@ -212,7 +298,7 @@ void train_with(const Config& cfg, const std::string& cfg_path, const std::strin
                     cfg_path + ")");
   const fs::path run_dir = cfg.output.dir;
   const bool writer = comm.rank() == 0;  // rank 0 alone writes files (and reads checkpoints)
-  if (writer && resume.empty()) check_run_directory_is_free(run_dir);
+  if (writer) check_output_dir_can_be_used(run_dir);
 
   // Ranks on one node share its cores: by default each gets its share of BLAS threads.
   const int threads = cfg.train.threads > 0 || comm.local_size() == 1
@@ -230,49 +316,50 @@ void train_with(const Config& cfg, const std::string& cfg_path, const std::strin
   if (plane == DataPlane::Nccl)
     nccl = make_nccl_communicator(control, cuda_stream(*backend), cfg.distributed.timeout_s);
   Communicator& data_comm = nccl ? *nccl : control;
-  const bool cache = should_cache(train, cfg.data.cache, comm.local_size());
+  const int max_rows = (cfg.train.batch_size + comm.size() - 1) / comm.size();  // a rank's share
+  const bool cache =
+      plan_memory(cfg, model_spec(cfg, static_cast<int>(train.features())), max_rows, !device.cuda,
+                  writer && !resume.empty(), train, test.get(), comm.local_size(), cfg_path);
+  // Rows are checked as they are read: cached ones now, the others batch by batch.
+  if (cfg.model.likelihood == Likelihood::Bernoulli) {
+    train.require_unit_interval("model.likelihood bernoulli");
+    if (test) test->require_unit_interval("model.likelihood bernoulli");
+  }
   if (cache) {
     train.cache_in_memory();
     if (test) test->cache_in_memory();
-  }
-  for (const ShardedDataset* d : {&train, test.get()}) {
-    // Value ranges are known only for cached data; uint8 data is in [0, 1] by construction.
-    if (d && d->cached() && cfg.model.likelihood == Likelihood::Bernoulli &&
-        (d->min_value() < 0.0f || d->max_value() > 1.0f))
-      throw_bad_input("model.likelihood bernoulli needs data in [0, 1], found values in [" +
-                      std::to_string(d->min_value()) + ", " + std::to_string(d->max_value()) +
-                      "] (" + (d == &train ? cfg.data.train : cfg.data.test) + ")");
   }
 
   // Everything that can fail on bad input happens before the first file is written.
   const std::unique_ptr<Trainer> trainer = make_trainer(cfg, data_comm, *backend, train, test.get());
   check_ranks_agree(comm, cfg, train, test.get(), trainer->num_params());
-  const CheckpointDirectory checkpoints(run_dir / "checkpoints", cfg.checkpoint.keep);
+  // Rank 0 takes the run directory's lock and decides how the run starts, refusing anything that
+  // would lose what the directory holds (launch/run_directory.h). A checkpoint named on the
+  // command line is read and checked first, so a bad one leaves no trace.
+  std::optional<RunDirectory> run;
   std::optional<CheckpointData> ck;
-  if (writer && !resume.empty()) {
-    const std::string from = resume == "auto" ? checkpoints.last().string() : resume;
-    ck = resume == "auto" ? checkpoints.load_newest(trainer->layout())
-                          : read_checkpoint(resume, trainer->layout());
-    if (ck) check_resumable(cfg, *ck, from);
+  if (writer) {
+    std::optional<CheckpointData> named;
+    if (!resume.empty() && resume != "auto") {
+      named = read_checkpoint(resume, trainer->layout());
+      check_resumable(cfg, *named, resume);
+    }
+    run.emplace(RunDirectory::open(run_dir));
+    ck = run->choose_start(resume, std::move(named), discard_newer, trainer->layout());
+    if (ck && resume == "auto") check_resumable(cfg, *ck, (run_dir / "checkpoints").string());
   }
   trainer->restore(ck ? &*ck : nullptr);
   MetricsWriter metrics;
   if (writer) {
-    std::error_code ec;
-    fs::create_directories(run_dir / "checkpoints", ec);
-    if (ec) throw_bad_input("cannot create the run directory: " + ec.message() + " (" +
-                            run_dir.string() + ")");
-    write_text_file(run_dir / "config.yaml", to_yaml(cfg));
-    if (ck) {  // what came after the checkpoint never happened, as far as this run is concerned
-      checkpoints.prepare_for_resume_at(ck->state.step);
-      trim_metrics_after(run_dir / "metrics.jsonl", ck->state.step);
-    }
-    metrics = MetricsWriter((run_dir / "metrics.jsonl").string());
+    run->start(to_yaml(cfg), ck ? &*ck : nullptr, cfg.checkpoint.keep);
+    metrics = MetricsWriter(run->metrics_path().string());
     std::printf("elbo: device %s, communicator %s, %d rank(s), %s threads per rank, data %s\n",
                 device_name.c_str(), data_comm.name().c_str(), comm.size(),
                 threads > 0 ? std::to_string(threads).c_str() : "default",
                 cache ? "cached in memory" : "read from the shards each step");
   }
+  const CheckpointDirectory not_written(run_dir / "checkpoints", cfg.checkpoint.keep);
+  const CheckpointDirectory& checkpoints = writer ? run->checkpoints() : not_written;
   const auto t0 = std::chrono::steady_clock::now();
   install_stop_signal_handlers();
   trainer->run(checkpoints, metrics);
@@ -282,23 +369,24 @@ void train_with(const Config& cfg, const std::string& cfg_path, const std::strin
 }  // namespace
 
 int run_train(const TrainOptions& options) {
+  if (options.discard_newer && (options.resume.empty() || options.resume == "auto"))
+    throw_bad_input("--discard-newer goes with --resume PATH: it deletes the checkpoints of that "
+                    "run past PATH's step (command line)");
   const Config cfg = load_config(options.config_path, options.overrides);
   const CudaProbe probe = probe_cuda_before_mpi(cfg);
   auto comm = watched(make_control_communicator(cfg.distributed.backend), cfg.distributed.timeout_s);
   if (comm->size() == 1) {
-    train_with(cfg, options.config_path, options.resume, *comm, probe);
+    train_with(cfg, options.config_path, options.resume, options.discard_newer, *comm, probe);
     return 0;
   }
   // With several ranks an error on one must end all of them: the others would otherwise wait in
   // the next collective for ever.
   try {
-    train_with(cfg, options.config_path, options.resume, *comm, probe);
-  } catch (const Error& e) {
-    std::fprintf(stderr, "elbo: error: rank %d: %s\n", comm->rank(), e.what());
-    comm->abort(e.exit_code());
-  } catch (const std::exception& e) {
-    std::fprintf(stderr, "elbo: error: rank %d: %s\n", comm->rank(), e.what());
-    comm->abort(1);
+    train_with(cfg, options.config_path, options.resume, options.discard_newer, *comm, probe);
+  } catch (...) {
+    const ErrorReport report = report_of(std::current_exception());
+    std::fprintf(stderr, "elbo: error: rank %d: %s\n", comm->rank(), report.message.c_str());
+    comm->abort(report.exit_code);
   }
   return 0;
 }

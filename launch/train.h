@@ -11,6 +11,7 @@ struct TrainOptions {
   std::string config_path;
   std::vector<std::string> overrides;  // "key.path=value"
   std::string resume;                  // "", "auto" or a checkpoint path
+  bool discard_newer = false;          // with a path: delete the run's checkpoints past it
 };
 
 // Returns the process exit code; throws elbo::Error on bad input or failure.

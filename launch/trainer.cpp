@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdio>
 #include <string>
+#include <utility>
 
 #include "core/error.h"
 #include "core/optimizer.h"
@@ -393,7 +394,7 @@ class StepLoop final : public Trainer {
     be_.download(ck.params.data(), vae_.params(), n);
     be_.download(ck.exp_avg.data(), adam_.exp_avg(), n);
     be_.download(ck.exp_avg_sq.data(), adam_.exp_avg_sq(), n);
-    checkpoints.save(vae_.layout(), ck);
+    checkpoints.save(vae_.layout(), std::move(ck));
   }
 
   const Config& cfg_;

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Command-line integration test for elbo.
-#   usage: tests/cli_test.sh <path-to-elbo> <work-dir>
+#   usage: tests/cli_test.sh <path-to-elbo> <work-dir> [<path-to-h5_tool>]
 # Contract under test: every bad input (config, data file, checkpoint, command line) ends with
 # exactly one stderr line `elbo: error: <what> (<where>)` and exit code 2; nothing the user had is
 # overwritten; a finished run directory is not clobbered; a failed start leaves the run directory
@@ -9,8 +9,8 @@
 # Fashion-MNIST files are absent, 0 otherwise. Writes only under <work-dir>.
 set -u
 
-if [ "$#" -ne 2 ]; then
-  echo "usage: $0 <path-to-elbo> <work-dir>" >&2
+if [ "$#" -ne 2 ] && [ "$#" -ne 3 ]; then
+  echo "usage: $0 <path-to-elbo> <work-dir> [<path-to-h5_tool>]" >&2
   exit 1
 fi
 
@@ -18,6 +18,8 @@ abspath() { case "$1" in /*) printf '%s\n' "$1" ;; *) printf '%s\n' "$PWD/$1" ;;
 
 ELBO=$(abspath "$1")
 W=$(abspath "$2")
+H5TOOL=""  # writes broken HDF5 files (tests/h5_tool.cpp); without it those checks are skipped
+if [ "$#" -eq 3 ]; then H5TOOL=$(abspath "$3"); fi
 SCRIPT_DIR=$(cd "$(dirname "$0")" && pwd)
 CONFIGS="$SCRIPT_DIR/../configs"
 FMNIST=/usr/share/datasets/fashion-mnist
@@ -101,9 +103,11 @@ expect_error() {
   return 1
 }
 
-# tree_digest <dir>: every path (sorted) and the md5 of every file under dir.
+# tree_digest <dir>: every path (sorted) and the md5 of every file under dir, but for the
+# contents of .elbo.lock, which names the last process that took the directory's lock.
 tree_digest() {
-  (cd "$1" && find . -print | LC_ALL=C sort && find . -type f -print0 | LC_ALL=C sort -z | xargs -0 -r md5sum)
+  (cd "$1" && find . -print | LC_ALL=C sort &&
+   find . -type f ! -name .elbo.lock -print0 | LC_ALL=C sort -z | xargs -0 -r md5sum)
 }
 
 # ---------------------------------------------------------------------------------------------
@@ -264,6 +268,151 @@ output:
   dir: $NONE
 EOF
 expect_error "batch_size" "$ELBO" train "$W/tiny.yaml"
+# ---------------------------------------------------------------------------------------------
+# 6b. Resuming with another model names the key and both values as the config spells them.
+RESUME_FAIL=("${SMOKE_FAIL[@]}" --resume "$RUN/checkpoints/last.h5")
+expect_error "model.activation was relu in the checkpoint, is tanh now" \
+  "$ELBO" "${RESUME_FAIL[@]}" model.activation=tanh
+expect_error "model.likelihood was bernoulli in the checkpoint, is gaussian now" \
+  "$ELBO" "${RESUME_FAIL[@]}" model.likelihood=gaussian
+expect_error "train.optimizer.name was adam in the checkpoint, is adamw now" \
+  "$ELBO" "${RESUME_FAIL[@]}" train.optimizer.name=adamw
+expect_error "seed was 1 in the checkpoint, is 2 now" "$ELBO" "${RESUME_FAIL[@]}" seed=2
+
+# ---------------------------------------------------------------------------------------------
+# 6c. A FIFO or device where a checkpoint or shard should be is refused at once (reading a FIFO
+#     would wait for a writer for ever; `timeout` turns such a hang into a failure).
+mkfifo "$W/fifo.h5"
+mkdir -p "$W/data/withfifo" && cp "$W/data/tiny/"*.h5 "$W/data/withfifo/" && mkfifo "$W/data/withfifo/z.h5"
+expect_error "cannot open: is a FIFO, not a regular file ($W/fifo.h5)" timeout 20 "$ELBO" info "$W/fifo.h5"
+expect_error "cannot open: is a character device, not a regular file (/dev/null)" \
+  timeout 20 "$ELBO" info /dev/null
+expect_error "cannot open: is a FIFO, not a regular file ($W/fifo.h5)" \
+  timeout 20 "$ELBO" "${SMOKE_FAIL[@]}" --resume "$W/fifo.h5"
+expect_error "cannot open: is a FIFO, not a regular file ($W/data/withfifo/z.h5)" \
+  timeout 20 "$ELBO" "${SMOKE_FAIL[@]}" "data.train=$W/data/withfifo"
+expect_error "cannot open: is a FIFO, not a regular file ($W/fifo.h5)" \
+  timeout 20 "$ELBO" "${SMOKE_FAIL[@]}" "data.test=$W/fifo.h5"
+
+# ---------------------------------------------------------------------------------------------
+# 6d. An output.dir that cannot be created is one line naming the reason and the path, before
+#     anything is written (not a bare "filesystem error").
+LONG=$(printf 'x%.0s' $(seq 5000))
+echo "not a directory" >"$W/plainfile"
+before=$(tree_digest "$W/runs" 2>&1)
+expect_error "cannot create the run directory: a path component is 5000 characters long; the file system allows at most 255 ($W/$LONG/run)" \
+  "$ELBO" "${SMOKE_FAIL[@]}" "output.dir=$W/$LONG/run"
+expect_error "cannot create the run directory: a path component is 5000 characters long" \
+  "$ELBO" "${SMOKE_FAIL[@]}" "output.dir=$W/$LONG" --resume auto
+expect_error "cannot create the run directory: '$W/plainfile' is not a directory ($W/plainfile/run)" \
+  "$ELBO" "${SMOKE_FAIL[@]}" "output.dir=$W/plainfile/run"
+expect_error "cannot create the run directory: it exists and is not a directory ($W/plainfile)" \
+  "$ELBO" "${SMOKE_FAIL[@]}" "output.dir=$W/plainfile"
+mkdir -p "$W/readonly"
+if [ "$(id -u)" -ne 0 ]; then
+  chmod 555 "$W/readonly"
+  expect_error "cannot create the run directory: Permission denied ('$W/readonly') ($W/readonly/run)" \
+    "$ELBO" "${SMOKE_FAIL[@]}" "output.dir=$W/readonly/run"
+  chmod 755 "$W/readonly"
+elif unshare -m true 2>/dev/null; then  # root passes permission bits; a read-only mount stops it
+  expect_error "cannot create the run directory: Read-only file system ('$W/readonly') ($W/readonly/sub/run)" \
+    unshare -m sh -c 'mount -t tmpfs -o ro tmpfs "$1" && shift && exec "$@"' sh "$W/readonly" \
+    "$ELBO" "${SMOKE_FAIL[@]}" "output.dir=$W/readonly/sub/run"
+else
+  echo "skip - a read-only output.dir (root without mount namespaces)"
+fi
+after=$(tree_digest "$W/runs" 2>&1)
+if [ "$before" = "$after" ] && [ "$(cat "$W/plainfile")" = "not a directory" ] &&
+   [ -z "$(ls -A "$W/readonly")" ]; then
+  ok "unusable output.dirs left every file as it was"
+else
+  fail "an unusable output.dir changed files"; diff <(echo "$before") <(echo "$after") | sed 's/^/    | /'
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 6e. A model or a data cache too large for the machine's memory is refused before it is
+#     allocated (not std::bad_alloc, nor the OOM killer), saying how much it needs.
+params=$(( 784 * 1048576 + 1048576 + 1048576 * 1048576 + 1048576 + 1048576 * 16 + 16 \
+           + 8 * 64 + 64 + 64 * 784 + 784 ))  # smoke.yaml's latent 8 and decoder [64], D = 784
+expect_error "the model needs 28.0 TiB of memory to train ($params float32 parameters" \
+  "$ELBO" "${SMOKE_FAIL[@]}" "model.encoder=[1048576, 1048576]"
+if [ -n "$H5TOOL" ]; then
+  # A chunked shard that was never written is tiny on disk, but as data it is twice the memory.
+  avail_kb=$(awk '/^MemAvailable:/ { print $2 }' /proc/meminfo)
+  mkdir -p "$W/data/huge"
+  "$H5TOOL" shard "$W/data/huge/s.h5" u8 $(( avail_kb / 2 + 16 )) 4096 sparse
+  expect_error "data.cache always: the data takes" \
+    "$ELBO" "${SMOKE_FAIL[@]}" "data.train=$W/data/huge" data.test= data.cache=always
+  expect_error "is available; use data.cache: auto or never ($W/data/huge)" \
+    "$ELBO" "${SMOKE_FAIL[@]}" "data.train=$W/data/huge" data.test= data.cache=always
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 6f. A checkpoint whose fields were damaged or edited is refused by `elbo info` and by
+#     `elbo train --resume` alike, naming the file and the field (a negative step crashed resume).
+if [ -n "$H5TOOL" ]; then
+  cp "$RUN/checkpoints/last.h5" "$W/negative_step.h5" &&
+    "$H5TOOL" set-int "$W/negative_step.h5" /state step -5
+  want="checkpoint attribute 'step' is -5, must be between 0 and the config's train.max_steps 150 ($W/negative_step.h5:/state)"
+  expect_error "$want" "$ELBO" info "$W/negative_step.h5"
+  expect_error "$want" "$ELBO" "${SMOKE_FAIL[@]}" --resume "$W/negative_step.h5"
+  cp "$RUN/checkpoints/last.h5" "$W/nan_param.h5" &&
+    "$H5TOOL" set-value "$W/nan_param.h5" /params/encoder.0.weight 100 nan
+  want="tensor holds a non-finite value (nan) at index 100 ($W/nan_param.h5:/params/encoder.0.weight)"
+  expect_error "$want" "$ELBO" info "$W/nan_param.h5"
+  expect_error "$want" "$ELBO" "${SMOKE_FAIL[@]}" --resume "$W/nan_param.h5"
+  cp "$RUN/checkpoints/last.h5" "$W/samples.h5" &&
+    "$H5TOOL" set-int "$W/samples.h5" /state samples_seen 12345
+  expect_error "checkpoint attribute 'samples_seen' is 12345, but 150 steps of train.batch_size 64 are 9600 ($W/samples.h5:/state)" \
+    "$ELBO" "${SMOKE_FAIL[@]}" --resume "$W/samples.h5"
+fi
+
+# ---------------------------------------------------------------------------------------------
+# 6g. Data errors found only while reading batches (data.cache: never) end the run with one line
+#     naming the file, the dataset and the row, exit 2; with the data cached, the same check stops
+#     the start before anything is written. A filter the library lacks is refused at the start.
+if [ -n "$H5TOOL" ]; then
+  D="$W/data/fixtures"
+  mkdir -p "$D/corrupt" "$D/filter" "$D/good" "$D/nan_test" "$D/outside"
+  "$H5TOOL" shard "$D/corrupt/s.h5" u8 2000 16 deflate &&
+    "$H5TOOL" corrupt-chunk "$D/corrupt/s.h5" /x 1000  # the chunk of rows 992-1007
+  "$H5TOOL" shard "$D/filter/s.h5" u8 2000 16 unavailable
+  "$H5TOOL" shard "$D/good/s.h5" f32 256 16 contiguous
+  "$H5TOOL" shard "$D/nan_test/t.h5" f32 64 16 contiguous &&
+    "$H5TOOL" set-value "$D/nan_test/t.h5" /x $(( 5 * 16 + 3 )) nan
+  "$H5TOOL" shard "$D/outside/s.h5" f32 256 16 contiguous &&
+    "$H5TOOL" set-value "$D/outside/s.h5" /x $(( 100 * 16 + 7 )) 1.5
+  FIX=(train "$CONFIGS/smoke.yaml" data.test= train.max_steps=0 train.epochs=1 output.log_every=1)
+
+  expect_error "cannot read '/x' at row " \
+    "$ELBO" "${FIX[@]}" "data.train=$D/corrupt" data.cache=never "output.dir=$W/runs/corrupt"
+  row=$(sed -n "s/.*cannot read '\/x' at row \([0-9]*\): .*/\1/p" "$W/log/cmd$N.err")
+  if [ -n "$row" ] && [ "$row" -ge 992 ] && [ "$row" -le 1007 ] &&
+     grep -q "filter returned failure during read.* ($D/corrupt/s.h5)\$" "$W/log/cmd$N.err"; then
+    ok "the corrupt chunk is found by a batch read: row $row, in the chunk of rows 992-1007"
+  else
+    fail "corrupt chunk: row '$row' (want 992-1007)"; show "$W/log/cmd$N.err"
+  fi
+  expect_error "cannot read '/x' at row 992: filter returned failure during read" \
+    "$ELBO" "${FIX[@]}" "data.train=$D/corrupt" data.cache=auto "output.dir=$NONE"
+  expect_error "dataset is stored with the HDF5 filter 'unavailable test filter' (id 511), which this HDF5 library cannot decode" \
+    "$ELBO" "${FIX[@]}" "data.train=$D/filter" data.cache=never "output.dir=$NONE"
+  for cache in never auto; do
+    expect_error "non-finite value in '/x' at row 5 ($D/nan_test/t.h5)" \
+      "$ELBO" "${FIX[@]}" "data.train=$D/good" "data.test=$D/nan_test" "data.cache=$cache" \
+      "output.dir=$([ $cache = never ] && echo "$W/runs/nan_test" || echo "$NONE")"
+    expect_error "value 1.5 in '/x' at row 100 is outside [0, 1], which model.likelihood bernoulli needs ($D/outside/s.h5)" \
+      "$ELBO" "${FIX[@]}" "data.train=$D/outside" "data.cache=$cache" \
+      "output.dir=$([ $cache = never ] && echo "$W/runs/outside" || echo "$NONE")"
+  done
+  # The range is the Bernoulli likelihood's rule only: a Gaussian model trains on the same data.
+  "$ELBO" "${FIX[@]}" "data.train=$D/outside" data.cache=never model.likelihood=gaussian \
+    "output.dir=$W/runs/outside_gaussian" >"$W/log/outside_gaussian.out" 2>&1
+  rc=$?
+  if [ "$rc" -eq 0 ]; then ok "a Gaussian model trains on data outside [0, 1]"
+  else fail "a Gaussian model on data outside [0, 1] exits $rc"; show "$W/log/outside_gaussian.out"; fi
+fi
+
 if [ ! -e "$NONE" ]; then ok "no failed start created its output.dir"
 else fail "a failed start created '$NONE'"; find "$NONE" | sed 's/^/    | /'; fi
 

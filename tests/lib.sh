@@ -56,6 +56,29 @@ sys.exit(0 if worst <= 1e-5 and test <= 1e-5 else 1)
 PY
 }
 
+# tree_digest <dir>: every path (sorted) and the md5 of every file under dir, but for the
+# contents of .elbo.lock, which names the last process that took the directory's lock.
+tree_digest() {
+  (cd "$1" && find . -print | LC_ALL=C sort &&
+   find . -type f ! -name .elbo.lock -print0 | LC_ALL=C sort -z | xargs -0 -r md5sum)
+}
+
+# expect_error <name> <exit code> <text> <command...>: the command exits with that code and
+# prints exactly one stderr line, `elbo: error: <what> (<where>)`, containing <text>. Its output
+# is in <name>.out and <name>.err. Sets failed=1 when not.
+expect_error() {
+  local name=$1 code=$2 text=$3; shift 3
+  "$@" >"$name.out" 2>"$name.err"
+  local rc=$? lines; lines=$(awk 'END { print NR }' "$name.err")
+  if [ "$rc" -eq "$code" ] && [ "$lines" -eq 1 ] && grep -qE '^elbo: error: .+ \(.+\)$' "$name.err" &&
+      grep -qF -- "$text" "$name.err"; then
+    ok "$name: exit $rc, $(cat "$name.err")"
+  else
+    fail "$name: exit $rc (want $code), $lines stderr line(s), want one mentioning '$text'"
+    show "$name.err" "$name.out"
+  fi
+}
+
 ok() { echo "ok - $*"; }
 fail() { echo "FAIL - $*"; failed=1; }
 show() { for f in "$@"; do [ -s "$f" ] && sed "s/^/    | /" "$f"; done; return 0; }

@@ -316,6 +316,81 @@ TEST_F(ConfigTest, BadEnum) {
                        dir_.string() + "/cfg.yaml:2)");
 }
 
+// A missing data.train is usually a misspelt key: the unknown key is the error reported.
+TEST_F(ConfigTest, UnknownKeyIsReportedBeforeAMissingRequiredKey) {
+  EXPECT_BAD_INPUT(load("dat:\n  train: x\n"),
+                   "unknown key 'dat' (" + dir_.string() + "/cfg.yaml:1)");
+  EXPECT_BAD_INPUT(load("name: n\ndata:\n  trian: x\n"),
+                   "unknown key 'data.trian' (" + dir_.string() + "/cfg.yaml:3)");
+  EXPECT_BAD_INPUT(load("data:\n  test: t\n", {"data.trian=x"}),
+                   "unknown key 'data.trian' (override 'data.trian=x')");
+  // Without a misspelling the missing key is still what is reported.
+  EXPECT_BAD_INPUT(load("name: n\ndata:\n  test: t\n"),
+                   "missing required key 'data.train' (" + dir_.string() + "/cfg.yaml)");
+}
+
+// yaml-cpp reads the first document only; the rest of the file would be ignored without a word.
+TEST_F(ConfigTest, SecondYamlDocumentIsAnError) {
+  const std::string where = "(" + dir_.string() + "/cfg.yaml:";
+  EXPECT_BAD_INPUT(load("data: {train: x}\n---\nmodel: {latent: 3}\n"),
+                   "a second YAML document starts here; a config is one document " + where + "2)");
+  EXPECT_BAD_INPUT(load("# notes\ndata: {train: x}\ntrain: {epochs: 2}\n...\n---\n"),
+                   "a second YAML document starts here; a config is one document " + where + "5)");
+  EXPECT_BAD_INPUT(load("---\ndata: {train: x}\n---\n---\n"),
+                   "a second YAML document starts here; a config is one document " + where + "3)");
+  // One document, with or without its markers, is fine.
+  EXPECT_EQ(load("---\ndata: {train: x}\ntrain: {epochs: 4}\n...\n").train.epochs, 4);
+  EXPECT_EQ(load("%YAML 1.2\n---\ndata: {train: x}\n").data.train, "x");
+}
+
+// What the optimizer and the loss compute with is float32: a value that overflows it, or that
+// rounds to 0 or to a subnormal, validates as a double but cannot work.
+TEST_F(ConfigTest, Float32ValuesMustSurviveTheConversion) {
+  const std::string too_big = "<= 3.4028234663852886e+38, the largest float32";
+  const std::string too_small =
+      ">= 1.1754943508222875e-38, the smallest normal float32 (smaller values round to 0 or lose "
+      "precision)";
+  struct Case {
+    std::string line, key, rule, value;
+  };
+  const std::vector<Case> cases = {
+      {"train: {optimizer: {lr: 1.0e+39}}", "train.optimizer.lr", too_big, "1.0e+39"},
+      {"train: {optimizer: {lr: 1.0e-39}}", "train.optimizer.lr", too_small, "1.0e-39"},
+      {"train: {optimizer: {eps: 1.0e-50}}", "train.optimizer.eps", too_small, "1.0e-50"},
+      {"train: {optimizer: {eps: 1.0e-40}}", "train.optimizer.eps", too_small, "1.0e-40"},
+      {"train: {optimizer: {eps: 1e300}}", "train.optimizer.eps", too_big, "1e300"},
+      {"train: {optimizer: {weight_decay: 4e38}}", "train.optimizer.weight_decay", too_big, "4e38"},
+      {"train: {optimizer: {weight_decay: 1e-45}}", "train.optimizer.weight_decay", too_small,
+       "1e-45"},
+      {"train: {beta: 1e39}", "train.beta", too_big, "1e39"},
+      {"train: {beta: 1e-39}", "train.beta", too_small, "1e-39"},
+      {"train: {grad_clip: 1e-40}", "train.grad_clip", too_small, "1e-40"},
+      {"train: {optimizer: {betas: [0.9, 0.99999999999]}}", "train.optimizer.betas[1]",
+       "<= 0.9999999403953552, the largest float32 below 1", "0.99999999999"},
+      {"train: {optimizer: {betas: [0.99999998, 0.999]}}", "train.optimizer.betas[0]",
+       "<= 0.9999999403953552, the largest float32 below 1", "0.99999998"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.line);
+    EXPECT_BAD_INPUT(load("data: {train: x}\n" + c.line + "\n"),
+                     "key '" + c.key + "' must be " + c.rule + ", got " + c.value + " (" +
+                         dir_.string() + "/cfg.yaml:2)");
+  }
+  EXPECT_BAD_INPUT(load("data: {train: x}\n",
+                        {"train.optimizer.eps=0.0000000000000000000000000000000000000000001"}),
+                   "got 0.0000000000000000000000000000000000000000001 (override "
+                   "'train.optimizer.eps=0.0000000000000000000000000000000000000000001')");
+  // The edges themselves, zero where zero means off, and large but finite values are accepted.
+  const Config ok = load(
+      "data: {train: x}\ntrain:\n  optimizer: {lr: 1.0e+30, eps: 1.1754943508222875e-38, "
+      "weight_decay: 3.4028234663852886e+38, betas: [0, 0.9999999]}\n  beta: 0\n  grad_clip: 0\n");
+  EXPECT_EQ(ok.train.optimizer.lr, 1.0e30);
+  EXPECT_EQ(static_cast<float>(ok.train.optimizer.eps), std::numeric_limits<float>::min());
+  EXPECT_EQ(static_cast<float>(ok.train.optimizer.weight_decay), std::numeric_limits<float>::max());
+  EXPECT_LT(static_cast<float>(ok.train.optimizer.beta2), 1.0f);
+  EXPECT_EQ(ok.train.beta, 0.0);
+}
+
 TEST_F(ConfigTest, YamlSyntaxError) {
   const std::string msg =
       bad_input_message([&] { load("data:\n  train: x\nmodel:\n  encoder: [1, 2\n  latent: 3\n"); });
@@ -372,6 +447,19 @@ TEST_F(ConfigTest, SizesHaveUpperBounds) {
   EXPECT_BAD_INPUT(load("data: {train: x}\n", {"model.latent=2000000"}),
                    "key 'model.latent' must be <= 1048576, got 2000000 (override "
                    "'model.latent=2000000')");
+  // At most 64 hidden layers per list: longer is no VAE one could train.
+  std::string layers = "[1";
+  for (int i = 1; i < 65; ++i) layers += ", 1";
+  EXPECT_BAD_INPUT(
+      load("data: {train: x}\nmodel: {encoder: " + layers + "]}\n"),
+      "key 'model.encoder' must have at most 64 layers, got 65 (" + dir_.string() + "/cfg.yaml:2)");
+  const std::string override_text = "model.decoder=" + layers + "]";
+  EXPECT_BAD_INPUT(
+      load("data: {train: x}\n", {override_text}),
+      "key 'model.decoder' must have at most 64 layers, got 65 (override '" + override_text + "')");
+  const std::string sixty_four = layers.substr(0, layers.size() - 3) + "]";
+  EXPECT_EQ(load("data: {train: x}\nmodel: {decoder: " + sixty_four + "}\n").model.decoder.size(),
+            64u);
   Config ok = load("data: {train: x}\nmodel: {latent: 1048576, encoder: [1048576]}\n"
                    "train: {batch_size: 16777216}\n");
   EXPECT_EQ(ok.model.latent, 1048576);
@@ -461,7 +549,9 @@ TEST_F(ConfigTest, ToYamlRoundTrips) {
   c.model.likelihood = elbo::Likelihood::Gaussian;
   c.train.epochs = 2;
   c.train.batch_size = 1;
-  c.train.optimizer = {"adamw", 0.1 + 0.2, 1.0 / 3.0, 0.999999, 1e-300, 5e-324};
+  // eps and weight_decay at the two ends of the float32 range that the config accepts.
+  const double low = std::numeric_limits<float>::min(), high = std::numeric_limits<float>::max();
+  c.train.optimizer = {"adamw", 0.1 + 0.2, 1.0 / 3.0, 0.999999, low, high};
   c.train.grad_clip = 123456.789;
   c.train.beta = 2.0 / 7.0;
   c.train.kl_warmup_steps = std::numeric_limits<int64_t>::max();
@@ -488,6 +578,23 @@ TEST_F(ConfigTest, ToYamlWritesEveryKeyAndRoundTripsAParsedFile) {
     EXPECT_NE(yaml.find(key), std::string::npos) << key << " missing from\n" << yaml;
   expect_same(elbo::parse_config(yaml, "x"), c);
   expect_same(elbo::parse_config(elbo::to_yaml(load(kFullConfig)), "x"), load(kFullConfig));
+}
+
+// What resume mismatches print: values as the config spells them, not enum numbers.
+TEST_F(ConfigTest, ConfigValueTextIsTheYamlSpelling) {
+  const Config c = load(kFullConfig);
+  EXPECT_EQ(elbo::config_value_text(c, "model.activation"), "tanh");
+  EXPECT_EQ(elbo::config_value_text(c, "model.likelihood"), "gaussian");
+  EXPECT_EQ(elbo::config_value_text(c, "model.encoder"), "[512, 256]");
+  EXPECT_EQ(elbo::config_value_text(c, "model.latent"), "16");
+  EXPECT_EQ(elbo::config_value_text(c, "train.optimizer.name"), "adamw");
+  EXPECT_EQ(elbo::config_value_text(c, "train.optimizer.betas"), "[0.8, 0.95]");
+  EXPECT_EQ(elbo::config_value_text(c, "seed"), "7");
+  EXPECT_EQ(elbo::config_value_text(load("data: {train: x}\n"), "model.activation"), "relu");
+  EXPECT_EQ(
+      elbo::config_value_text(load("data: {train: x}\nmodel: {decoder: []}\n"), "model.decoder"),
+      "[]");
+  EXPECT_THROW(elbo::config_value_text(c, "model.depth"), Error);
 }
 
 TEST_F(ConfigTest, ModelSpecAndAdamConfig) {

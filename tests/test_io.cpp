@@ -1,6 +1,9 @@
 // io tests: HDF5 wrappers on the golden file, shard round trips and row reads, IDX import,
 // checkpoints, and the one-line BadInput error each broken user file gives.
 #include <gtest/gtest.h>
+#include <signal.h>
+#include <sys/wait.h>
+#include <sys/stat.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -15,9 +18,13 @@
 #include "core/error.h"
 #include "core/model.h"
 #include "io/checkpoint.h"
+#include "io/directory_lock.h"
+#include "io/files.h"
+#include "io/config.h"
 #include "io/hdf5.h"
 #include "io/idx.h"
 #include "io/shards.h"
+#include "tests/h5_fixtures.h"
 
 namespace fs = std::filesystem;
 using namespace elbo;
@@ -153,6 +160,25 @@ TEST_F(IoTest, Hdf5OpenErrors) {
   std::ofstream(path("text.h5")) << "just some text, not HDF5\n";
   expect_bad_input([&] { h5::File::open_read(path("text.h5")); },
                    {"not an HDF5 file (" + path("text.h5") + ")"});
+  const std::string long_name = path(std::string(5000, 'n') + ".h5");
+  expect_bad_input(
+      [&] { h5::File::open_read(long_name); },
+      {"cannot open: " + std::generic_category().message(ENAMETOOLONG) + " (" + long_name + ")"});
+}
+
+// Opening a FIFO for reading waits for a writer for ever: it, and a device, are refused at once.
+TEST_F(IoTest, Hdf5OpenRefusesFilesThatAreNotRegular) {
+  ASSERT_EQ(::mkfifo(path("fifo.h5").c_str(), 0600), 0) << std::strerror(errno);
+  expect_bad_input([&] { h5::File::open_read(path("fifo.h5")); },
+                   {"cannot open: is a FIFO, not a regular file (" + path("fifo.h5") + ")"});
+  expect_bad_input([&] { h5::File::open_read("/dev/null"); },
+                   {"cannot open: is a character device, not a regular file (/dev/null)"});
+  expect_bad_input([&] { h5::File::open_read(dir_.string()); },
+                   {"cannot open: is a directory (" + dir_.string() + ")"});
+  // A symbolic link to a regular file (as last.h5 is) opens.
+  write_u8_rows(path("real.h5"), 0, 2, {3});
+  fs::create_symlink(path("real.h5"), path("link.h5"));
+  EXPECT_EQ(h5::File::open_read(path("link.h5")).dataset_shape("/x"), (std::vector<int64_t>{2, 3}));
 }
 
 // ---- shards -------------------------------------------------------------------------------------
@@ -305,6 +331,22 @@ TEST_F(IoTest, ShardNotHdf5) {
                    {"not an HDF5 file (" + path("text.h5") + ")"});
 }
 
+// A FIFO named like a shard, in the directory or matched by the glob, is an error, not skipped.
+TEST_F(IoTest, ShardThatIsNotARegularFile) {
+  write_u8_rows(path("a.h5"), 0, 2, {3});
+  ASSERT_EQ(::mkfifo(path("b.h5").c_str(), 0600), 0) << std::strerror(errno);
+  fs::create_directories(path("sub.h5"));  // a directory named like a shard is not one
+  expect_bad_input([&] { ShardedDataset::open(dir_.string()); },
+                   {"cannot open: is a FIFO, not a regular file (" + path("b.h5") + ")"});
+  expect_bad_input([&] { ShardedDataset::open(path("*.h5")); },
+                   {"cannot open: is a FIFO, not a regular file (" + path("b.h5") + ")"});
+  expect_bad_input([&] { ShardedDataset::open("/dev/null"); },
+                   {"cannot open: is a character device, not a regular file (/dev/null)"});
+  fs::remove(path("b.h5"));
+  EXPECT_EQ(ShardedDataset::open(dir_.string()).size(), 2);
+  EXPECT_EQ(ShardedDataset::open(path("*.h5")).size(), 2);
+}
+
 TEST_F(IoTest, ShardGlobMatchesNothing) {
   expect_bad_input([&] { ShardedDataset::open(path("train/*.h5")); },
                    {"no shards match the pattern (" + path("train/*.h5") + ")"});
@@ -343,24 +385,118 @@ TEST_F(IoTest, ShardCacheRejectsNonFinite) {
                    {"non-finite value in '/x' at row 2 (" + path("b.h5") + ")"});
 }
 
-TEST_F(IoTest, ShardMinMaxValues) {
-  fs::create_directories(path("u8"));
-  fs::create_directories(path("f32"));
-  std::vector<uint8_t> a{10, 200, 30, 40}, b{7, 90};
-  write_shard_u8(path("u8/a.h5"), {2}, a, {});
-  write_shard_u8(path("u8/b.h5"), {2}, b, {});
-  ShardedDataset u = ShardedDataset::open(path("u8"));
-  u.cache_in_memory();
-  EXPECT_EQ(u.min_value(), 7.0f / 255.0f);
-  EXPECT_EQ(u.max_value(), 200.0f / 255.0f);
+// Rows read from the shards, not only cached ones, are checked: data.cache never (or auto on data
+// larger than memory) once trained on NaN without a word. One check serves both paths.
+TEST_F(IoTest, ShardRowsAreCheckedAsTheyAreReadCachedOrNot) {
+  std::vector<float> a{0.0f, 0.5f, 1.0f, 0.25f, 0.75f, 0.125f};  // rows 0-2, two values each
+  std::vector<float> b{0.5f, 0.5f, 0.0f, 1.5f, 0.5f, 0.5f};      // rows 3-5; 1.5 in its row 1
+  write_shard_f32(path("a.h5"), {2}, a, {});
+  write_shard_f32(path("b.h5"), {2}, b, {});
+  {
+    ShardedDataset d = ShardedDataset::open(dir_.string());  // no rule: 1.5 is data like any
+    std::vector<int64_t> rows{4, 0};
+    std::vector<float> out(4);
+    d.read_rows(rows, out.data());
+    EXPECT_EQ(out, (std::vector<float>{0.0f, 1.5f, 0.0f, 0.5f}));
+  }
+  const std::string outside =
+      "value 1.5 in '/x' at row 1 is outside [0, 1], which model.likelihood bernoulli needs (" +
+      path("b.h5") + ")";
+  ShardedDataset d = ShardedDataset::open(dir_.string());
+  d.require_unit_interval("model.likelihood bernoulli");
+  std::vector<float> out(3 * 2);
+  std::vector<int64_t> clean{2, 0, 5};
+  d.read_rows(clean, out.data());  // rows without the value read fine
+  EXPECT_EQ(out, (std::vector<float>{0.75f, 0.125f, 0.0f, 0.5f, 0.5f, 0.5f}));
+  std::vector<int64_t> dirty{0, 4};
+  expect_bad_input([&] { d.read_rows(dirty, out.data()); }, {outside});
+  expect_bad_input([&] { d.cache_in_memory(); }, {outside});
+  EXPECT_FALSE(d.cached());
 
-  std::vector<float> c{0.5f, -2.25f, 3.0f}, e{1.0f, 7.5f, -1.0f};
-  write_shard_f32(path("f32/c.h5"), {3}, c, {});
-  write_shard_f32(path("f32/e.h5"), {3}, e, {});
-  ShardedDataset f = ShardedDataset::open(path("f32"));
-  f.cache_in_memory();
-  EXPECT_EQ(f.min_value(), -2.25f);
-  EXPECT_EQ(f.max_value(), 7.5f);
+  b[3] = -0.25f;
+  write_shard_f32(path("c.h5"), {2}, b, {});
+  ShardedDataset c = ShardedDataset::open(path("c.h5"));
+  c.require_unit_interval("model.likelihood bernoulli");
+  std::vector<int64_t> row1{1};
+  expect_bad_input([&] { c.read_rows(row1, out.data()); },
+                   {"value -0.25 in '/x' at row 1 is outside [0, 1], which model.likelihood "
+                    "bernoulli needs (" +
+                    path("c.h5") + ")"});
+
+  // uint8 data is in [0, 1] by construction, 0 and 255 included.
+  std::vector<uint8_t> u{0, 255, 128, 1};
+  write_shard_u8(path("u8.h5"), {2}, u, {});
+  ShardedDataset e = ShardedDataset::open(path("u8.h5"));
+  e.require_unit_interval("model.likelihood bernoulli");
+  std::vector<int64_t> both{0, 1};
+  e.read_rows(both, out.data());
+  EXPECT_EQ(out[1], 1.0f);
+  e.cache_in_memory();
+  EXPECT_TRUE(e.cached());
+}
+
+TEST_F(IoTest, ShardUncachedReadsRejectNonFinite) {
+  write_f32_rows(path("a.h5"), 0, 3, {2});
+  std::vector<float> x{0.0f, 1.0f, 2.0f, 3.0f, 4.0f, std::nanf("")};
+  write_shard_f32(path("b.h5"), {2}, x, {});
+  ShardedDataset d = ShardedDataset::open(dir_.string());
+  std::vector<float> out(2 * 2);
+  std::vector<int64_t> finite{3, 4};  // rows 0 and 1 of b.h5
+  d.read_rows(finite, out.data());
+  EXPECT_EQ(out, (std::vector<float>{0.0f, 1.0f, 2.0f, 3.0f}));
+  std::vector<int64_t> with_nan{1, 5};
+  expect_bad_input([&] { d.read_rows(with_nan, out.data()); },
+                   {"non-finite value in '/x' at row 2 (" + path("b.h5") + ")"});
+}
+
+// A shard stored through a filter this HDF5 lacks (as h5py's LZF is without its plugin) is refused
+// when it is opened, not when a batch first reads it; one with a filter it has reads as written.
+TEST_F(IoTest, ShardFiltersMustBeAvailable) {
+  using namespace elbo_test;
+  write_fixture_shard(path("lzf.h5"), false, 40, 6, Storage::Unavailable);
+  expect_bad_input([&] { ShardedDataset::open(path("lzf.h5")); },
+                   {"dataset is stored with the HDF5 filter 'unavailable test filter' (id 511), "
+                    "which this HDF5 library cannot decode; install its plugin (see "
+                    "HDF5_PLUGIN_PATH) or rewrite the shard without it (" +
+                    path("lzf.h5") + ":/x)"});
+  write_fixture_shard(path("deflate.h5"), true, 40, 6, Storage::Deflate);
+  ShardedDataset d = ShardedDataset::open(path("deflate.h5"));
+  std::vector<int64_t> rows{39, 0, 17};
+  std::vector<float> uncached(3 * 6), cached(3 * 6);
+  d.read_rows(rows, uncached.data());
+  for (size_t i = 0; i < rows.size(); ++i)
+    for (int64_t j = 0; j < 6; ++j)
+      EXPECT_EQ(uncached[i * 6 + static_cast<size_t>(j)], fixture_value(rows[i], j) / 255.0f);
+  d.cache_in_memory();
+  d.read_rows(rows, cached.data());
+  EXPECT_EQ(cached, uncached);
+}
+
+// A corrupt chunk is found when a batch reads it: the error names the shard, the dataset and the
+// first row that cannot be read, with HDF5's reason, and rows in other chunks still read.
+TEST_F(IoTest, ShardCorruptChunkNamesTheRow) {
+  using namespace elbo_test;
+  const std::string p = path("s.h5");
+  write_fixture_shard(p, false, 100, 8, Storage::Deflate);
+  corrupt_chunk(p, "/x", 37);  // the chunk of rows 32-47
+  ShardedDataset d = ShardedDataset::open(dir_.string());
+  std::vector<int64_t> good{5, 99, 48, 31};
+  std::vector<float> out(4 * 8);
+  d.read_rows(good, out.data());
+  for (size_t i = 0; i < good.size(); ++i)
+    EXPECT_EQ(out[i * 8 + 3], fixture_value(good[i], 3) / 255.0f);
+  std::vector<int64_t> bad{60, 40, 5, 33};
+  expect_bad_input(
+      [&] { d.read_rows(bad, out.data()); },
+      {"cannot read '/x' at row 33: filter returned failure during read", "(" + p + ")"});
+  expect_bad_input(
+      [&] { d.cache_in_memory(); },
+      {"cannot read '/x' at row 32: filter returned failure during read", "(" + p + ")"});
+  EXPECT_FALSE(d.cached());
+  // The same file through the wrappers' whole-dataset read (as checkpoint tensors are read).
+  expect_bad_input(
+      [&] { h5::File::open_read(p).read_floats("/x"); },
+      {"cannot read the dataset: filter returned failure during read", "(" + p + ":/x)"});
 }
 
 // ---- IDX ----------------------------------------------------------------------------------------
@@ -483,18 +619,20 @@ TEST_F(IoTest, PrepareFromIdxErrors) {
 TEST_F(IoTest, PrepareFromIdxFailureLeavesNoShard) {
   write_raw(path("images"), idx_bytes({6, 2, 2}, iota_bytes(24)));
   std::string out = path("out");
-  fs::create_directories(out + "/shard-00002-of-00003.h5.tmp/blocker");
+  const std::string blocked = out + "/shard-00002-of-00003.h5.tmp." + std::to_string(::getpid());
+  fs::create_directories(blocked + "/blocker");
   EXPECT_THROW(prepare_from_idx(path("images"), "", out, 3), Error);
   for (const auto& e : fs::directory_iterator(out)) {
     std::string name = e.path().filename().string();
+    if (name == DirectoryLock::kFileName) continue;
     EXPECT_NE(name, "shard-00000-of-00003.h5");
     EXPECT_NE(name, "shard-00001-of-00003.h5");
     EXPECT_FALSE(e.is_regular_file()) << "left behind: " << name;
   }
-  EXPECT_TRUE(fs::is_directory(out + "/shard-00002-of-00003.h5.tmp/blocker"));  // not ours
+  EXPECT_TRUE(fs::is_directory(blocked + "/blocker"));  // not ours
 
   // Once the obstacle is gone the same command goes through.
-  fs::remove_all(out + "/shard-00002-of-00003.h5.tmp");
+  fs::remove_all(blocked);
   EXPECT_EQ(prepare_from_idx(path("images"), "", out, 3).shard_paths.size(), 3u);
 }
 
@@ -503,15 +641,103 @@ TEST_F(IoTest, PrepareFromIdxClearsStaleTemporaries) {
   write_raw(path("images"), idx_bytes({4, 2, 2}, iota_bytes(16)));
   std::string out = path("out");
   fs::create_directories(out);
-  std::ofstream(out + "/shard-00000-of-00002.h5.tmp") << "half-written";
-  std::ofstream(out + "/shard-00004-of-00005.h5.tmp") << "half-written";
+  std::ofstream(out + "/shard-00000-of-00002.h5.tmp.123") << "half-written";
+  std::ofstream(out + "/shard-00004-of-00005.h5.tmp.4567") << "half-written";
+  std::ofstream(out + "/notes.h5.tmp") << "the user's";
   PrepareResult r = prepare_from_idx(path("images"), "", out, 2);
   ASSERT_EQ(r.shard_paths.size(), 2u);
   std::vector<std::string> names;
   for (const auto& e : fs::directory_iterator(out)) names.push_back(e.path().filename().string());
   std::sort(names.begin(), names.end());
-  EXPECT_EQ(names, (std::vector<std::string>{"shard-00000-of-00002.h5", "shard-00001-of-00002.h5"}));
+  EXPECT_EQ(names, (std::vector<std::string>{".elbo.lock", "notes.h5.tmp", "shard-00000-of-00002.h5",
+                                             "shard-00001-of-00002.h5"}));
   EXPECT_EQ(ShardedDataset::open(out).size(), 4);
+}
+
+// ---- whole-file writes and directory locks --------------------------------------------------------
+
+TEST_F(IoTest, WriteFileAtomicallyReplacesTheFileAndLeavesNoTemporary) {
+  write_file_atomically(path("f"), "one", "the file");
+  write_file_atomically(path("f"), "two", "the file");
+  std::ifstream in(path("f"));
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(text, "two");
+  std::vector<std::string> names;
+  for (const auto& e : fs::directory_iterator(dir_)) names.push_back(e.path().filename().string());
+  EXPECT_EQ(names, std::vector<std::string>{"f"});
+}
+
+// A symlink where the file goes is replaced itself; what it pointed at is never written.
+TEST_F(IoTest, WriteFileAtomicallyNeverWritesThroughASymlink) {
+  std::ofstream(path("users_file")) << "precious";
+  fs::create_symlink(path("users_file"), path("link"));
+  // Also a symlink planted at the temporary name (another user's trap): not followed.
+  fs::create_symlink(path("users_file"), temporary_name_for(path("other")));
+  write_file_atomically(path("link"), "ours", "the file");
+  write_file_atomically(path("other"), "ours", "the file");
+  std::ifstream in(path("users_file"));
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  EXPECT_EQ(text, "precious");
+  EXPECT_FALSE(fs::is_symlink(path("link")));
+  EXPECT_EQ(fs::file_size(path("link")), 4u);
+}
+
+TEST_F(IoTest, FileErrorsNameTheTargetAndTheCause) {
+  fs::create_directories(path("ro"));
+  std::ofstream(path("plain")) << "x";
+  // A file where a directory should be: the user's path, so bad input.
+  expect_bad_input([&] { write_file_atomically(path("plain") + "/f", "x", "the file"); },
+                   {"cannot create the file", "Not a directory", path("plain") + "/f"});
+  try {
+    throw_file_error("write", "the checkpoint", "/runs/a/step.h5", ENOSPC);
+  } catch (const Error& e) {
+    EXPECT_EQ(e.kind(), ErrorKind::Internal);  // the machine's fault: exit 1
+    EXPECT_STREQ(e.what(), "cannot write the checkpoint: No space left on device (/runs/a/step.h5)");
+  }
+}
+
+TEST_F(IoTest, TemporaryNamesAreOursOnlyWithAPid) {
+  EXPECT_TRUE(is_temporary_name_of("a.h5.tmp.123", "a.h5"));
+  EXPECT_EQ(fs::path(temporary_name_for("/x/a.h5")).filename().string(),
+            "a.h5.tmp." + std::to_string(::getpid()));
+  for (const char* name : {"a.h5.tmp", "a.h5.tmp.", "a.h5.tmp.12x", "b.h5.tmp.1", "a.h5"})
+    EXPECT_FALSE(is_temporary_name_of(name, "a.h5")) << name;
+}
+
+// The lock is per open file, so a second acquire in this process conflicts like another
+// process's would; the error names the holder. A holder that dies releases it.
+TEST_F(IoTest, DirectoryLockAdmitsOneHolderAndDiesWithIt) {
+  {
+    DirectoryLock held = DirectoryLock::acquire(path("run"), "output.dir");
+    EXPECT_TRUE(held.created_directory());
+    expect_bad_input([&] { DirectoryLock::acquire(path("run"), "output.dir"); },
+                     {"output.dir is in use by another elbo process",
+                      "pid " + std::to_string(::getpid()) + " on host", path("run")});
+  }
+  EXPECT_FALSE(DirectoryLock::acquire(path("run"), "output.dir").created_directory());
+
+  int ready[2];
+  ASSERT_EQ(::pipe(ready), 0);
+  const pid_t child = ::fork();
+  ASSERT_GE(child, 0);
+  if (child == 0) {
+    DirectoryLock mine = DirectoryLock::acquire(path("run"), "output.dir");
+    (void)!::write(ready[1], "x", 1);
+    ::pause();  // killed below, the lock still held
+    ::_exit(0);
+  }
+  char c;
+  ASSERT_EQ(::read(ready[0], &c, 1), 1);
+  expect_bad_input([&] { DirectoryLock::acquire(path("run"), "output.dir"); },
+                   {"pid " + std::to_string(child) + " on host"});
+  ::kill(child, SIGKILL);
+  ::waitpid(child, nullptr, 0);
+  EXPECT_NO_THROW(DirectoryLock::acquire(path("run"), "output.dir"));
+  ::close(ready[0]);
+  ::close(ready[1]);
+  std::ofstream(path("file")) << "x";
+  expect_bad_input([&] { DirectoryLock::acquire(path("file"), "--out"); },
+                   {"--out exists and is not a directory"});
 }
 
 // ---- checkpoints --------------------------------------------------------------------------------
@@ -527,10 +753,25 @@ ModelSpec small_spec(int hidden = 5) {
   return s;
 }
 
+// The config a run of small_spec(hidden) would have saved (batch 50, adamw).
+Config small_config(int hidden = 5) {
+  Config c;
+  c.seed = 0xFEDCBA9876543210ull;
+  c.data.train = "shards/";
+  c.model.encoder = {hidden};
+  c.model.latent = 2;
+  c.model.decoder = {4};
+  c.train.batch_size = 50;
+  c.train.optimizer.name = "adamw";
+  c.output.dir = "runs/small";
+  return c;
+}
+
+// A checkpoint of small_spec() whose fields agree, as a run writes them: 1234 steps of 50 samples.
 CheckpointData sample_checkpoint(const ParameterLayout& layout) {
   CheckpointData d;
-  d.state = {3, 1234, 56789, 0xFEDCBA9876543210ull, 4};
-  d.config_yaml = "model:\n  latent: 2\n";
+  d.state = {3, 1234, 61700, 0xFEDCBA9876543210ull, 4};
+  d.config_yaml = to_yaml(small_config(layout.find("encoder.0.weight")->rows));
   d.optimizer_name = "adamw";
   d.optimizer_steps = 1234;
   size_t P = layout.total_size();
@@ -561,7 +802,7 @@ TEST_F(IoTest, CheckpointRoundTripIsBitwise) {
   EXPECT_TRUE(bitwise_equal(in.exp_avg_sq, out.exp_avg_sq));
   EXPECT_EQ(out.state.epoch, 3);
   EXPECT_EQ(out.state.step, 1234);
-  EXPECT_EQ(out.state.samples_seen, 56789);
+  EXPECT_EQ(out.state.samples_seen, 61700);
   EXPECT_EQ(out.state.seed, 0xFEDCBA9876543210ull);
   EXPECT_EQ(out.state.world_size, 4);
   EXPECT_EQ(out.config_yaml, in.config_yaml);
@@ -584,7 +825,8 @@ TEST_F(IoTest, CheckpointRoundTripIsBitwise) {
 TEST_F(IoTest, CheckpointReplacesAtomicallyAndLeavesNoTemporary) {
   ParameterLayout layout(small_spec());
   CheckpointData first = sample_checkpoint(layout), second = first;
-  second.state.step = 2000;
+  second.state.step = second.optimizer_steps = 2000;
+  second.state.samples_seen = 2000 * 50;
   for (float& v : second.params) v += 1.0f;
   std::string p = path("ckpt.h5");
   write_checkpoint_atomically(p, layout, first);
@@ -621,8 +863,7 @@ TEST_F(IoTest, CheckpointCreateFailureIsInternal) {
   } catch (const Error& e) {
     std::string msg = e.what();
     EXPECT_EQ(e.kind(), ErrorKind::Internal) << msg;
-    EXPECT_NE(msg.find(p + ".tmp."), std::string::npos) << msg;
-    EXPECT_NE(msg.find(std::strerror(ENOENT)), std::string::npos) << msg;
+    EXPECT_EQ(msg, "cannot create the checkpoint: " + std::string(std::strerror(ENOENT)) + " (" + p + ")");
   }
 }
 
@@ -630,6 +871,12 @@ TEST_F(IoTest, CheckpointErrors) {
   ParameterLayout layout(small_spec());
   expect_bad_input([&] { read_checkpoint(path("missing.h5"), layout); },
                    {"no such file (" + path("missing.h5") + ")"});
+
+  ASSERT_EQ(::mkfifo(path("fifo.h5").c_str(), 0600), 0) << std::strerror(errno);
+  expect_bad_input([&] { read_checkpoint(path("fifo.h5"), layout); },
+                   {"cannot open: is a FIFO, not a regular file (" + path("fifo.h5") + ")"});
+  expect_bad_input([&] { read_checkpoint_header(path("fifo.h5")); },
+                   {"cannot open: is a FIFO, not a regular file (" + path("fifo.h5") + ")"});
 
   write_u8_rows(path("shard.h5"), 0, 2, {6});
   expect_bad_input([&] { read_checkpoint(path("shard.h5"), layout); },
@@ -656,4 +903,113 @@ TEST_F(IoTest, CheckpointErrors) {
   fs::copy_file(p, path("cut.h5"));
   fs::resize_file(path("cut.h5"), fs::file_size(p) / 2);
   expect_bad_input([&] { read_checkpoint(path("cut.h5"), layout); }, {"(" + path("cut.h5")});
+}
+
+// Every field read from a checkpoint is checked, alone and against the others, naming the file and
+// the field: a damaged or edited checkpoint is refused, not continued from (a negative step once
+// crashed the training loop). Each case edits a copy of a good checkpoint with the HDF5 C API.
+TEST_F(IoTest, CheckpointFieldsAreValidated) {
+  ParameterLayout layout(small_spec());
+  const std::string good = path("good.h5");
+  write_checkpoint_atomically(good, layout, sample_checkpoint(layout));
+  ASSERT_EQ(read_checkpoint(good, layout).state.step, 1234);
+  struct Case {
+    std::string name;
+    std::function<void(const std::string&)> edit;
+    std::string message;  // the error, up to the location
+    std::string object;   // the location inside the file
+  };
+  using namespace elbo_test;
+  const auto set_int = [](const std::string& object, const std::string& name, int64_t v) {
+    return [=](const std::string& p) { set_int_attribute(p, object, name, v); };
+  };
+  const auto set_text = [](const std::string& object, const std::string& name, std::string v) {
+    return [=](const std::string& p) { set_string_attribute(p, object, name, v); };
+  };
+  const auto set_element = [](const std::string& ds, int64_t index, double v) {
+    return [=](const std::string& p) { set_value(p, ds, index, v); };
+  };
+  Config other_model = small_config();
+  other_model.model.activation = Activation::Tanh;  // same tensors: still loads
+  Config wider = small_config(7);
+  const std::vector<Case> cases = {
+      {"negative step", set_int("/state", "step", -5),
+       "checkpoint attribute 'step' is -5, must be between 0 and 2147483647", "/state"},
+      {"step past the Adam counter", set_int("/state", "step", int64_t{1} << 40),
+       "checkpoint attribute 'step' is 1099511627776, must be between 0 and 2147483647", "/state"},
+      {"negative epoch", set_int("/state", "epoch", -1),
+       "checkpoint attribute 'epoch' is -1, must be between 0 and the config's train.epochs 10",
+       "/state"},
+      {"epoch past train.epochs", set_int("/state", "epoch", 11),
+       "checkpoint attribute 'epoch' is 11, must be between 0 and the config's train.epochs 10",
+       "/state"},
+      {"more epochs than steps",
+       [](const std::string& p) {
+         set_int_attribute(p, "/state", "step", 2);
+         set_int_attribute(p, "/state", "samples_seen", 100);
+         set_int_attribute(p, "/optimizer", "steps", 2);
+       },
+       "checkpoint attribute 'epoch' is 3, but only 2 steps were taken", "/state"},
+      {"samples_seen", set_int("/state", "samples_seen", 56789),
+       "checkpoint attribute 'samples_seen' is 56789, but 1234 steps of train.batch_size 50 are "
+       "61700",
+       "/state"},
+      {"seed", set_int("/state", "seed", 7),
+       "checkpoint attribute 'seed' is 7, but the config's seed is 18364758544493064720", "/state"},
+      {"world_size 0", set_int("/", "world_size", 0),
+       "checkpoint attribute 'world_size' is 0, must be between 1 and the config's "
+       "train.batch_size 50",
+       "/"},
+      {"world_size past the batch", set_int("/", "world_size", 51),
+       "checkpoint attribute 'world_size' is 51, must be between 1 and the config's "
+       "train.batch_size 50",
+       "/"},
+      {"optimizer name", set_text("/optimizer", "name", "sgd"),
+       "checkpoint attribute 'name' is 'sgd', but the config's train.optimizer.name is 'adamw'",
+       "/optimizer"},
+      {"optimizer steps", set_int("/optimizer", "steps", 1233),
+       "checkpoint attribute 'steps' is 1233, but /state says 1234 steps were taken", "/optimizer"},
+      {"step as text", set_text("/state", "step", "1234"),
+       "attribute 'step' is not a scalar integer", "/state"},
+      {"format_version as text", set_text("/", "format_version", "1"),
+       "attribute 'format_version' is not a scalar integer", "/"},
+      {"config that does not validate",
+       set_text("/", "config", "data: {train: x}\ntrain: {epochs: -1}\n"),
+       "key 'train.epochs' must be >= 1, got -1", "/config:2"},
+      {"config of another model", set_text("/", "config", to_yaml(wider)),
+       "the config attribute describes another model than the tensors hold (123 parameters vs "
+       "101)",
+       "/config"},
+      {"NaN parameter", set_element("/params/encoder.0.weight", 3, std::nan("")),
+       "tensor holds a non-finite value (nan) at index 3", "/params/encoder.0.weight"},
+      {"infinite first moment", set_element("/optimizer/exp_avg/decoder.out.bias", 5, -INFINITY),
+       "tensor holds a non-finite value (-inf) at index 5", "/optimizer/exp_avg/decoder.out.bias"},
+      {"negative second moment", set_element("/optimizer/exp_avg_sq/encoder.head.weight", 1, -0.5),
+       "tensor holds a negative second moment (-0.5) at index 1",
+       "/optimizer/exp_avg_sq/encoder.head.weight"},
+      {"float64 tensor",
+       [](const std::string& p) { retype_dataset(p, "/params/decoder.out.bias", H5T_IEEE_F64LE); },
+       "tensor is not float32 (64-bit float)", "/params/decoder.out.bias"},
+      {"integer tensor",
+       [](const std::string& p) {
+         retype_dataset(p, "/optimizer/exp_avg/encoder.0.bias", H5T_STD_I32LE);
+       },
+       "tensor is not float32 (32-bit non-float)", "/optimizer/exp_avg/encoder.0.bias"},
+  };
+  for (const Case& c : cases) {
+    SCOPED_TRACE(c.name);
+    const std::string p = path("edited.h5");
+    fs::copy_file(good, p, fs::copy_options::overwrite_existing);
+    c.edit(p);
+    expect_bad_input([&] { read_checkpoint(p, layout); },
+                     {c.message + " (" + p + ":" + c.object + ")"});
+  }
+  // Edits that keep the file consistent still load: a negative first moment, another activation.
+  const std::string p = path("edited.h5");
+  fs::copy_file(good, p, fs::copy_options::overwrite_existing);
+  set_value(p, "/optimizer/exp_avg/encoder.0.weight", 0, -2.0);
+  set_string_attribute(p, "/", "config", to_yaml(other_model));
+  const CheckpointData d = read_checkpoint(p, layout);
+  EXPECT_EQ(d.exp_avg[layout.find("encoder.0.weight")->offset], -2.0f);
+  EXPECT_EQ(parse_config(d.config_yaml, "c").model.activation, Activation::Tanh);
 }

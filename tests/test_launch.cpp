@@ -10,11 +10,15 @@
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
+#include <fstream>
 #include <functional>
 #include <map>
 #include <memory>
 #include <mutex>
+#include <new>
 #include <optional>
+#include <regex>
+#include <stdexcept>
 #include <string>
 #include <thread>
 #include <utility>
@@ -23,10 +27,13 @@
 #include "core/backend.h"
 #include "core/error.h"
 #include "distributed/communicator.h"
+#include "io/checkpoint.h"
 #include "io/config.h"
+#include "io/hdf5.h"
 #include "io/metrics.h"
 #include "io/shards.h"
 #include "launch/device_plan.h"
+#include "launch/error_report.h"
 #include "launch/run_directory.h"
 #include "launch/trainer.h"
 
@@ -454,6 +461,185 @@ TEST_F(GraphAgreement, OneRankFailingTurnsGraphsOffOnEveryRank) {
     EXPECT_EQ(count(o.out, "elbo: note: this step cannot be captured as a CUDA graph on 1 of 2 "
                            "ranks"), 1u) << o.out;
   }
+}
+
+// ---- run directories ----------------------------------------------------------------------------
+
+class RunDirectoryTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    const auto* test = ::testing::UnitTest::GetInstance()->current_test_info();
+    dir_ = std::filesystem::temp_directory_path() /
+           ("elbo_test_rundir_" + std::to_string(getpid()) + "_" + test->name());
+    std::filesystem::remove_all(dir_);
+  }
+  void TearDown() override { std::filesystem::remove_all(dir_); }
+
+  static ModelSpec spec() {
+    ModelSpec s;
+    s.input_dim = 4;
+    s.encoder = {3};
+    s.latent = 2;
+    s.decoder = {3};
+    return s;
+  }
+  // The config of these checkpoints: the model of spec(), batches of 8 (read_checkpoint checks
+  // a checkpoint against its config).
+  static std::string config_yaml() {
+    Config c;
+    c.data.train = "data";
+    c.model.encoder = {3};
+    c.model.latent = 2;
+    c.model.decoder = {3};
+    c.train.batch_size = 8;
+    c.output.dir = "runs/x";
+    return to_yaml(c);
+  }
+  CheckpointData at_step(int64_t step) const {
+    CheckpointData d;
+    d.state.step = step;
+    d.state.samples_seen = step * 8;
+    d.state.seed = 1;
+    d.config_yaml = config_yaml();
+    d.optimizer_steps = step;
+    d.params.assign(layout_.total_size(), 0.25f);
+    d.exp_avg.assign(layout_.total_size(), 0.0f);
+    d.exp_avg_sq.assign(layout_.total_size(), 0.0f);
+    return d;
+  }
+  // A new run in `dir` that saved checkpoints at `steps`; returns its run id.
+  std::string make_run(const std::filesystem::path& dir, std::vector<int64_t> steps) {
+    RunDirectory run = RunDirectory::open(dir);
+    EXPECT_FALSE(run.choose_start("", std::nullopt, false, layout_));
+    run.start("seed: 1\n", nullptr, 10);
+    for (int64_t s : steps) run.checkpoints().save(layout_, at_step(s));
+    return run.run_id();
+  }
+  static std::string text_of(const std::filesystem::path& p) {
+    std::ifstream in(p);
+    return std::string((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  }
+  void expect_refused(const std::function<void()>& f, const std::string& needle) {
+    try {
+      f();
+      ADD_FAILURE() << "not refused; expected '" << needle << "'";
+    } catch (const Error& e) {
+      EXPECT_EQ(e.kind(), ErrorKind::BadInput) << e.what();
+      EXPECT_NE(std::string(e.what()).find(needle), std::string::npos) << e.what();
+    }
+  }
+
+  std::filesystem::path dir_;
+  ParameterLayout layout_{spec()};
+};
+
+// The run id is made once, kept in run.yaml and stamped into every checkpoint of the run.
+TEST_F(RunDirectoryTest, ARunIsNamedInItsMarkerAndEveryCheckpoint) {
+  const std::string id = make_run(dir_, {5, 10});
+  EXPECT_EQ(id.size(), 32u);
+  EXPECT_NE(text_of(dir_ / "run.yaml").find("run_id: " + id + "\n"), std::string::npos);
+  for (const char* f : {"step-000000005.h5", "step-000000010.h5"})
+    EXPECT_EQ(read_checkpoint((dir_ / "checkpoints" / f).string(), layout_).run_id, id) << f;
+  EXPECT_EQ(text_of(dir_ / "config.yaml").rfind("# the resolved config", 0), 0u);
+  EXPECT_NE(make_run(dir_ / "other", {}), id);
+}
+
+TEST_F(RunDirectoryTest, ANewRunIsRefusedWhereARunHasACheckpoint) {
+  make_run(dir_, {5});
+  RunDirectory run = RunDirectory::open(dir_);
+  expect_refused([&] { run.choose_start("", std::nullopt, false, layout_); }, "already holds a run");
+}
+
+// A newer format than this build reads must stop the resume, not be passed over for (and then
+// rotated away behind) an older checkpoint.
+TEST_F(RunDirectoryTest, ResumeAutoStopsAtAFutureFormatAndKeepsIt) {
+  make_run(dir_, {5, 10});
+  const std::filesystem::path newest = dir_ / "checkpoints" / "step-000000010.h5";
+  {
+    std::filesystem::remove(newest);
+    h5::File f = h5::File::create(newest.string());
+    f.write_int_attribute("/", "format_version", 2);
+  }
+  const auto size = std::filesystem::file_size(newest);
+  RunDirectory run = RunDirectory::open(dir_);
+  expect_refused([&] { run.choose_start("auto", std::nullopt, false, layout_); },
+                 "unsupported format version 2");
+  EXPECT_EQ(std::filesystem::file_size(newest), size);
+  EXPECT_TRUE(std::filesystem::exists(dir_ / "checkpoints" / "step-000000005.h5"));
+}
+
+TEST_F(RunDirectoryTest, ResumeFromACheckpointOfAnotherRunIsRefused) {
+  make_run(dir_ / "a", {5});
+  make_run(dir_ / "b", {5});
+  CheckpointData from_a = read_checkpoint((dir_ / "a/checkpoints/step-000000005.h5").string(), layout_);
+  RunDirectory b = RunDirectory::open(dir_ / "b");
+  expect_refused([&] { b.choose_start("a.h5", from_a, false, layout_); }, "holds another run");
+}
+
+// Continuing in a directory without a run keeps the run's id; a failed start there is taken over.
+TEST_F(RunDirectoryTest, ResumeIntoAFreshDirectoryContinuesTheSameRun) {
+  const std::string id = make_run(dir_ / "a", {5});
+  {
+    RunDirectory failed = RunDirectory::open(dir_ / "b");
+    failed.choose_start("", std::nullopt, false, layout_);
+    failed.start("seed: 1\n", nullptr, 3);  // and no checkpoint
+    std::ofstream(dir_ / "b" / "metrics.jsonl") << "{\"step\": 3}\n";
+  }
+  CheckpointData ck = read_checkpoint((dir_ / "a/checkpoints/step-000000005.h5").string(), layout_);
+  RunDirectory b = RunDirectory::open(dir_ / "b");
+  ASSERT_TRUE(b.choose_start("a.h5", ck, false, layout_));
+  b.start("seed: 1\n", &ck, 3);
+  EXPECT_EQ(b.run_id(), id);
+  EXPECT_EQ(text_of(dir_ / "b" / "metrics.jsonl"), "");  // the failed start's records are gone
+}
+
+TEST_F(RunDirectoryTest, TrimMetricsDropsLaterRecordsAndACutLastLine) {
+  std::filesystem::create_directories(dir_);
+  const std::filesystem::path m = dir_ / "metrics.jsonl";
+  std::ofstream(m) << "{\"type\": \"step\", \"step\": 10}\n{\"type\": \"note\"}\n"
+                   << "{\"type\": \"step\", \"step\": 20}\n{\"type\": \"st";
+  EXPECT_EQ(trim_metrics_after(m, 15), 2u);
+  EXPECT_EQ(text_of(m), "{\"type\": \"step\", \"step\": 10}\n{\"type\": \"note\"}\n");
+  EXPECT_EQ(trim_metrics_after(m, 15), 0u);
+  EXPECT_EQ(trim_metrics_after(dir_ / "absent.jsonl", 0), 0u);
+}
+
+// What reaches main without an elbo::Error around it still becomes one `<what> (<where>)` line.
+TEST(ErrorReport, LastResortNamesWhatItCan) {
+  const auto report = [](auto e) { return report_of(std::make_exception_ptr(e)); };
+  namespace fs = std::filesystem;
+  const ErrorReport one =
+      report(fs::filesystem_error("cannot create directories", fs::path("/a/b"),
+                                  std::make_error_code(std::errc::filename_too_long)));
+  EXPECT_EQ(one.message, "cannot create directories: File name too long (/a/b)");
+  EXPECT_EQ(one.exit_code, 2);
+  const ErrorReport two =
+      report(fs::filesystem_error("cannot rename", fs::path("x.tmp"), fs::path("d/x"),
+                                  std::make_error_code(std::errc::permission_denied)));
+  EXPECT_EQ(two.message, "cannot rename: Permission denied (x.tmp, d/x)");
+  EXPECT_EQ(two.exit_code, 2);
+
+  const ErrorReport oom = report(std::bad_alloc());
+  EXPECT_TRUE(oom.message.starts_with("out of memory: an allocation failed (std::bad_alloc); "))
+      << oom.message;
+  EXPECT_TRUE(std::regex_match(
+      oom.message, std::regex(R"(.+ \([0-9.]+ [KMGTPE]?i?B(ytes)? of memory available\))")))
+      << oom.message;
+  EXPECT_EQ(oom.exit_code, 2);
+
+  try {
+    throw_bad_input("shard has 0 rows (s.h5)");
+  } catch (...) {
+    const ErrorReport r = report_of(std::current_exception());
+    EXPECT_EQ(r.message, "shard has 0 rows (s.h5)");
+    EXPECT_EQ(r.exit_code, 2);
+  }
+  const ErrorReport internal = report(Error(ErrorKind::Internal, "H5Dread failed [x.cpp:1]"));
+  EXPECT_EQ(internal.message, "H5Dread failed [x.cpp:1]");
+  EXPECT_EQ(internal.exit_code, 1);
+  const ErrorReport other = report(std::runtime_error("something else"));
+  EXPECT_EQ(other.message, "something else");
+  EXPECT_EQ(other.exit_code, 1);
 }
 
 }  // namespace
