@@ -19,9 +19,24 @@ class Error : public std::runtime_error {
   ErrorKind kind_;
 };
 
-// A problem with something the user gave us (config, data file, checkpoint, argument).
+// A problem with something the user gave us (config, data file, checkpoint, argument). The
+// message becomes one line of output, so control characters that the input brought into it (a
+// line break in an override or a YAML key) are written as escapes: \n, \r, \xNN.
 [[noreturn]] inline void throw_bad_input(const std::string& what) {
-  throw Error(ErrorKind::BadInput, what);
+  std::string line;
+  for (char c : what) {
+    if (c == '\n') {
+      line += "\\n";
+    } else if (c == '\r') {
+      line += "\\r";
+    } else if (static_cast<unsigned char>(c) < 0x20 && c != '\t') {
+      const char* hex = "0123456789ABCDEF";
+      line += {'\\', 'x', hex[(c >> 4) & 0xF], hex[c & 0xF]};
+    } else {
+      line += c;
+    }
+  }
+  throw Error(ErrorKind::BadInput, line);
 }
 
 [[noreturn]] inline void throw_internal(const std::string& what, const char* file, int line) {

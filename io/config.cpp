@@ -115,10 +115,17 @@ void check(const Field& f, bool ok, const std::string& rule) {
   if (!ok) fail(f, "must be " + rule + ", got " + f.node.Scalar());
 }
 
+// Names and paths; without control characters, which a path never needs and which the resolved
+// config could not carry (yaml-cpp writes a carriage return as it is, and reads it back as a
+// line break).
 std::string text(const Field& f, bool allow_empty = false) {
   if (!f.node.IsScalar()) fail(f, "must be a string, got " + describe(f.node));
-  if (f.node.Scalar().empty() && !allow_empty) fail(f, "must not be empty");
-  return f.node.Scalar();
+  const std::string& s = f.node.Scalar();
+  if (s.empty() && !allow_empty) fail(f, "must not be empty");
+  for (char c : s)
+    if (static_cast<unsigned char>(c) < 0x20 || c == 0x7F)
+      fail(f, "must not contain control characters, got '" + s + "'");
+  return s;
 }
 
 // Decimal only: yaml-cpp's own conversion reads "010" as octal 8.

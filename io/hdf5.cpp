@@ -1,11 +1,13 @@
 // RAII wrappers over the HDF5 C API. User-file problems (missing, not HDF5, truncated, missing
-// object) are BadInput errors; an HDF5 call failing on a file we opened fine is Internal.
+// object, stored bytes that cannot be read) are BadInput errors; another HDF5 call failing on a
+// file we opened fine is Internal.
 #include "io/hdf5.h"
 
 #include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 
 #include "core/error.h"
 #include "io/location.h"
@@ -21,6 +23,10 @@ void silence_error_printing() {
     H5Eset_auto2(H5E_DEFAULT, nullptr, nullptr);
     silenced = true;
   }
+}
+
+void check_read(herr_t status, const std::string& where) {
+  if (status < 0) throw_bad_input("cannot read the stored data; is the file corrupt?" + at(where));
 }
 
 std::string last_error_reason() {
@@ -218,18 +224,60 @@ std::vector<std::string> File::children(const std::string& group) const {
     static_cast<std::vector<std::string>*>(out)->emplace_back(name);
     return 0;
   };
-  ELBO_H5_CHECK(H5Literate_by_name(id(), group.c_str(), H5_INDEX_NAME, H5_ITER_INC, nullptr, add,
-                                   &names, H5P_DEFAULT),
-                where(path_, group));
+  // The group exists (callers check), so a failure here is its corrupt index.
+  if (H5Literate_by_name(id(), group.c_str(), H5_INDEX_NAME, H5_ITER_INC, nullptr, add, &names,
+                         H5P_DEFAULT) < 0)
+    throw_bad_input("cannot list the group; is the file corrupt?" + at(path_, group));
   return names;
 }
+
+namespace {
+
+// Storage that no HDF5 writer makes, and that HDF5 1.10.8 opens all the same but then reads past
+// the end of its buffers: refused before anything reads the dataset.
+//  - A compact dataset (data kept in its header) whose stored size is not that of its shape
+//    (HDF5 issue #2606; HDF5 checks it itself from 1.10.10 on).
+//  - A chunked dataset whose chunk is larger than a fixed-size dimension (HDF5 refuses to create
+//    one): its chunk buffer is overrun (heap-buffer-overflow in H5VM_memcpyvv).
+void check_storage(hid_t ds, const std::string& path, const std::string& dataset) {
+  const auto corrupt = [&] {
+    throw_bad_input("dataset's storage does not match its shape; is the file corrupt?" +
+                    at(path, dataset));
+  };
+  Handle dcpl(H5Dget_create_plist(ds), Handle::Type::PropList);
+  Handle space(H5Dget_space(ds), Handle::Type::Dataspace);
+  Handle type(H5Dget_type(ds), Handle::Type::Datatype);
+  if (!dcpl.valid() || !space.valid() || !type.valid()) corrupt();
+  const int rank = H5Sget_simple_extent_ndims(space.get());
+  if (rank < 0) corrupt();
+  std::vector<hsize_t> dims(static_cast<size_t>(rank)), maxdims(dims.size());
+  if (rank > 0 && H5Sget_simple_extent_dims(space.get(), dims.data(), maxdims.data()) != rank)
+    corrupt();
+  const H5D_layout_t layout = H5Pget_layout(dcpl.get());
+  if (layout == H5D_COMPACT) {
+    const hssize_t n = H5Sget_simple_extent_npoints(space.get());
+    const size_t size = H5Tget_size(type.get());
+    const hsize_t stored = H5Dget_storage_size(ds);
+    if (n < 0 || size == 0 || stored % size != 0 || stored / size != static_cast<hsize_t>(n))
+      corrupt();
+  } else if (layout == H5D_CHUNKED) {
+    std::vector<hsize_t> chunk(dims.size() + 1);
+    if (H5Pget_chunk(dcpl.get(), static_cast<int>(chunk.size()), chunk.data()) != rank) corrupt();
+    for (size_t i = 0; i < dims.size(); ++i)
+      if (chunk[i] == 0 || (maxdims[i] != H5S_UNLIMITED && chunk[i] > maxdims[i])) corrupt();
+  }
+}
+
+}  // namespace
 
 Handle File::open_dataset(const std::string& dataset) const {
   silence_error_printing();
   if (!exists(dataset)) throw_bad_input("no dataset '" + dataset + "'" + at(path_));
   hid_t id = H5Dopen2(this->id(), dataset.c_str(), H5P_DEFAULT);
   if (id < 0) throw_bad_input("not a dataset" + at(path_, dataset));
-  return Handle(id, Handle::Type::Dataset);
+  Handle ds(id, Handle::Type::Dataset);
+  check_storage(id, path_, dataset);
+  return ds;
 }
 
 std::vector<int64_t> File::dataset_shape(const std::string& dataset) const {
@@ -322,8 +370,40 @@ std::vector<T> read_numeric(const File& f, const std::string& object, const std:
     throw_bad_input("attribute '" + name + "' is not " + (n == 1 ? "a scalar " : "an array of ") +
                     (integer_only ? "integer" : "number") + at(f.path(), object));
   std::vector<T> v(static_cast<size_t>(points));
-  if (points > 0) ELBO_H5_CHECK(H5Aread(a.get(), mem_type, v.data()), where(f.path(), object));
+  if (points > 0) check_read(H5Aread(a.get(), mem_type, v.data()), f.path() + ":" + object);
   return v;
+}
+
+// Variable-length strings live in global heap collections ("GCOL" blocks). HDF5 1.10.8 walks a
+// collection's objects without checking them: a free-space object of size 0 makes it loop
+// forever, and an object larger than what is left of the collection makes it read past it. So
+// before such a string is read, the file's collections (found by their signature) are walked as
+// HDF5 does, with those checks. Files whose lengths are not 8 bytes are left to HDF5.
+void check_global_heaps(const std::string& path) {
+  std::ifstream in(path, std::ios::binary);
+  const std::string b((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  if (b.size() < 16 || b.compare(0, 8, "\x89HDF\r\n\x1a\n") != 0) return;
+  if ((b[8] < 2 ? b[14] : b[10]) != 8) return;  // size of lengths, by superblock version
+  const auto u64 = [&b](size_t at) {
+    uint64_t v = 0;
+    for (size_t i = 8; i-- > 0;) v = v << 8 | static_cast<uint8_t>(b[at + i]);
+    return v;
+  };
+  const std::string magic("GCOL\x01\x00\x00\x00", 8);  // signature, version 1, reserved
+  for (size_t heap = b.find(magic); heap != std::string::npos && heap + 16 <= b.size();
+       heap = b.find(magic, heap + 1)) {
+    const uint64_t size = u64(heap + 8);
+    if (size < 16 || size > b.size() - heap) continue;  // nothing to walk, or past the end
+    const size_t end = heap + static_cast<size_t>(size);
+    for (size_t p = heap + 16; p + 16 <= end;) {  // a shorter tail is free space
+      const bool free_space = b[p] == 0 && b[p + 1] == 0;  // heap object index 0
+      const uint64_t object = u64(p + 8);
+      const uint64_t need = free_space ? object : 16 + ((object + 7) & ~uint64_t{7});
+      if (object > size || need == 0 || need > end - p)
+        throw_bad_input("corrupt global heap (where variable-length strings are kept)" + at(path));
+      p += static_cast<size_t>(need);
+    }
+  }
 }
 
 Handle create_attribute(File& f, const std::string& object, const std::string& name, hid_t type,
@@ -367,12 +447,17 @@ std::string File::read_string_attribute(const std::string& object, const std::st
     throw_bad_input("attribute '" + name + "' is not a string" + at(path_, object));
   Handle mem(H5Tcopy(H5T_C_S1), Handle::Type::Datatype);
   ELBO_H5_CHECK(mem.get(), std::string("H5T_C_S1"));
-  // HDF5 will not convert between ASCII and UTF-8, so read in the stored character set.
-  ELBO_H5_CHECK(H5Tset_cset(mem.get(), H5Tget_cset(type.get())), std::string("string type"));
+  // HDF5 will not convert between ASCII and UTF-8, so read in the stored character set, which a
+  // corrupt file may give as neither.
+  const H5T_cset_t cset = H5Tget_cset(type.get());
+  if (cset != H5T_CSET_ASCII && cset != H5T_CSET_UTF8)
+    throw_bad_input("attribute '" + name + "' has an unknown character set" + at(path_, object));
+  ELBO_H5_CHECK(H5Tset_cset(mem.get(), cset), std::string("string type"));
   if (H5Tis_variable_str(type.get()) > 0) {  // h5py's default for str
+    check_global_heaps(path_);
     ELBO_H5_CHECK(H5Tset_size(mem.get(), H5T_VARIABLE), std::string("string type"));
     char* s = nullptr;
-    ELBO_H5_CHECK(H5Aread(a.get(), mem.get(), &s), where(path_, object));
+    check_read(H5Aread(a.get(), mem.get(), &s), path_ + ":" + object);
     std::string out = s ? s : "";
     H5free_memory(s);
     return out;
@@ -380,7 +465,7 @@ std::string File::read_string_attribute(const std::string& object, const std::st
   size_t size = H5Tget_size(type.get());
   ELBO_H5_CHECK(H5Tset_size(mem.get(), size), std::string("string type"));
   std::string out(size, '\0');
-  ELBO_H5_CHECK(H5Aread(a.get(), mem.get(), out.data()), where(path_, object));
+  check_read(H5Aread(a.get(), mem.get(), out.data()), path_ + ":" + object);
   return out.substr(0, out.find('\0'));  // fixed-length strings may be null-padded
 }
 

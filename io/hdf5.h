@@ -14,6 +14,10 @@ namespace elbo::h5 {
 // setting per thread), so a user sees only our one-line error. Cheap to call repeatedly.
 void silence_error_printing();
 
+// Checks a read of stored bytes that the file's metadata describes (H5Dread, H5Aread): a failure
+// means the bytes are corrupt (a filter that fails on them, a chunk past the end of the file), so
+// it is a BadInput error naming `where` (the file and the object).
+void check_read(herr_t status, const std::string& where);
 // Why the last HDF5 call on this thread failed, from its error stack, innermost cause first where
 // it is a filter's (e.g. "required filter 'lzf' is not registered", "filter returned failure
 // during read: inflate() failed"); for messages about a file that cannot be read.

@@ -4,6 +4,7 @@
 
 #include <zlib.h>
 
+#include <algorithm>
 #include <array>
 #include <cstdio>
 #include <cstring>
@@ -100,9 +101,18 @@ IdxArray read_idx(const std::string& path) {
       throw_bad_input("IDX header has an implausibly large shape; corrupt header?" + at(path));
     total *= d;
   }
-  a.data.resize(static_cast<size_t>(total));
-  size_t got = in.read(a.data.data(), a.data.size());
-  if (got != a.data.size())
+  // Grown as the data arrives (doubling, from 16 MiB), so that a header promising more than the
+  // file holds costs no more memory than the file's data.
+  const size_t want = static_cast<size_t>(total);
+  size_t got = 0;
+  while (got < want) {
+    const size_t chunk = std::min(want - got, std::max(got, size_t{1} << 24));
+    a.data.resize(got + chunk);
+    const size_t n = in.read(a.data.data() + got, chunk);
+    got += n;
+    if (n < chunk) break;
+  }
+  if (got != want)
     throw_bad_input("IDX file is truncated: the header promises " + std::to_string(total) +
                     " bytes of data, the file has " + std::to_string(got) + at(path));
   uint8_t extra = 0;

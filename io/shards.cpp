@@ -88,14 +88,34 @@ struct ShardMeta {
   bool labels = false;
 };
 
+// An element type as HDF5 writes one: integer bits within the element, a float32 laid out as
+// IEEE 754 (either byte order). HDF5 1.10.8 decodes malformed ones from a corrupt file, then
+// converts their values differently from one read to the next.
+void check_well_formed(hid_t t, const std::string& path, const std::string& object) {
+  bool ok = true;
+  if (H5Tget_class(t) == H5T_INTEGER) {
+    const int offset = H5Tget_offset(t);
+    const size_t precision = H5Tget_precision(t);
+    ok = offset >= 0 && precision > 0 &&
+         static_cast<size_t>(offset) + precision <= 8 * H5Tget_size(t);
+  } else if (H5Tget_class(t) == H5T_FLOAT) {
+    ok = H5Tequal(t, H5T_IEEE_F32LE) > 0 || H5Tequal(t, H5T_IEEE_F32BE) > 0;
+  }
+  if (!ok)
+    throw_bad_input("dataset's element type is malformed; is the file corrupt?" + at(path, object));
+}
+
 SampleType sample_type_of(const std::string& path, const h5::Handle& x) {
   h5::Handle t(H5Dget_type(x.get()), h5::Handle::Type::Datatype);
   ELBO_CHECK(t.valid(), "H5Dget_type on '" + path + ":/x'");
   // Class and size rather than H5Tequal: a big-endian float32 is fine, HDF5 converts on read.
   H5T_class_t c = H5Tget_class(t.get());
   size_t size = H5Tget_size(t.get());
-  if (c == H5T_INTEGER && size == 1 && H5Tget_sign(t.get()) == H5T_SGN_NONE) return SampleType::U8;
-  if (c == H5T_FLOAT && size == 4) return SampleType::F32;
+  const bool u8 = c == H5T_INTEGER && size == 1 && H5Tget_sign(t.get()) == H5T_SGN_NONE;
+  if (u8 || (c == H5T_FLOAT && size == 4)) {
+    check_well_formed(t.get(), path, "/x");
+    return u8 ? SampleType::U8 : SampleType::F32;
+  }
   throw_bad_input("dataset has type " + type_name(t.get()) + ", expected uint8 or float32" +
                   at(path, "/x"));
 }
@@ -110,6 +130,7 @@ void check_labels(const h5::File& f, const h5::Handle& y, int64_t rows) {
   if (H5Tget_class(t.get()) != H5T_INTEGER)
     throw_bad_input("dataset has type " + type_name(t.get()) + ", expected integer labels" +
                     at(f.path(), "/y"));
+  check_well_formed(t.get(), f.path(), "/y");
 }
 
 // A chunk stored through a filter the library cannot decode (h5py's LZF without its plugin, say)
@@ -149,9 +170,20 @@ ShardMeta open_shard(const std::string& path, OpenShards& open) {
   m.rows = shape[0];
   m.sample_shape.assign(shape.begin() + 1, shape.end());
   if (m.rows == 0) throw_bad_input("shard has 0 rows" + at(path));
-  for (int64_t d : m.sample_shape)
+  // Sizes become element counts and offsets: a sample has at most INT_MAX features (the model's
+  // input width is an int), and rows x features fits in int64 (a dimension from 2^63 on reads
+  // back negative here).
+  int64_t features = 1;
+  for (int64_t d : m.sample_shape) {
     if (d == 0)
       throw_bad_input("samples are empty: dataset has shape " + shape_str(shape) + at(path, "/x"));
+    if (d < 0 || d > std::numeric_limits<int>::max() / features)
+      throw_bad_input("samples have more than " + std::to_string(std::numeric_limits<int>::max()) +
+                      " features: dataset has shape " + shape_str(shape) + at(path, "/x"));
+    features *= d;
+  }
+  if (m.rows < 0 || m.rows > std::numeric_limits<int64_t>::max() / features)
+    throw_bad_input("dataset has too many rows: shape " + shape_str(shape) + at(path, "/x"));
   m.type = sample_type_of(path, x);
   check_filters(path, "/x", x);
   m.labels = f.exists("/y");
@@ -338,6 +370,10 @@ ShardedDataset ShardedDataset::open(const std::string& dir_or_glob) {
     ShardMeta m = open_shard(paths[i], *d.open_);
     if (i == 0) first = m;
     check_agrees(first, paths[0], m, paths[i]);
+    const int64_t features = std::accumulate(m.sample_shape.begin(), m.sample_shape.end(),
+                                             int64_t{1}, std::multiplies<>());
+    if (m.rows > std::numeric_limits<int64_t>::max() / features - d.total_rows_)
+      throw_bad_input("the shards have too many rows in all" + at(dir_or_glob));
     d.shards_.push_back({paths[i], m.rows, d.total_rows_});
     d.total_rows_ += m.rows;
   }
