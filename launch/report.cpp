@@ -4,6 +4,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstdint>
 #include <cstdio>
 #include <fstream>
 #include <limits>
@@ -79,7 +80,8 @@ std::string svg_chart(const std::string& title, const std::string& x_label,
   if (x1 == x0) x0 -= 1, x1 += 1;
   if (y1 == y0) y0 -= 1, y1 += 1;
   const double pad = 0.05 * (y1 - y0);
-  y0 -= pad, y1 += pad;
+  y0 = y0 >= 0 ? std::max(0.0, y0 - pad) : y0 - pad;  // losses and KL are not negative
+  y1 += pad;
   const auto px = [&](double x) { return left + (x - x0) / (x1 - x0) * (W - left - right); };
   const auto py = [&](double y) { return H - bottom - (y - y0) / (y1 - y0) * (H - top - bottom); };
   o << "<g stroke=\"#888\" stroke-width=\"1\"><line x1=\"" << left << "\" y1=\"" << H - bottom
@@ -183,7 +185,7 @@ std::string report_html(const fs::path& run_dir, const std::string& config_yaml)
     << "h1{font-size:20px;margin:0 0 8px}h2{font-size:16px;margin:14px 0 6px}"
     << ".row{display:flex;gap:16px;flex-wrap:wrap}"
     << "figure{margin:0}figcaption{font-size:13px;margin-bottom:4px}"
-    << "img{image-rendering:pixelated;border:3px solid}"
+    << "img{image-rendering:pixelated;border:3px solid;display:block}"
     << "#reconstructions{border-color:#9467bd}#samples{border-color:#17becf}"
     << "table{border-collapse:collapse;font-size:13px}td,th{border:1px solid #ccc;padding:2px 8px;"
     << "text-align:right}pre{font-size:12px;background:#f4f4f4;padding:8px}"
@@ -194,10 +196,19 @@ std::string report_html(const fs::path& run_dir, const std::string& config_yaml)
   for (const char* kind : {"reconstructions", "samples"}) {
     const fs::path p = newest_image(run_dir / "images", kind);
     if (p.empty()) continue;
-    // Shown at twice their size: a 28x28 tile is too small to judge at 1:1.
+    // Shown at twice their size (from the PNG header's width and height): a 28x28 tile is too
+    // small to judge at 1:1.
+    const std::string png = read_all(p);
+    if (png.size() < 24) continue;
+    const auto header_int = [&png](size_t at) {
+      uint32_t v = 0;
+      for (size_t k = 0; k < 4; ++k) v = v << 8 | static_cast<unsigned char>(png[at + k]);
+      return v;
+    };
     o << "<figure><figcaption>" << kind << " (" << escape_html(p.filename().string())
-      << ")</figcaption><img id=\"" << kind << "\" alt=\"" << kind
-      << "\" style=\"zoom:2\" src=\"data:image/png;base64," << base64(read_all(p)) << "\"></figure>";
+      << ")</figcaption><img id=\"" << kind << "\" alt=\"" << kind << "\" width=\""
+      << 2 * header_int(16) << "\" height=\"" << 2 * header_int(20)
+      << "\" src=\"data:image/png;base64," << base64(png) << "\"></figure>";
   }
   o << "</div>\n<h2>Throughput</h2><table><tr><th>epoch</th><th>step</th><th>samples/s</th>"
     << "<th>epoch s</th><th>data wait s</th></tr>";

@@ -82,6 +82,7 @@ int run_sample(const SampleOptions& o) {
   const CudaProbe probe = cuda_backend_built() && o.device != "cpu" ? cuda_probe() : CudaProbe{};
   const DevicePlan device = plan_device(device_choice(o.device), cuda_backend_built(),
                                         probe.devices, 0, 1, "--device " + o.device, probe.problem);
+  if (!device.cuda) configure_cpu_thread(0);  // flush-to-zero as in training; BLAS's own threads
   auto backend = device.cuda ? make_cuda_backend(device.index) : make_cpu_backend();
   const int rows = std::max({n, o.steps, 2});
   Vae vae(*backend, spec, rows, cfg.seed);
@@ -106,7 +107,7 @@ int run_sample(const SampleOptions& o) {
     for (int i = 0; i < n; ++i) ids[static_cast<size_t>(i)] = i;
     const std::vector<float> x = read_rows(data, ids);
     const std::vector<float> r = draw.reconstructions(x, n);
-    cols = std::min(n, 10);
+    cols = std::min(n, 8);  // as the training run's grids
     tiles = inputs_over_reconstructions(x, r, n, cols, spec.input_dim, &count);
   } else {
     tiles = draw.prior_samples(n, rng_key(o.seed), 0, RngStream::Noise);
