@@ -9,6 +9,7 @@
 #   3. Bad input ends with one line and exit 2, touching nothing: a missing checkpoint, an
 #      existing --out without --force (--force replaces it), samples that are not images,
 #      --interpolate without --data or past the data.
+#   4. The progress line: redrawn in place on a terminal, the step records elsewhere.
 # With `cuda` as third argument, only: `elbo sample --device cuda` gives the PNGs the CPU gives
 # (skip without a device).
 # Usage: images_test.sh <elbo> <work-dir> [h5_tool | cuda]; exits 77 (skip) without Fashion-MNIST.
@@ -142,4 +143,22 @@ train resume.log train.epochs=3 --resume auto || { fail "resume"; show resume.lo
 expect_size runs/pics/images/epoch-003-samples.png "$(grid 8 2)"
 [ -e runs/pics/images/epoch-001-samples.png ] && ok "earlier epochs' images kept" || fail "epoch 1 images lost"
 check_report 003
+
+# ---- 4. the progress line: redrawn in place on a terminal (script(1) gives the run one), the
+# step records as before elsewhere (train.log above) ---------------------------------------------
+if command -v script >/dev/null; then
+  TERM=dumb script -qec "$(printf '%q ' timeout -k 5 300 "$elbo" train "$configs/smoke.yaml" \
+    "data.train=$work/data/train" data.test=null train.max_steps=60 train.batch_size=512 \
+    train.threads=1 output.log_every=20 output.dir=runs/tty)" tty.log >/dev/null 2>&1
+  if "$PY" - tty.log train.log <<'PY'; then ok "progress line on a terminal, step lines elsewhere"; else fail "progress line"; show tty.log; fi
+import re, sys
+tty, plain = (open(p, errors="replace", newline="").read() for p in sys.argv[1:3])
+redraws = re.findall(r"\r\x1b\[Kepoch 1  step (\d+)/117  loss [\d.]+  \d+ samples/s  ETA \d+:\d\d", tty)
+assert [int(s) for s in redraws] == [20, 40, 60], redraws
+assert not re.search(r"^step \d+  loss", tty, re.M), "step records on a terminal"
+assert re.search(r"^step 50  loss [\d.]+  recon", plain, re.M) and "\r" not in plain
+PY
+else
+  echo "skip - progress line: no script(1)"
+fi
 exit $failed
