@@ -28,10 +28,12 @@ std::string png_bytes(const Image& image) {
   // The first call measures, the second writes.
   png_alloc_size_t size = 0;
   if (!png_image_write_to_memory(&png, nullptr, &size, 0, image.pixels.data(), 0, nullptr))
-    throw_internal(std::string("libpng cannot encode the image: ") + png.message, __FILE__, __LINE__);
+    throw_internal(std::string("libpng cannot encode the image: ") + png.message, __FILE__,
+                   __LINE__);
   std::string bytes(size, '\0');
   if (!png_image_write_to_memory(&png, bytes.data(), &size, 0, image.pixels.data(), 0, nullptr))
-    throw_internal(std::string("libpng cannot encode the image: ") + png.message, __FILE__, __LINE__);
+    throw_internal(std::string("libpng cannot encode the image: ") + png.message, __FILE__,
+                   __LINE__);
   bytes.resize(size);
   return bytes;
 }

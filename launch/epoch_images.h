@@ -10,8 +10,8 @@
 #include <string>
 #include <vector>
 
-#include "launch/images.h"
 #include "io/shards.h"
+#include "launch/images.h"
 
 namespace elbo {
 
@@ -20,8 +20,8 @@ class EpochImages {
   // Draws the first samples of `data`, at most `max_rows` (the model's workspace). nullptr, and
   // the reason in *why, when the data's samples are not images.
   static std::unique_ptr<EpochImages> make(Backend& backend, Vae& vae, const ModelSpec& spec,
-                                           int max_rows, const ShardedDataset& data,
-                                           uint64_t seed, std::string* why);
+                                           int max_rows, const ShardedDataset& data, uint64_t seed,
+                                           std::string* why);
   // Writes both grids of `epoch` into `images_dir` (created when missing), atomically.
   void write(const std::filesystem::path& images_dir, int64_t epoch);
 

@@ -69,7 +69,10 @@ std::vector<float> inputs_over_reconstructions(std::span<const float> x, std::sp
 }
 
 Drawer::Drawer(Backend& backend, Vae& vae, const ModelSpec& spec, int max_rows)
-    : be_(backend), vae_(vae), spec_(spec), max_rows_(max_rows),
+    : be_(backend),
+      vae_(vae),
+      spec_(spec),
+      max_rows_(max_rows),
       x_(backend, static_cast<size_t>(max_rows) * spec.input_dim),
       z_(backend, static_cast<size_t>(max_rows) * spec.latent) {}
 
@@ -103,7 +106,8 @@ std::vector<float> Drawer::interpolation(std::span<const float> a, std::span<con
   const size_t D = static_cast<size_t>(spec_.input_dim), L = static_cast<size_t>(spec_.latent);
   std::vector<float> x(2 * D);
   std::copy(a.begin(), a.begin() + static_cast<std::ptrdiff_t>(D), x.begin());
-  std::copy(b.begin(), b.begin() + static_cast<std::ptrdiff_t>(D), x.begin() + static_cast<std::ptrdiff_t>(D));
+  std::copy(b.begin(), b.begin() + static_cast<std::ptrdiff_t>(D),
+            x.begin() + static_cast<std::ptrdiff_t>(D));
   be_.upload(x_.data(), x.data(), x.size());
   be_.fill_zero(z_.data(), 2 * L);
   vae_.forward(x_.data(), z_.data(), 2);

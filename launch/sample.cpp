@@ -34,9 +34,10 @@ ShardedDataset shape_source(const SampleOptions& o, const Config& cfg) {
       // The run's data may have moved since; the user can name it.
     }
   }
-  throw_bad_input("cannot tell the image shape: the checkpoint records only the feature count, "
-                  "and its data.train shards do not open; pass --data with shards of that shape" +
-                  at(cfg.data.train));
+  throw_bad_input(
+      "cannot tell the image shape: the checkpoint records only the feature count, "
+      "and its data.train shards do not open; pass --data with shards of that shape" +
+      at(cfg.data.train));
 }
 
 DeviceChoice device_choice(const std::string& name) {
@@ -95,8 +96,7 @@ int run_sample(const SampleOptions& o) {
   if (!o.interpolate.empty()) {
     // One row: sample I, the path from its latent to J's, sample J.
     const std::vector<float> x = read_rows(data, o.interpolate);
-    const std::vector<float> path =
-        draw.interpolation({x.data(), D}, {x.data() + D, D}, o.steps);
+    const std::vector<float> path = draw.interpolation({x.data(), D}, {x.data() + D, D}, o.steps);
     tiles.insert(tiles.end(), x.begin(), x.begin() + static_cast<std::ptrdiff_t>(D));
     tiles.insert(tiles.end(), path.begin(), path.end());
     tiles.insert(tiles.end(), x.begin() + static_cast<std::ptrdiff_t>(D), x.end());

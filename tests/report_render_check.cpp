@@ -42,18 +42,25 @@ int main(int argc, char** argv) {
     failed += ok ? 0 : 1;
   };
   // The series colours of launch/report.cpp: loss and train loss, recon, kl, test -ELBO.
-  const struct { const char* name; Rgb c; } curves[] = {
-      {"loss", {0x1f, 0x77, 0xb4}}, {"recon", {0xff, 0x7f, 0x0e}},
-      {"kl", {0x2c, 0xa0, 0x2c}}, {"test -ELBO", {0xd6, 0x27, 0x28}}};
+  const struct {
+    const char* name;
+    Rgb c;
+  } curves[] = {{"loss", {0x1f, 0x77, 0xb4}},
+                {"recon", {0xff, 0x7f, 0x0e}},
+                {"kl", {0x2c, 0xa0, 0x2c}},
+                {"test -ELBO", {0xd6, 0x27, 0x28}}};
   for (const auto& [name, c] : curves) {
     long n = 0;
     for (int y = 0; y < img.height; ++y)
       for (int x = 0; x < img.width; ++x) n += near(px(x, y), c, 6);
-    check(n >= 200, std::string("curve ") + name + ": " + std::to_string(n) + " pixels of its colour");
+    check(n >= 200,
+          std::string("curve ") + name + ": " + std::to_string(n) + " pixels of its colour");
   }
   // The frames of the two grids (#9467bd, #17becf): their bounding box, and what lies inside.
-  const struct { const char* name; Rgb c; } frames[] = {{"reconstructions", {0x94, 0x67, 0xbd}},
-                                                         {"samples", {0x17, 0xbe, 0xcf}}};
+  const struct {
+    const char* name;
+    Rgb c;
+  } frames[] = {{"reconstructions", {0x94, 0x67, 0xbd}}, {"samples", {0x17, 0xbe, 0xcf}}};
   for (const auto& [name, c] : frames) {
     int x0 = img.width, y0 = img.height, x1 = -1, y1 = -1;
     for (int y = 0; y < img.height; ++y)

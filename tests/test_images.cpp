@@ -46,8 +46,8 @@ TEST(Png, RoundTripsGreyAndRgbThroughLibpng) {
     EXPECT_EQ(bytes.substr(12, 4), "IHDR");
     EXPECT_EQ(big_endian(bytes, 16), 37u);
     EXPECT_EQ(big_endian(bytes, 20), 11u);
-    EXPECT_EQ(static_cast<int>(bytes[24]), 8);                  // bit depth
-    EXPECT_EQ(static_cast<int>(bytes[25]), c == 3 ? 2 : 0);     // colour type: RGB or grey
+    EXPECT_EQ(static_cast<int>(bytes[24]), 8);               // bit depth
+    EXPECT_EQ(static_cast<int>(bytes[25]), c == 3 ? 2 : 0);  // colour type: RGB or grey
     const Image back = decode_png(bytes, c, "test");
     EXPECT_EQ(back.width, 37);
     EXPECT_EQ(back.height, 11);
@@ -214,8 +214,8 @@ TEST(Drawer, InterpolationEndsAreTheReconstructionsOfBothSamples) {
   std::vector<float> eps(2 * 3, 0.0f);
   m.vae.forward(x.data(), eps.data(), 2);
   std::vector<float> mid(3);
-  for (int j = 0; j < 3; ++j) mid[static_cast<size_t>(j)] =
-      0.5f * m.vae.posterior()[j] + 0.5f * m.vae.posterior()[6 + j];
+  for (int j = 0; j < 3; ++j)
+    mid[static_cast<size_t>(j)] = 0.5f * m.vae.posterior()[j] + 0.5f * m.vae.posterior()[6 + j];
   const std::vector<float> want = host_decode(m.vae, m.spec, mid, 1);
   for (size_t j = 0; j < 12; ++j) EXPECT_NEAR(path[2 * 12 + j], want[j], 1e-5) << j;
 }
@@ -279,7 +279,8 @@ TEST(Report, SelfContainedWithCurvesImagesAndConfig) {
   // Every src is a data: URI; the newest epoch's images, byte for byte.
   const std::regex src("src=\"([^\"]*)\"");
   std::vector<std::string> srcs;
-  for (auto it = std::sregex_iterator(html.begin(), html.end(), src); it != std::sregex_iterator(); ++it)
+  for (auto it = std::sregex_iterator(html.begin(), html.end(), src); it != std::sregex_iterator();
+       ++it)
     srcs.push_back((*it)[1]);
   ASSERT_EQ(srcs.size(), 2u);
   const std::string prefix = "data:image/png;base64,";
