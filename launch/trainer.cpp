@@ -2,14 +2,16 @@
 // backward -> all-reduce -> optimizer step -> metrics and checkpoints.
 #include "launch/trainer.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
+#include <memory>
 #include <string>
 #include <utility>
-
-#include <unistd.h>
 
 #include "core/error.h"
 #include "core/optimizer.h"
