@@ -144,6 +144,8 @@ class StepLoop final : public Trainer {
     }
     save_checkpoint(checkpoints);  // the end, unless that step is saved already
     if (comm_.rank() == 0 && terminal_) std::printf("\r\033[K");  // a progress line left over
+    // The report of the run as it ends: a stop mid-epoch, or a resume that trimmed the metrics.
+    if (comm_.rank() == 0) write_report(cfg_.output.dir, to_yaml(cfg_));
     if (stopping_ && comm_.rank() == 0)
       std::printf("elbo: stopped by signal at step %lld; checkpoint %s\n",
                   static_cast<long long>(step_),

@@ -2,7 +2,8 @@
 # Pictures of a run, checked on disk:
 #   1. A two-epoch run writes images/epoch-NNN-{reconstructions,samples}.png at each epoch end,
 #      of the grid sizes the data's [28, 28] samples give, and a report.html that is well-formed
-#      HTML and self-contained (no http:, every src a data: URI); resuming adds the next epoch's.
+#      HTML and self-contained (no http:, every src a data: URI); resuming adds the next epoch's,
+#      and resuming from an earlier checkpoint with --discard-newer removes the later ones.
 #   2. `elbo sample`: prior draws, inputs above reconstructions and an interpolation, each of its
 #      grid size; its reconstructions of the test set's first 16 samples are byte for byte the
 #      run's last reconstructions grid (the same model and samples through the other code path).
@@ -145,6 +146,16 @@ train resume.log train.epochs=3 --resume auto || { fail "resume"; show resume.lo
 expect_size runs/pics/images/epoch-003-samples.png "$(grid 8 2)"
 [ -e runs/pics/images/epoch-001-samples.png ] && ok "earlier epochs' images kept" || fail "epoch 1 images lost"
 check_report 003
+# Back to epoch 2 with --discard-newer: epoch 3's images go with its checkpoint and records.
+train discard.log train.epochs=2 --resume runs/pics/checkpoints/step-000000234.h5 --discard-newer ||
+  { fail "resume --discard-newer"; show discard.log; }
+if [ ! -e runs/pics/images/epoch-003-samples.png ] && [ ! -e runs/pics/images/epoch-003-reconstructions.png ] &&
+    [ -e runs/pics/images/epoch-002-samples.png ]; then
+  ok "--discard-newer removes the images past the checkpoint's epoch"
+else
+  fail "images after --discard-newer: $(ls runs/pics/images | tr '\n' ' ')"
+fi
+check_report 002
 
 # ---- 4. the progress line: redrawn in place on a terminal (script(1) gives the run one), the
 # step records as before elsewhere (train.log above) ---------------------------------------------
