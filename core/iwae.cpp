@@ -45,7 +45,7 @@ void importance_weighted_log_px(Vae& vae, Backend& backend, const float* x, int 
     const float* eps_k = noise(k);
     vae.forward(x, eps_k, n);
     // [mu | logvar] does not depend on the noise: read once.
-    if (k == 0) backend.download(head.data(), vae.latent_head(), head.size());
+    if (k == 0) backend.download(head.data(), vae.posterior(), head.size());
     backend.download(eps.data(), eps_k, eps.size());
     backend.download(recon.data(), vae.recon_per_sample(), rows);
     for (size_t i = 0; i < rows; ++i) {

@@ -135,6 +135,21 @@ void Vae::forward_backward(const float* x, const float* eps, int B, float beta, 
   }
 }
 
+void Vae::decode(const float* z, int B) {
+  ELBO_CHECK(B > 0 && B <= max_batch_, "batch larger than the model's workspace");
+  const auto& layers = layout_.layers();
+  const size_t head = layout_.num_encoder_layers() - 1;
+  const float* p = params_.data();
+  for (size_t i = head + 1; i < layers.size(); ++i) {
+    const LinearLayer& l = layers[i];
+    const float* in = i == head + 1 ? z : acts_[act_index(i - 1, head)].data();
+    float* y = acts_[act_index(i, head)].data();
+    backend_.gemm(Trans::No, Trans::Yes, B, l.out, l.in, 1.0f, in, l.in, p + l.w_offset, l.in,
+                  0.0f, y, l.out);
+    backend_.bias_activation(y, p + l.b_offset, B, l.out, l.activation);
+  }
+}
+
 LossSums Vae::loss_sums(int B) {
   const size_t n = static_cast<size_t>(B);
   return LossSums{backend_.sum(recon_.data(), n), backend_.sum(kl_.data(), n)};

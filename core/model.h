@@ -84,7 +84,11 @@ class Vae {
   const float* recon_per_sample() const { return recon_.data(); }  // [B]
   const float* kl_per_sample() const { return kl_.data(); }        // [B]
   const float* output() const { return acts_.back().data(); }      // [B, D] logits or means
-  const float* latent_head() const { return head_.data(); }        // [B, 2L]: mu | logvar rows
+  const float* posterior() const { return head_.data(); }          // [B, 2L] [mu | logvar]
+
+  // The decoder alone on latents z [B, L] (backend memory): output() becomes its logits or means.
+  // Drawing from the prior or along a path between latents needs no encoder pass.
+  void decode(const float* z, int B);
 
  private:
   const float* layer_input(size_t i, const float* x) const;

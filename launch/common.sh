@@ -6,12 +6,13 @@ BUILD_DIR=${BUILD_DIR:-$ELBO_ROOT/build}
 
 # What building and training need (quickstart.sh).
 elbo_packages=(build-essential cmake pkg-config libhdf5-dev libyaml-cpp-dev libopenblas-dev
-               libcli11-dev libgtest-dev libopenmpi-dev openmpi-bin zlib1g-dev
+               libcli11-dev libgtest-dev libopenmpi-dev openmpi-bin zlib1g-dev libpng-dev
                dataset-fashion-mnist)
 # What the test suite needs on top (test.sh): python3 (standard library) for the scripts' checks,
 # python3-h5py to read elbo's HDF5 outputs as a user would (tests/eval_test.sh), iproute2 for the
-# network-namespace test hosts, procps (ps, pgrep) for the process checks.
-elbo_test_packages=(python3 python3-h5py iproute2 procps)
+# network-namespace test hosts, procps (ps, pgrep) for the process checks, chromium to render the
+# training report headless (tests/report_test.sh).
+elbo_test_packages=(python3 python3-h5py iproute2 procps chromium)
 
 # install_missing_packages [PACKAGE...]: apt-get installs those not installed yet (default: the
 # packages of building and training).

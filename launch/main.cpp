@@ -12,6 +12,7 @@
 #include "launch/eval.h"
 #include "launch/info.h"
 #include "launch/prepare.h"
+#include "launch/sample.h"
 #include "launch/train.h"
 
 namespace {
@@ -92,6 +93,25 @@ int main(int argc, char** argv) {
                          "also iw_nll, from K importance samples per sample");
   encode_cmd->add_flag("--force", encode.force, "replace an existing --out");
 
+  elbo::SampleOptions sample;
+  CLI::App* sample_cmd = app.add_subcommand("sample", "Draw a trained model's samples as a PNG grid");
+  sample_cmd->add_option("checkpoint", sample.checkpoint, "checkpoint file (.h5)")->required();
+  sample_cmd->add_option("--out", sample.out, "PNG file to write")->required();
+  sample_cmd->add_option("--n", sample.n, "number of samples")->capture_default_str()
+      ->check(CLI::Range(1, 4096));
+  sample_cmd->add_option("--seed", sample.seed, "seed of the prior noise")->capture_default_str();
+  sample_cmd->add_option("--data", sample.data,
+                         "shards (directory or glob): draw their first N samples above their "
+                         "reconstructions; also tells the image shape");
+  sample_cmd->add_option("--interpolate", sample.interpolate,
+                         "I J: the decoded path between the latents of samples I and J of --data")
+      ->expected(2);
+  sample_cmd->add_option("--steps", sample.steps, "points on the --interpolate path")
+      ->capture_default_str()->check(CLI::Range(2, 256));
+  sample_cmd->add_option("--device", sample.device, "auto, cpu or cuda")->capture_default_str()
+      ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
+  sample_cmd->add_flag("--force", sample.force, "replace an existing --out");
+
   // CLI11 reports an unknown command as a missing one; name it instead.
   const std::string first = argc > 1 ? argv[1] : "";
   std::string commands;
@@ -135,6 +155,7 @@ int main(int argc, char** argv) {
                               std::to_string(encode.scoring.iw_samples) + " (command line)");
       return elbo::run_encode(encode);
     }
+    if (*sample_cmd) return elbo::run_sample(sample);
   } catch (...) {
     const elbo::ErrorReport report = elbo::report_of(std::current_exception());
     return fail(report.message, report.exit_code);

@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <charconv>
+#include <cstdlib>
 #include <cstdio>
 #include <ctime>
 #include <fstream>
@@ -52,6 +53,20 @@ std::string run_id_in_marker(const std::string& text) {
 void sync_directory(const fs::path& dir) { fsync_path(dir.string(), true); }
 
 int64_t step_of(const fs::path& p) { return std::stoll(p.filename().string().substr(5, 9)); }
+
+// Removes images/epoch-NNN-*.png past `epoch` (those of epochs that, for this run, never
+// happened), and the temporaries of image writes a crash interrupted.
+void remove_images_after(const fs::path& dir, int64_t epoch) {
+  std::error_code ec;
+  std::vector<fs::path> gone;
+  for (const auto& e : fs::directory_iterator(dir, ec)) {
+    const std::string name = e.path().filename().string();
+    if (name.rfind("epoch-", 0) != 0) continue;
+    const bool temporary = name.find(".png.tmp.") != std::string::npos;
+    if (temporary || std::strtoll(name.c_str() + 6, nullptr, 10) > epoch) gone.push_back(e.path());
+  }
+  for (const fs::path& p : gone) fs::remove(p, ec);
+}
 
 bool is_step_file_name(const std::string& name) {
   return name.size() == 17 && name.starts_with("step-") && name.ends_with(".h5") &&
@@ -201,7 +216,7 @@ void RunDirectory::inspect() {
                     "; elbo writes only into its own run directories: choose another output.dir" +
                     at(p.string()));
   };
-  const char* ours[] = {"config.yaml", "metrics.jsonl", "checkpoints"};
+  const char* ours[] = {"config.yaml", "metrics.jsonl", "checkpoints", "images", "report.html"};
   if (!exists_here(marker)) {
     for (const char* name : ours)
       if (exists_here(dir_ / name)) refuse(dir_ / name, "which elbo did not write here (no run.yaml)");
@@ -214,8 +229,8 @@ void RunDirectory::inspect() {
   for (const char* name : ours) {
     const fs::path p = dir_ / name;
     const fs::file_status st = fs::symlink_status(p, ec);
-    const bool right_kind = name == std::string("checkpoints") ? fs::is_directory(st)
-                                                               : fs::is_regular_file(st);
+    const bool directory = name == std::string("checkpoints") || name == std::string("images");
+    const bool right_kind = directory ? fs::is_directory(st) : fs::is_regular_file(st);
     if (exists_here(p) && !right_kind)
       refuse(p, fs::is_symlink(st) ? "which is a symlink" : "which is not what elbo writes there");
   }
@@ -299,6 +314,7 @@ void RunDirectory::start(const std::string& config_yaml, const CheckpointData* r
   } else if (exists_here(metrics_path())) {
     write_file_atomically(metrics_path().string(), "", "the metrics file");
   }
+  remove_images_after(dir_ / "images", continues_here ? resumed_from->state.epoch : 0);
   checkpoints_.emplace(ck_dir, keep, run_id_);
   checkpoints_->remove_temporaries();
   if (continues_here && discard_newer_) {

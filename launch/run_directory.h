@@ -7,6 +7,7 @@
 //   run.yaml        marks the directory as one run's and names it: a random run_id made when the
 //                   run starts, also stamped into each of its checkpoints
 //   config.yaml     the resolved config;   metrics.jsonl   the metrics;   checkpoints/
+//   images/         epoch-NNN-{reconstructions,samples}.png;   report.html   the run's page
 // A file of one of those names that elbo did not write (no run.yaml, or a symlink) is the user's
 // and is never written over: such a directory is refused.
 //

@@ -146,7 +146,7 @@ void ScoringJob::score(int64_t first, int64_t n, ScoredChunk& out) {
   host_head_.resize(rows * 2 * lat);
   host_recon_.resize(rows);
   host_kl_.resize(rows);
-  backend_->download(host_head_.data(), vae_->latent_head(), host_head_.size());
+  backend_->download(host_head_.data(), vae_->posterior(), host_head_.size());
   backend_->download(host_recon_.data(), vae_->recon_per_sample(), rows);
   backend_->download(host_kl_.data(), vae_->kl_per_sample(), rows);
   out.first = first;

@@ -2,10 +2,14 @@
 // backward -> all-reduce -> optimizer step -> metrics and checkpoints.
 #include "launch/trainer.h"
 
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
+#include <memory>
 #include <string>
 #include <utility>
 
@@ -13,6 +17,8 @@
 #include "core/optimizer.h"
 #include "io/batch_loader.h"
 #include "io/sampler.h"
+#include "launch/epoch_images.h"
+#include "launch/report.h"
 #include "launch/stop_signal.h"
 
 namespace elbo {
@@ -118,7 +124,10 @@ class StepLoop final : public Trainer {
                   vae_.num_params(), static_cast<long long>(train_.size()),
                   static_cast<long long>(steps_per_epoch));
       if (step_ > 0) std::printf("elbo: resuming at step %lld\n", static_cast<long long>(step_));
+      start_pictures();
     }
+    run_t0_ = Clock::now();
+    run_first_step_ = step_;
     for (int64_t epoch = step_ / steps_per_epoch + 1; epoch <= cfg_.train.epochs && !done();
          ++epoch) {
       const auto t0 = Clock::now();
@@ -130,9 +139,13 @@ class StepLoop final : public Trainer {
       // An epoch cut short by train.max_steps is recorded, marked incomplete.
       write_epoch_record(epoch, step_ == epoch * steps_per_epoch, train_sums, test_sums, epoch_s,
                          metrics);
+      if (comm_.rank() == 0) draw_pictures(epoch);
       save_checkpoint(checkpoints);
     }
     save_checkpoint(checkpoints);  // the end, unless that step is saved already
+    if (comm_.rank() == 0 && terminal_) std::printf("\r\033[K");  // a progress line left over
+    // The report of the run as it ends: a stop mid-epoch, or a resume that trimmed the metrics.
+    if (comm_.rank() == 0) write_report(cfg_.output.dir, to_yaml(cfg_));
     if (stopping_ && comm_.rank() == 0)
       std::printf("elbo: stopped by signal at step %lld; checkpoint %s\n",
                   static_cast<long long>(step_),
@@ -166,10 +179,43 @@ class StepLoop final : public Trainer {
     rec.add("samples_per_s", train_sums.v[3] / epoch_s).add("epoch_s", epoch_s);
     metrics.write(rec);
     if (comm_.rank() != 0) return;
+    if (terminal_) std::printf("\r\033[K");  // the progress line gives way to the record
     std::printf("epoch %lld  train_loss %.3f", static_cast<long long>(epoch), train_sums.per_sample(2));
     if (test_) std::printf("  test_neg_elbo %.3f", test_sums.per_sample(0) + test_sums.per_sample(1));
     std::printf("  %.0f samples/s  %.2f s\n", train_sums.v[3] / epoch_s, epoch_s);
     std::fflush(stdout);
+  }
+
+  // ---- what rank 0 shows: the progress line, the epoch-end images and the report ----------------
+
+  // On a terminal one line, redrawn in place at each log point; elsewhere the step records.
+  void show_progress(int64_t epoch, int64_t step_in_epoch, int64_t steps, double loss,
+                     double samples_per_s) {
+    const int64_t total = cfg_.train.max_steps > 0
+                              ? std::min<int64_t>(cfg_.train.max_steps, cfg_.train.epochs * steps)
+                              : cfg_.train.epochs * steps;
+    const double rate = static_cast<double>(step_ - run_first_step_) / seconds_since(run_t0_);
+    const double eta = rate > 0 ? static_cast<double>(total - step_) / rate : 0.0;
+    std::printf("\r\033[Kepoch %lld  step %lld/%lld  loss %.3f  %.0f samples/s  ETA %lld:%02lld",
+                static_cast<long long>(epoch), static_cast<long long>(step_in_epoch),
+                static_cast<long long>(steps), loss, samples_per_s,
+                static_cast<long long>(eta) / 60, static_cast<long long>(eta) % 60);
+    std::fflush(stdout);
+  }
+
+  void start_pictures() {
+    std::string why;
+    const ShardedDataset& fixed = test_ ? *test_ : train_;
+    pictures_ = EpochImages::make(be_, vae_, model_spec(cfg_, static_cast<int>(D_)), batch_, fixed,
+                                  cfg_.seed, &why);
+    if (!pictures_) std::printf("elbo: note: no image grids: %s\n", why.c_str());
+  }
+
+  // The grids of this epoch, then the report that shows them with the curves so far.
+  void draw_pictures(int64_t epoch) {
+    const std::filesystem::path dir = cfg_.output.dir;
+    if (pictures_) pictures_->write(dir / "images", epoch);
+    write_report(dir, to_yaml(cfg_));
   }
 
   Sums train_epoch(int64_t epoch, int64_t first, int64_t steps,
@@ -204,7 +250,9 @@ class StepLoop final : public Trainer {
                           .add("beta", beta).add("samples_per_s", log_sums.v[3] / dt)
                           .add("data_wait_s_max", wait.max).add("data_wait_s_mean", wait.mean)
                           .add("data_wait_slowest_rank", wait.slowest_rank));
-        if (comm_.rank() == 0)
+        if (comm_.rank() == 0 && terminal_)
+          show_progress(epoch, s + 1, steps, log_sums.per_sample(2), log_sums.v[3] / dt);
+        else if (comm_.rank() == 0)
           std::printf("step %lld  loss %.3f  recon %.3f  kl %.3f  %.0f samples/s  data wait %.3f s "
                       "(rank %d)\n", static_cast<long long>(step_), log_sums.per_sample(2),
                       log_sums.per_sample(0), log_sums.per_sample(1), log_sums.v[3] / dt, wait.max,
@@ -422,6 +470,10 @@ class StepLoop final : public Trainer {
   int64_t plain_steps_ = 0;  // steps run without a graph by this process
   DeviceArray health_;           // (5): loss sums [recon, kl, objective, count], gradient flag
   int64_t health_since_ = 0;     // the step health_ was last read at
+  const bool terminal_ = ::isatty(STDOUT_FILENO) == 1;  // progress redrawn in place
+  int64_t run_first_step_ = 0;
+  Clock::time_point run_t0_;
+  std::unique_ptr<EpochImages> pictures_;  // rank 0, when the samples are images
 };
 
 }  // namespace

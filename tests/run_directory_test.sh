@@ -9,8 +9,8 @@
 #   4. One writer per directory: a second `elbo train` into a running run's output.dir ends at
 #      once naming the holder's pid; of two concurrent `elbo prepare` into one --out exactly one
 #      writes, and the shards it wrote are whole.
-#   5. Never over a file that is not elbo's: output.dir=. next to the user's config.yaml, a
-#      symlinked config.yaml in a run directory.
+#   5. Never over a file that is not elbo's: output.dir=. next to the user's config.yaml, the
+#      user's report.html or images/, a symlinked config.yaml in a run directory.
 #   6. A failure after start-up leaves the directory usable: a run that diverged before its first
 #      checkpoint, or was killed, is started over by the same command; a half-written last line of
 #      metrics.jsonl is dropped on resume.
@@ -152,6 +152,17 @@ expect_error users_config 2 "config.yaml, which elbo did not write here" \
     data.test=null output.dir=. train.max_steps=5"
 if [ "$(tree_digest mine)" = "$before" ]; then ok "the user's config.yaml untouched (output.dir: .)"
 else fail "output.dir=. changed the user's directory"; fi
+# The user's report.html or images/ beside their files: the same refusal, nothing touched.
+for name in report.html images; do
+  mkdir -p "users_$name"
+  if [ "$name" = images ]; then mkdir "users_$name/images" && echo mine >"users_$name/images/a.png"
+  else echo mine >"users_$name/$name"; fi
+  before=$(tree_digest "users_$name")
+  expect_error "users_$name" 2 "$name, which elbo did not write here" \
+    timeout 120 "$elbo" "${common[@]}" "output.dir=users_$name" train.max_steps=5
+  if [ "$(tree_digest "users_$name")" = "$before" ]; then ok "the user's $name untouched"
+  else fail "a run changed the user's $name"; fi
+done
 cp -a runs/a runs/link && echo "precious" >precious.txt
 ln -sf "$work/precious.txt" runs/link/config.yaml
 expect_error symlinked_config 2 "config.yaml, which is a symlink" \
