@@ -87,6 +87,8 @@ void write_seed_checkpoint(const std::string& path, const std::vector<int>& enco
   Config c;
   c.name = "seed";
   c.data.train = "data/train";
+  c.output.dir = "runs/seed";  // as parse_config resolves it
+  c.train.batch_size = 4;  // 3 steps of 4 samples: samples_seen 12 below
   c.model.encoder = encoder;
   c.model.latent = 1;
   c.model.decoder = {};
