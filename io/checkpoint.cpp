@@ -23,10 +23,7 @@ namespace {
 
 constexpr int64_t kFormatVersion = 1;
 
-std::vector<int64_t> tensor_shape(const TensorView& t) {
-  if (t.is_bias) return {t.rows};
-  return {t.rows, t.cols};
-}
+std::vector<int64_t> tensor_shape(const TensorView& t) { return t.shape(); }
 
 void write_tensors(h5::File& f, const std::string& group, const ParameterLayout& layout,
                    const std::vector<float>& flat) {
