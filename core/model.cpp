@@ -72,6 +72,8 @@ std::vector<int64_t> TensorView::shape() const {
 ParameterLayout::ParameterLayout(const ModelSpec& spec) {
   ELBO_CHECK(spec.input_dim > 0 && spec.latent > 0, "model needs input and latent sizes");
   const bool conv = spec.type == ModelType::Conv;
+  if (conv) sample_shape_ = {spec.channels, spec.height, spec.width};
+  else sample_shape_ = {spec.input_dim};
   std::vector<std::pair<int, int>> sizes;
   int width = spec.input_dim;
   if (conv) {

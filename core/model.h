@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -84,6 +85,8 @@ class ParameterLayout {
   // ConvTranspose2d layers after them (the last one gives the output).
   const std::vector<ConvLayer>& encoder_convs() const { return encoder_convs_; }
   const std::vector<ConvLayer>& decoder_convs() const { return decoder_convs_; }
+  // The shape of one sample the model takes: [D], or [C, H, W] for conv.
+  const std::vector<int64_t>& sample_shape() const { return sample_shape_; }
 
  private:
   void add_linear(const std::string& prefix, int in, int out, Activation a);
@@ -92,6 +95,7 @@ class ParameterLayout {
   std::vector<TensorView> tensors_;
   std::vector<LinearLayer> layers_;
   std::vector<ConvLayer> encoder_convs_, decoder_convs_;
+  std::vector<int64_t> sample_shape_;
   size_t num_encoder_ = 0;
   size_t total_ = 0;
 };

@@ -72,7 +72,7 @@ class StepLoop final : public Trainer {
         D_(train.features()), global_batch_(cfg.train.batch_size),
         batch_(share(global_batch_, comm.rank(), comm.size()).count),
         batch_offset_(share(global_batch_, comm.rank(), comm.size()).offset),
-        vae_(backend, model_spec(cfg, static_cast<int>(train.features())), batch_, cfg.seed),
+        vae_(backend, model_spec(cfg, train.sample_shape(), cfg.data.train), batch_, cfg.seed),
         adam_(backend, vae_.num_params(), adam_config(cfg)), key_(rng_key(cfg.seed)),
         x_{DeviceArray(backend, static_cast<size_t>(batch_) * static_cast<size_t>(D_)),
            DeviceArray(backend, static_cast<size_t>(batch_) * static_cast<size_t>(D_))},

@@ -324,6 +324,7 @@ ModelSpec golden_spec(const h5::File& f, const std::string& g) {
     spec.height = static_cast<int>(shape.at(1));
     spec.width = static_cast<int>(shape.at(2));
     spec.input_dim = spec.channels * spec.height * spec.width;
+    spec.conv.channels.clear();
     for (double c : f.read_double_array_attribute(g, "channels")) spec.conv.channels.push_back(static_cast<int>(c));
     spec.conv.kernel = static_cast<int>(f.read_int_attribute(g, "kernel"));
     spec.conv.stride = static_cast<int>(f.read_int_attribute(g, "stride"));
