@@ -67,7 +67,21 @@ ELBO_CPU_CLONES void learned_gaussian_rows(const float* out, const float* x, flo
 
 // Entry (i, j) of every k x k window over one channel plane: a row of col, out_h x out_w, zero
 // where the window lies in the padding. read_window fills the col row, add_window is its adjoint.
+// The grid columns whose pixel lies inside the image are [lo, hi), computed once per (i, j), so the
+// inner loops are plain strided copies.
+struct Inside {
+  int lo, hi;
+};
+Inside inside_range(int n_out, int size, int stride, int offset) {  // pixel = o stride + offset
+  int lo = 0, hi = n_out;
+  while (lo < hi && lo * stride + offset < 0) ++lo;
+  while (hi > lo && (hi - 1) * stride + offset >= size) --hi;
+  return {lo, hi};
+}
+
 void read_window(const float* plane, float* col_row, const ConvShape& g, int i, int j) {
+  const int off = j - g.padding;
+  const Inside xs = inside_range(g.out_w, g.width, g.stride, off);
   for (int oy = 0; oy < g.out_h; ++oy) {
     const int y = oy * g.stride - g.padding + i;
     float* c = col_row + static_cast<size_t>(oy) * g.out_w;
@@ -76,23 +90,21 @@ void read_window(const float* plane, float* col_row, const ConvShape& g, int i, 
       continue;
     }
     const float* row = plane + static_cast<size_t>(y) * g.width;
-    for (int ox = 0; ox < g.out_w; ++ox) {
-      const int x = ox * g.stride - g.padding + j;
-      c[ox] = x >= 0 && x < g.width ? row[x] : 0.0f;
-    }
+    for (int ox = 0; ox < xs.lo; ++ox) c[ox] = 0.0f;
+    for (int ox = xs.lo; ox < xs.hi; ++ox) c[ox] = row[ox * g.stride + off];
+    for (int ox = xs.hi; ox < g.out_w; ++ox) c[ox] = 0.0f;
   }
 }
 
 void add_window(const float* col_row, float* plane, const ConvShape& g, int i, int j) {
+  const int off = j - g.padding;
+  const Inside xs = inside_range(g.out_w, g.width, g.stride, off);
   for (int oy = 0; oy < g.out_h; ++oy) {
     const int y = oy * g.stride - g.padding + i;
     if (y < 0 || y >= g.height) continue;
     const float* c = col_row + static_cast<size_t>(oy) * g.out_w;
     float* row = plane + static_cast<size_t>(y) * g.width;
-    for (int ox = 0; ox < g.out_w; ++ox) {
-      const int x = ox * g.stride - g.padding + j;
-      if (x >= 0 && x < g.width) row[x] += c[ox];
-    }
+    for (int ox = xs.lo; ox < xs.hi; ++ox) row[ox * g.stride + off] += c[ox];
   }
 }
 
