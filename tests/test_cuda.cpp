@@ -568,8 +568,8 @@ TEST_P(CudaGraphReplay, ReplayedStepsEqualEagerSteps) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Models, CudaGraphReplay, ::testing::Values(ModelType::Mlp, ModelType::Conv),
-                         [](const ::testing::TestParamInfo<ModelType>& t) {
-                           return std::string(t.param == ModelType::Conv ? "Conv" : "Mlp");
+                         [](const ::testing::TestParamInfo<ModelType>& param_info) {
+                           return std::string(param_info.param == ModelType::Conv ? "Conv" : "Mlp");
                          });
 
 // Work that reads a value back cannot be captured: the backend says so and nothing breaks.
