@@ -132,8 +132,10 @@ class Vae {
 
   const float* recon_per_sample() const { return recon_.data(); }  // [B]
   const float* kl_per_sample() const { return kl_.data(); }        // [B]
-  // [B, D] logits or means; GaussianLearned: [B, 2D], each row D means then D log-variances.
+  // [B, D] logits or means; GaussianLearned: [B, 2D], each row D means then D log-variances
+  // (images and samples show the means: the first D of each row of output_dim()).
   const float* output() const;
+  int output_dim() const { return elbo::output_dim(spec_); }
 
  private:
   const float* layer_input(size_t i, const float* x) const;
