@@ -314,7 +314,11 @@ DataConfig read_data(MapReader m, const Locator& loc) {
 
 constexpr int kMaxKernel = 1 << 10;  // model.conv.kernel, stride and padding
 
-ConvSpec read_conv(MapReader m, const Locator& loc, ConvSpec c) {
+// `where` becomes the override that set a conv key, if one did: sizes that do not fit the data
+// are reported there.
+ConvSpec read_conv(MapReader m, const Locator& loc, ConvSpec c, std::string& where) {
+  for (const char* key : {"channels", "kernel", "stride", "padding"})
+    if (auto f = m.take(key); f && f->where.starts_with("override")) where = f->where;
   if (auto f = m.take("channels")) {
     c.channels = widths(*f, loc);
     if (c.channels.empty()) fail(*f, "must name at least one layer's channels");
@@ -332,7 +336,7 @@ ModelConfig read_model(MapReader m, const Locator& loc) {
   if (auto f = m.take("conv")) {
     if (c.type != ModelType::Conv) fail(*f, "is for model.type conv only");
     c.conv_where = f->where;
-    c.conv = read_conv(MapReader(*f, loc), loc, c.conv);
+    c.conv = read_conv(MapReader(*f, loc), loc, c.conv, c.conv_where);
   } else {
     c.conv_where = loc.origin();
   }

@@ -54,7 +54,7 @@ mkdir -p data/flat && "$h5_tool" shard data/flat/x.h5 u8 200 784 contiguous ||
   { fail "h5_tool"; }
 expect_error flat 2 "model.type conv needs images" \
   "$elbo" "${common[@]}" data.train=data/flat data.test= output.dir=runs/flat
-expect_error big_kernel 2 "key 'model.conv' does not fit images of shape [28, 28]" \
+expect_error big_kernel 2 "key 'model.conv' does not fit images of shape [28, 28]: encoder.conv.0: kernel 40 is larger than the padded input 30x30 (input 28x28, padding 1) (override 'model.conv.kernel=40')" \
   "$elbo" "${common[@]}" model.conv.kernel=40 output.dir=runs/big_kernel
 timeout -k 5 120 "$elbo" train "$configs/smoke.yaml" data.train=data/train data.test= \
   train.max_steps=5 train.threads=1 output.dir=runs/mlp >mlp.log 2>&1 || { fail "mlp run"; show mlp.log; }
