@@ -72,8 +72,10 @@ std::vector<int64_t> TensorView::shape() const {
 ParameterLayout::ParameterLayout(const ModelSpec& spec) {
   ELBO_CHECK(spec.input_dim > 0 && spec.latent > 0, "model needs input and latent sizes");
   const bool conv = spec.type == ModelType::Conv;
-  if (conv) sample_shape_ = {spec.channels, spec.height, spec.width};
-  else sample_shape_ = {spec.input_dim};
+  if (conv)
+    sample_shape_ = {spec.channels, spec.height, spec.width};
+  else
+    sample_shape_ = {spec.input_dim};
   std::vector<std::pair<int, int>> sizes;
   int width = spec.input_dim;
   if (conv) {
@@ -113,11 +115,12 @@ ParameterLayout::ParameterLayout(const ModelSpec& spec) {
   for (size_t i = 0; i < n; ++i) {
     const size_t conv_i = n - 1 - i;  // the encoder conv this one mirrors
     const bool last = i + 1 == n;
-    const int out_c = last ? (spec.likelihood == Likelihood::GaussianLearned ? 2 : 1) * spec.channels
-                           : spec.conv.channels[conv_i - 1];
+    const int out_c = last
+                          ? (spec.likelihood == Likelihood::GaussianLearned ? 2 : 1) * spec.channels
+                          : spec.conv.channels[conv_i - 1];
     const ConvShape g = conv_shape(spec.conv, out_c, sizes[conv_i], sizes[conv_i + 1]);
-    decoder_convs_.push_back(add_conv(last ? "decoder.out" : "decoder.deconv." + std::to_string(i), g,
-                                      spec.conv.channels[conv_i], true,
+    decoder_convs_.push_back(add_conv(last ? "decoder.out" : "decoder.deconv." + std::to_string(i),
+                                      g, spec.conv.channels[conv_i], true,
                                       last ? Activation::None : spec.activation));
   }
 }
@@ -126,7 +129,8 @@ ConvLayer ParameterLayout::add_conv(const std::string& prefix, const ConvShape& 
                                     bool transposed, Activation a) {
   ConvLayer layer{shape, maps, transposed, total_, 0, a};
   // Conv2d [maps, C, k, k]; ConvTranspose2d [in = maps, out = C, k, k]: both [maps, C k k].
-  tensors_.push_back(TensorView{prefix + ".weight", maps, shape.col_rows(), false, total_, shape.kernel});
+  tensors_.push_back(
+      TensorView{prefix + ".weight", maps, shape.col_rows(), false, total_, shape.kernel});
   total_ += tensors_.back().size();
   layer.b_offset = total_;
   const int bias = transposed ? shape.channels : maps;
@@ -158,7 +162,8 @@ std::vector<float> initial_parameters(const ParameterLayout& layout, uint64_t se
   const auto& tensors = layout.tensors();
   for (size_t id = 0; id < tensors.size(); ++id) {
     const TensorView& t = tensors[id];
-    const int fan_in = t.is_bias ? layout.tensors()[id - 1].cols : t.cols;  // [maps, C k k] for convs
+    const int fan_in =
+        t.is_bias ? layout.tensors()[id - 1].cols : t.cols;  // [maps, C k k] for convs
     const float bound = 1.0f / std::sqrt(static_cast<float>(fan_in));
     for (size_t i = 0; i < t.size(); ++i) {
       const Philox4 d = philox_draw(key, static_cast<uint32_t>(i >> 2), static_cast<uint32_t>(id),
@@ -229,13 +234,15 @@ void Vae::conv_forward(const ConvLayer& l, const float* in, float* y, int B) {
   if (!l.transposed) {
     backend_.im2col(in, col_.data(), B, g);
     // maps[maps, B grid] = W[maps, C k k] col[C k k, B grid]
-    backend_.gemm(Trans::No, Trans::No, l.maps, N, K, 1.0f, w, K, col_.data(), N, 0.0f, maps_.data(), N);
+    backend_.gemm(Trans::No, Trans::No, l.maps, N, K, 1.0f, w, K, col_.data(), N, 0.0f,
+                  maps_.data(), N);
     backend_.transpose_outer(maps_.data(), y, l.maps, B, g.grid());
     backend_.channel_bias_activation(y, bias, B, l.maps, g.grid(), l.activation);
   } else {
     backend_.transpose_outer(in, maps_.data(), B, l.maps, g.grid());
     // col[C k k, B grid] = W^T[C k k, maps] maps[maps, B grid]
-    backend_.gemm(Trans::Yes, Trans::No, K, N, l.maps, 1.0f, w, K, maps_.data(), N, 0.0f, col_.data(), N);
+    backend_.gemm(Trans::Yes, Trans::No, K, N, l.maps, 1.0f, w, K, maps_.data(), N, 0.0f,
+                  col_.data(), N);
     backend_.col2im(col_.data(), y, B, g);
     backend_.channel_bias_activation(y, bias, B, g.channels, g.image(), l.activation);
   }
@@ -254,20 +261,24 @@ void Vae::conv_backward(const ConvLayer& l, const float* in, const float* y, flo
     backend_.transpose_outer(dy, maps_.data(), B, l.maps, g.grid());
     backend_.im2col(in, col_.data(), B, g);
     // dW[maps, C k k] = dmaps[maps, B grid] col^T
-    backend_.gemm(Trans::No, Trans::Yes, l.maps, K, N, 1.0f, maps_.data(), N, col_.data(), N, 0.0f, dw, K);
+    backend_.gemm(Trans::No, Trans::Yes, l.maps, K, N, 1.0f, maps_.data(), N, col_.data(), N, 0.0f,
+                  dw, K);
     if (!din) return;
     // dcol[C k k, B grid] = W^T dmaps, then summed back onto the image
-    backend_.gemm(Trans::Yes, Trans::No, K, N, l.maps, 1.0f, w, K, maps_.data(), N, 0.0f, col_.data(), N);
+    backend_.gemm(Trans::Yes, Trans::No, K, N, l.maps, 1.0f, w, K, maps_.data(), N, 0.0f,
+                  col_.data(), N);
     backend_.col2im(col_.data(), din, B, g);
   } else {
     backend_.channel_activation_backward(dy, y, dbias, B, g.channels, g.image(), l.activation);
     backend_.im2col(dy, col_.data(), B, g);
     backend_.transpose_outer(in, maps_.data(), B, l.maps, g.grid());
     // dW[maps, C k k] = in[maps, B grid] dcol^T
-    backend_.gemm(Trans::No, Trans::Yes, l.maps, K, N, 1.0f, maps_.data(), N, col_.data(), N, 0.0f, dw, K);
+    backend_.gemm(Trans::No, Trans::Yes, l.maps, K, N, 1.0f, maps_.data(), N, col_.data(), N, 0.0f,
+                  dw, K);
     if (!din) return;
     // d(in)[maps, B grid] = W[maps, C k k] dcol
-    backend_.gemm(Trans::No, Trans::No, l.maps, N, K, 1.0f, w, K, col_.data(), N, 0.0f, maps_.data(), N);
+    backend_.gemm(Trans::No, Trans::No, l.maps, N, K, 1.0f, w, K, col_.data(), N, 0.0f,
+                  maps_.data(), N);
     backend_.transpose_outer(maps_.data(), din, l.maps, B, g.grid());
   }
 }

@@ -1,6 +1,6 @@
 // The VAE: an encoder (MLP, or Conv2d layers then dense layers) to one linear head [mu | logvar],
-// reparameterization, a decoder mirroring it (dense layers, then for conv ConvTranspose2d layers) to
-// logits (Bernoulli), means (Gaussian) or means and log-variances (GaussianLearned). Parameters
+// reparameterization, a decoder mirroring it (dense layers, then for conv ConvTranspose2d layers)
+// to logits (Bernoulli), means (Gaussian) or means and log-variances (GaussianLearned). Parameters
 // and gradients live in two flat buffers with identical offsets; each tensor is a named view
 // (PyTorch names and layouts: [out, in] weights, [out_c, in_c, k, k] Conv2d and [in_c, out_c, k, k]
 // ConvTranspose2d weights).
@@ -24,7 +24,7 @@ struct ConvSpec {
 
 struct ModelSpec {
   ModelType type = ModelType::Mlp;
-  int input_dim = 0;              // D: features per sample (C H W for conv)
+  int input_dim = 0;                        // D: features per sample (C H W for conv)
   int channels = 1, height = 1, width = 1;  // conv: a sample's shape [C, H, W]
   ConvSpec conv;
   std::vector<int> encoder;       // hidden widths, x -> h (conv: after the flattened convs)
@@ -68,8 +68,12 @@ struct ConvLayer {
   bool transposed = false;
   size_t w_offset = 0, b_offset = 0;
   Activation activation = Activation::None;
-  size_t input_size() const { return static_cast<size_t>(transposed ? maps * shape.grid() : shape.channels * shape.image()); }
-  size_t output_size() const { return static_cast<size_t>(transposed ? shape.channels * shape.image() : maps * shape.grid()); }
+  size_t input_size() const {
+    return static_cast<size_t>(transposed ? maps * shape.grid() : shape.channels * shape.image());
+  }
+  size_t output_size() const {
+    return static_cast<size_t>(transposed ? shape.channels * shape.image() : maps * shape.grid());
+  }
 };
 
 class ParameterLayout {
@@ -142,7 +146,8 @@ class Vae {
   void conv_forward(const ConvLayer& l, const float* in, float* y, int B);
   // Gradients of one conv layer's parameters from dy (turned into the pre-activation gradient in
   // place), and when din is not null the gradient with respect to its input.
-  void conv_backward(const ConvLayer& l, const float* in, const float* y, float* dy, float* din, int B);
+  void conv_backward(const ConvLayer& l, const float* in, const float* y, float* dy, float* din,
+                     int B);
   // Forward pass; with_grad: the loss pass also writes grad_scale * d(recon)/d(output).
   void run_forward(const float* x, const float* eps, int B, bool with_grad, float grad_scale);
 

@@ -3,7 +3,8 @@
 // flush, fsync, rename) so a crash at any moment leaves the previous checkpoint intact.
 //
 // Layout (format_version 1):
-//   /                       attrs: format_version, world_size, created (ISO 8601 UTC), config (YAML),
+//   /                       attrs: format_version, world_size, created (ISO 8601 UTC), config
+//   (YAML),
 //                           run_id (the run it belongs to; see launch/run_directory.h)
 //   /params/<name>          float32, true shapes ([out, in] or [out])
 //   /optimizer              attrs: name ("adam" | "adamw"), steps

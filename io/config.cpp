@@ -664,7 +664,8 @@ ModelSpec model_spec(const Config& c, int input_dim) {
   spec.type = c.model.type;
   spec.conv = c.model.conv;
   spec.input_dim = input_dim;
-  if (spec.type == ModelType::Conv) spec.width = input_dim;  // a 1 x 1 x D image until the shape is known
+  if (spec.type == ModelType::Conv)
+    spec.width = input_dim;  // a 1 x 1 x D image until the shape is known
   spec.encoder = c.model.encoder;
   spec.latent = c.model.latent;
   spec.decoder = c.model.decoder;
@@ -687,8 +688,10 @@ ModelSpec model_spec(const Config& c, const std::vector<int64_t>& sample_shape,
   ModelSpec spec = model_spec(c, static_cast<int>(features));
   if (c.model.type == ModelType::Mlp) return spec;
   if (sample_shape.size() != 2 && sample_shape.size() != 3)
-    throw_bad_input("model.type conv needs images, /x of shape [N, H, W] or [N, C, H, W], got samples of shape " +
-                    shape_text() + at(data));
+    throw_bad_input(
+        "model.type conv needs images, /x of shape [N, H, W] or [N, C, H, W], got samples of "
+        "shape " +
+        shape_text() + at(data));
   const size_t n = sample_shape.size();
   spec.channels = n == 3 ? static_cast<int>(sample_shape[0]) : 1;
   spec.height = static_cast<int>(sample_shape[n - 2]);

@@ -626,7 +626,8 @@ TEST_F(ConfigTest, ModelSpecAndAdamConfig) {
 
 TEST_F(ConfigTest, ConvModel) {
   const std::string text =
-      "data: {train: x}\nmodel:\n  type: conv\n  conv: {channels: [8, 16], kernel: 3, stride: 2, padding: 1}\n"
+      "data: {train: x}\nmodel:\n  type: conv\n  conv: {channels: [8, 16], kernel: 3, stride: 2, "
+      "padding: 1}\n"
       "  encoder: [32]\n  likelihood: gaussian_learned\n";
   const Config c = load(text);
   EXPECT_EQ(c.model.type, elbo::ModelType::Conv);
@@ -656,14 +657,19 @@ TEST_F(ConfigTest, ConvModel) {
   EXPECT_BAD_INPUT(elbo::model_spec(c, {784}, "d.h5"),
                    "model.type conv needs images, /x of shape [N, H, W] or [N, C, H, W], got "
                    "samples of shape [784] (d.h5)");
-  const Config unpadded = load("data: {train: x}\nmodel:\n  type: conv\n  conv: {channels: [4, 4], kernel: 3, padding: 0}\n");
-  EXPECT_BAD_INPUT(elbo::model_spec(unpadded, {5, 5}, "d.h5"),
-                   "key 'model.conv' does not fit images of shape [5, 5]: encoder.conv.1: kernel 3 is "
-                   "larger than the padded input 2x2 (input 2x2, padding 0) (" + where + ":4)");
+  const Config unpadded = load(
+      "data: {train: x}\nmodel:\n  type: conv\n  conv: {channels: [4, 4], kernel: 3, padding: "
+      "0}\n");
+  EXPECT_BAD_INPUT(
+      elbo::model_spec(unpadded, {5, 5}, "d.h5"),
+      "key 'model.conv' does not fit images of shape [5, 5]: encoder.conv.1: kernel 3 is "
+      "larger than the padded input 2x2 (input 2x2, padding 0) (" +
+          where + ":4)");
   EXPECT_BAD_INPUT(load("data: {train: x}\nmodel:\n  conv: {kernel: 3}\n"),
                    "key 'model.conv' is for model.type conv only (" + where + ":3)");
-  EXPECT_BAD_INPUT(load("data: {train: x}\nmodel: {type: conv, conv: {channels: []}}\n"),
-                   "key 'model.conv.channels' must name at least one layer's channels (" + where + ":2)");
+  EXPECT_BAD_INPUT(
+      load("data: {train: x}\nmodel: {type: conv, conv: {channels: []}}\n"),
+      "key 'model.conv.channels' must name at least one layer's channels (" + where + ":2)");
   EXPECT_BAD_INPUT(load("data: {train: x}\nmodel: {type: conv, conv: {stride: 0}}\n"),
                    "key 'model.conv.stride' must be >= 1, got 0 (" + where + ":2)");
   EXPECT_BAD_INPUT(load("data: {train: x}\nmodel: {type: conv, conv: {dilation: 2}}\n"),

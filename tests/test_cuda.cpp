@@ -223,10 +223,11 @@ TEST_F(CudaVsCpu, ReparameterizeAndItsBackward) {
 TEST_F(CudaVsCpu, ReconstructionLossValueAndGradientInOnePass) {
   const int B = 5, D = 1000;  // D spans several passes of a 256-thread block
   const size_t n = static_cast<size_t>(B) * D;
-  for (Likelihood lik : {Likelihood::Bernoulli, Likelihood::Gaussian, Likelihood::GaussianLearned}) {
+  for (Likelihood lik :
+       {Likelihood::Bernoulli, Likelihood::Gaussian, Likelihood::GaussianLearned}) {
     for (bool with_grad : {true, false}) {
-      // Past |l| = 40, where bce_with_logits cuts off; the learned Gaussian's [means | log-variances]
-      // rows are twice as wide, log-variances in [-50, 50] too.
+      // Past |l| = 40, where bce_with_logits cuts off; the learned Gaussian's [means |
+      // log-variances] rows are twice as wide, log-variances in [-50, 50] too.
       const size_t outputs = lik == Likelihood::GaussianLearned ? 2 * n : n;
       Pair out = both(uniform(outputs, -50, 50, 10));
       Pair x = both(uniform(n, 0, 1, 11));
@@ -273,7 +274,8 @@ TEST_F(CudaVsCpu, Im2colAndCol2im) {
     const std::vector<float> want = cpu_values(dimg.cpu);
     EXPECT_LE(max_abs_diff(want, gpu_values(dimg.gpu)), kElementwiseTol * max_abs(want));
     // col2im is im2col's adjoint: <im2col(a), b> = <a, col2im(b)>, in double on the CPU values.
-    const std::vector<float> a = cpu_values(img.cpu), ca = cpu_values(c.cpu), b = cpu_values(dc.cpu);
+    const std::vector<float> a = cpu_values(img.cpu), ca = cpu_values(c.cpu),
+                             b = cpu_values(dc.cpu);
     double lhs = 0, rhs = 0;
     for (size_t i = 0; i < col; ++i) lhs += static_cast<double>(ca[i]) * b[i];
     for (size_t i = 0; i < image; ++i) rhs += static_cast<double>(a[i]) * want[i];
@@ -289,7 +291,8 @@ TEST_F(CudaVsCpu, TransposeOuterAndChannelBias) {
   gpu_->transpose_outer(src.gpu.data(), dst.gpu.data(), B, C, N);
   const std::vector<float> t = cpu_values(dst.cpu), in = cpu_values(src.cpu);
   EXPECT_EQ(t, gpu_values(dst.gpu));
-  EXPECT_EQ(t[(static_cast<size_t>(3) * B + 2) * N + 11], in[(static_cast<size_t>(2) * C + 3) * N + 11]);
+  EXPECT_EQ(t[(static_cast<size_t>(3) * B + 2) * N + 11],
+            in[(static_cast<size_t>(2) * C + 3) * N + 11]);
   for (Activation act : {Activation::None, Activation::Relu, Activation::Tanh}) {
     Pair y = both(uniform(n, -2, 2, 33)), bias = both(uniform(static_cast<size_t>(C), -1, 1, 34));
     cpu_->channel_bias_activation(y.cpu.data(), bias.cpu.data(), B, C, N, act);
@@ -506,18 +509,18 @@ INSTANTIATE_TEST_SUITE_P(
                   make_spec(784, {64}, 10, {64}, Activation::Relu, Likelihood::Bernoulli), 32, 0,
                   1},
         ModelCase{"TanhGaussian",
-                  make_spec(12, {16, 8}, 3, {8}, Activation::Tanh, Likelihood::Gaussian), 9, -1,
-                  1},
+                  make_spec(12, {16, 8}, 3, {8}, Activation::Tanh, Likelihood::Gaussian), 9, -1, 1},
         ModelCase{"TanhGaussianLearned",
                   make_spec(12, {16, 8}, 3, {8}, Activation::Tanh, Likelihood::GaussianLearned), 9,
                   -1, 1},
-        ModelCase{"ConvRelu28Bernoulli",
-                  make_conv_spec(1, 28, 28, {8, 16}, 4, 2, 1, Activation::Relu, Likelihood::Bernoulli),
-                  6, 0, 1},
-        ModelCase{"ConvTanhOddGaussianLearned",
-                  make_conv_spec(3, 9, 7, {4, 5}, 3, 2, 1, Activation::Tanh,
-                                 Likelihood::GaussianLearned),
-                  5, -1, 1}),
+        ModelCase{
+            "ConvRelu28Bernoulli",
+            make_conv_spec(1, 28, 28, {8, 16}, 4, 2, 1, Activation::Relu, Likelihood::Bernoulli), 6,
+            0, 1},
+        ModelCase{
+            "ConvTanhOddGaussianLearned",
+            make_conv_spec(3, 9, 7, {4, 5}, 3, 2, 1, Activation::Tanh, Likelihood::GaussianLearned),
+            5, -1, 1}),
     [](const ::testing::TestParamInfo<ModelCase>& param_info) { return param_info.param.name; });
 
 }  // namespace
@@ -567,7 +570,8 @@ TEST_P(CudaGraphReplay, ReplayedStepsEqualEagerSteps) {
   EXPECT_EQ(from_backend(*gpu, flag.data(), 1)[0], 0.0f);
 }
 
-INSTANTIATE_TEST_SUITE_P(Models, CudaGraphReplay, ::testing::Values(ModelType::Mlp, ModelType::Conv),
+INSTANTIATE_TEST_SUITE_P(Models, CudaGraphReplay,
+                         ::testing::Values(ModelType::Mlp, ModelType::Conv),
                          [](const ::testing::TestParamInfo<ModelType>& param_info) {
                            return std::string(param_info.param == ModelType::Conv ? "Conv" : "Mlp");
                          });

@@ -29,7 +29,9 @@ std::vector<double> conv_ref(const ConvLayer& l, const std::vector<double>& p,
                              const std::vector<double>& in) {
   const ConvShape& g = l.shape;
   const int k = g.kernel, C = g.channels, M = l.maps;
-  auto w = [&](int m, int c, int i, int j) { return p[l.w_offset + ((static_cast<size_t>(m) * C + c) * k + i) * k + j]; };
+  auto w = [&](int m, int c, int i, int j) {
+    return p[l.w_offset + ((static_cast<size_t>(m) * C + c) * k + i) * k + j];
+  };
   std::vector<double> out;
   if (!l.transposed) {
     out.assign(static_cast<size_t>(M) * g.out_h * g.out_w, 0);
@@ -50,7 +52,8 @@ std::vector<double> conv_ref(const ConvLayer& l, const std::vector<double>& p,
   }
   out.assign(static_cast<size_t>(C) * g.height * g.width, 0);
   for (int c = 0; c < C; ++c)
-    for (size_t n = 0; n < static_cast<size_t>(g.height) * g.width; ++n) out[c * g.height * g.width + n] = p[l.b_offset + c];
+    for (size_t n = 0; n < static_cast<size_t>(g.height) * g.width; ++n)
+      out[c * g.height * g.width + n] = p[l.b_offset + c];
   for (int m = 0; m < M; ++m)
     for (int y = 0; y < g.out_h; ++y)
       for (int x = 0; x < g.out_w; ++x)
@@ -250,15 +253,22 @@ TEST(Init, ConvLayoutAsPyTorch) {
     std::vector<int64_t> shape;
     int fan_in;
   };
-  const std::vector<Expected> expected = {
-      {"encoder.conv.0.weight", {32, 1, 4, 4}, 16},     {"encoder.conv.0.bias", {32}, 16},
-      {"encoder.conv.1.weight", {64, 32, 4, 4}, 512},   {"encoder.conv.1.bias", {64}, 512},
-      {"encoder.0.weight", {256, 3136}, 3136},          {"encoder.0.bias", {256}, 3136},
-      {"encoder.head.weight", {40, 256}, 256},          {"encoder.head.bias", {40}, 256},
-      {"decoder.0.weight", {256, 20}, 20},              {"decoder.0.bias", {256}, 20},
-      {"decoder.1.weight", {3136, 256}, 256},           {"decoder.1.bias", {3136}, 256},
-      {"decoder.deconv.0.weight", {64, 32, 4, 4}, 512}, {"decoder.deconv.0.bias", {32}, 512},
-      {"decoder.out.weight", {32, 1, 4, 4}, 16},        {"decoder.out.bias", {1}, 16}};
+  const std::vector<Expected> expected = {{"encoder.conv.0.weight", {32, 1, 4, 4}, 16},
+                                          {"encoder.conv.0.bias", {32}, 16},
+                                          {"encoder.conv.1.weight", {64, 32, 4, 4}, 512},
+                                          {"encoder.conv.1.bias", {64}, 512},
+                                          {"encoder.0.weight", {256, 3136}, 3136},
+                                          {"encoder.0.bias", {256}, 3136},
+                                          {"encoder.head.weight", {40, 256}, 256},
+                                          {"encoder.head.bias", {40}, 256},
+                                          {"decoder.0.weight", {256, 20}, 20},
+                                          {"decoder.0.bias", {256}, 20},
+                                          {"decoder.1.weight", {3136, 256}, 256},
+                                          {"decoder.1.bias", {3136}, 256},
+                                          {"decoder.deconv.0.weight", {64, 32, 4, 4}, 512},
+                                          {"decoder.deconv.0.bias", {32}, 512},
+                                          {"decoder.out.weight", {32, 1, 4, 4}, 16},
+                                          {"decoder.out.bias", {1}, 16}};
   ASSERT_EQ(layout.tensors().size(), expected.size());
   const std::vector<float> v = initial_parameters(layout, 3);
   for (size_t i = 0; i < expected.size(); ++i) {
@@ -325,7 +335,8 @@ ModelSpec golden_spec(const h5::File& f, const std::string& g) {
     spec.width = static_cast<int>(shape.at(2));
     spec.input_dim = spec.channels * spec.height * spec.width;
     spec.conv.channels.clear();
-    for (double c : f.read_double_array_attribute(g, "channels")) spec.conv.channels.push_back(static_cast<int>(c));
+    for (double c : f.read_double_array_attribute(g, "channels"))
+      spec.conv.channels.push_back(static_cast<int>(c));
     spec.conv.kernel = static_cast<int>(f.read_int_attribute(g, "kernel"));
     spec.conv.stride = static_cast<int>(f.read_int_attribute(g, "stride"));
     spec.conv.padding = static_cast<int>(f.read_int_attribute(g, "padding"));
@@ -336,7 +347,7 @@ ModelSpec golden_spec(const h5::File& f, const std::string& g) {
 }
 
 TEST_P(Golden, LossGradientsAndOptimizerSteps) {
-  const std::string g = "/" + std::string(GetParam().name) + "/";
+  const std::string g = std::string("/").append(GetParam().name).append("/");
   const h5::File f = h5::File::open_read(std::string(ELBO_TEST_DATA_DIR) + "/" + GetParam().file);
   const ModelSpec spec = golden_spec(f, g);
   const float beta = static_cast<float>(f.read_double_attribute(g, "beta"));
@@ -363,7 +374,8 @@ TEST_P(Golden, LossGradientsAndOptimizerSteps) {
   if (f.exists(g + "recon0_per_sample")) {
     const h5::FloatArray recon = f.read_floats(g + "recon0_per_sample");
     for (int b = 0; b < B; ++b)
-      EXPECT_NEAR(vae.recon_per_sample()[b], recon.data[b], 1e-5 * std::fabs(recon.data[b])) << "sample " << b;
+      EXPECT_NEAR(vae.recon_per_sample()[b], recon.data[b], 1e-5 * std::fabs(recon.data[b]))
+          << "sample " << b;
   }
   const std::vector<float> grads = download(*be, vae.grads(), vae.num_params());
   for (const TensorView& t : vae.layout().tensors()) {
@@ -387,7 +399,8 @@ TEST_P(Golden, LossGradientsAndOptimizerSteps) {
   cfg.decoupled_weight_decay = f.read_string_attribute(g, "optimizer") == "adamw";
   const double clip = f.read_double_attribute(g, "grad_clip");
   Adam adam(*be, vae.num_params(), cfg);
-  if (f.has_attribute(g, "steps") && f.read_int_attribute(g, "steps") == 0) return;  // initial parameters only
+  if (f.has_attribute(g, "steps") && f.read_int_attribute(g, "steps") == 0)
+    return;  // initial parameters only
   const h5::FloatArray losses = f.read_floats(g + "losses");
   ASSERT_EQ(losses.data.size(), 10u);
   for (size_t step = 0; step < losses.data.size(); ++step) {

@@ -178,7 +178,8 @@ class CpuBackend final : public Backend {
         for (int j = 0; j < g.kernel; ++j) {
           float* row = col + static_cast<size_t>((c * g.kernel + i) * g.kernel + j) * cols;
           for (int b = 0; b < B; ++b)
-            read_window(image + plane_offset(b, c, g), row + static_cast<size_t>(b) * g.grid(), g, i, j);
+            read_window(image + plane_offset(b, c, g), row + static_cast<size_t>(b) * g.grid(), g,
+                        i, j);
         }
   }
 
@@ -190,7 +191,8 @@ class CpuBackend final : public Backend {
         for (int j = 0; j < g.kernel; ++j) {
           const float* row = col + static_cast<size_t>((c * g.kernel + i) * g.kernel + j) * cols;
           for (int b = 0; b < B; ++b)
-            add_window(row + static_cast<size_t>(b) * g.grid(), image + plane_offset(b, c, g), g, i, j);
+            add_window(row + static_cast<size_t>(b) * g.grid(), image + plane_offset(b, c, g), g, i,
+                       j);
         }
   }
 
@@ -273,8 +275,10 @@ class CpuBackend final : public Backend {
       if (dout) loss_rows<Likelihood::Bernoulli, true>(out, x, dout, recon, B, D, grad_scale);
       else loss_rows<Likelihood::Bernoulli, false>(out, x, dout, recon, B, D, grad_scale);
     } else if (lik == Likelihood::GaussianLearned) {
-      if (dout) learned_gaussian_rows<true>(out, x, dout, recon, B, D, grad_scale);
-      else learned_gaussian_rows<false>(out, x, dout, recon, B, D, grad_scale);
+      if (dout)
+        learned_gaussian_rows<true>(out, x, dout, recon, B, D, grad_scale);
+      else
+        learned_gaussian_rows<false>(out, x, dout, recon, B, D, grad_scale);
     } else {
       if (dout) loss_rows<Likelihood::Gaussian, true>(out, x, dout, recon, B, D, grad_scale);
       else loss_rows<Likelihood::Gaussian, false>(out, x, dout, recon, B, D, grad_scale);

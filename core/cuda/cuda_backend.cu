@@ -248,7 +248,8 @@ class CudaBackend final : public Backend {
   void transpose_outer(const float* src, float* dst, int I, int J, int N) override {
     const size_t total = static_cast<size_t>(I) * J * N;
     if (total == 0) return;
-    ELBO_LAUNCH(kernels::transpose_outer, blocks(total), kThreadsPerBlock, 0, s())(src, dst, I, J, N);
+    ELBO_LAUNCH(kernels::transpose_outer, blocks(total), kThreadsPerBlock, 0, s())
+    (src, dst, I, J, N);
     ELBO_CUDA_CHECK_LAUNCH();
   }
 
@@ -264,7 +265,8 @@ class CudaBackend final : public Backend {
   void channel_activation_backward(float* dy, const float* y, float* dbias, int B, int C, int N,
                                    Activation act) override {
     if (C <= 0) return;
-    ELBO_LAUNCH(kernels::channel_activation_backward, std::min(C, kMaxBlocks), kThreadsPerBlock, 0, s())
+    ELBO_LAUNCH(kernels::channel_activation_backward, std::min(C, kMaxBlocks), kThreadsPerBlock, 0,
+                s())
     (dy, y, dbias, B, C, N, act);
     ELBO_CUDA_CHECK_LAUNCH();
   }
@@ -292,11 +294,10 @@ class CudaBackend final : public Backend {
     const int rows = std::min(B, kMaxBlocks);  // one block per row, grid-stride beyond
     if (lik == Likelihood::GaussianLearned)
       ELBO_LAUNCH(kernels::learned_gaussian_loss, rows, kThreadsPerBlock, 0, s())
-      (out, x, dout, recon, B, D, grad_scale);
+    (out, x, dout, recon, B, D, grad_scale);
     else if (lik == Likelihood::Bernoulli)
-      ELBO_LAUNCH(kernels::reconstruction_loss<Likelihood::Bernoulli>, rows, kThreadsPerBlock, 0,
-                  s())
-      (out, x, dout, recon, B, D, grad_scale);
+        ELBO_LAUNCH(kernels::reconstruction_loss<Likelihood::Bernoulli>, rows, kThreadsPerBlock, 0,
+                    s())(out, x, dout, recon, B, D, grad_scale);
     else
       ELBO_LAUNCH(kernels::reconstruction_loss<Likelihood::Gaussian>, rows, kThreadsPerBlock, 0,
                   s())

@@ -97,7 +97,8 @@ __global__ void col2im(const float* col, float* image, int B, ConvShape g) {
         const int tx = x + g.padding - kj;
         if (tx < 0 || tx % g.stride != 0 || tx / g.stride >= g.out_w) continue;
         const size_t r = static_cast<size_t>((c * g.kernel + ki) * g.kernel + kj);
-        sum += col[r * cols + b * grid + static_cast<size_t>(ty / g.stride) * g.out_w + tx / g.stride];
+        sum +=
+            col[r * cols + b * grid + static_cast<size_t>(ty / g.stride) * g.out_w + tx / g.stride];
       }
     }
     image[i] = sum;
