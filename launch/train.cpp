@@ -80,11 +80,17 @@ TrainingMemory training_memory(const ModelSpec& spec, int rows, bool host_backen
   const double P = static_cast<double>(layout.total_size()), B = rows;
   double outputs = 0;
   for (const LinearLayer& l : layout.layers()) outputs += l.out;
+  double col = 0, maps = 0;  // a conv model's workspace, sized for its largest layer (core/model.h)
   for (const auto* convs : {&layout.encoder_convs(), &layout.decoder_convs()})
-    for (const ConvLayer& l : *convs) outputs += static_cast<double>(l.output_size());
+    for (const ConvLayer& l : *convs) {
+      outputs += static_cast<double>(l.output_size());
+      col = std::max(col, static_cast<double>(l.shape.col_rows()) * l.shape.grid());
+      maps = std::max(maps, static_cast<double>(l.maps) * l.shape.grid());
+    }
   double floats = 3 * P * (resuming ? 2 : 1) + 3 * B * spec.input_dim;
   if (host_backend)
-    floats += 4 * P + 2 * B * outputs + 3 * B * spec.latent + 2 * B + 3 * B * spec.input_dim;
+    floats += 4 * P + 2 * B * outputs + 3 * B * spec.latent + 2 * B + 3 * B * spec.input_dim +
+              B * (col + maps);
   return {layout.total_size(), 4 * floats + 8 * static_cast<double>(train_rows)};
 }
 
