@@ -18,6 +18,18 @@ namespace elbo {
 
 enum class Trans { No, Yes };
 
+// The geometry of one convolution: an image [C, H, W] per sample and the grid [out_h, out_w] of
+// k x k windows (stride, zero padding) over it. A Conv2d maps the image to the grid; a
+// ConvTranspose2d maps the grid back to the image, so one geometry serves both.
+struct ConvShape {
+  int channels = 0, height = 0, width = 0;
+  int kernel = 1, stride = 1, padding = 0;
+  int out_h = 0, out_w = 0;
+  int col_rows() const { return channels * kernel * kernel; }  // C k k
+  int grid() const { return out_h * out_w; }
+  int image() const { return height * width; }
+};
+
 // Backend work recorded once and replayed as a whole (a CUDA graph): one launch per step instead
 // of dozens, with no per-launch host cost.
 class CapturedWork {
@@ -62,6 +74,22 @@ class Backend {
   virtual void activation_backward(float* dy, const float* y, float* dbias, int B, int N,
                                    Activation act) = 0;
 
+  // Convolution as GEMMs. im2col: image [B, C, H, W] (NCHW) to col [C k k, B out_h out_w], row
+  // (c k + i) k + j, column (b out_h + oy) out_w + ox, zero where the window leaves the image.
+  virtual void im2col(const float* image, float* col, int B, const ConvShape& g) = 0;
+  // col2im: the adjoint, image[b, c, y, x] = sum of the col entries that im2col would read from
+  // it (every element overwritten).
+  virtual void col2im(const float* col, float* image, int B, const ConvShape& g) = 0;
+  // dst[j, i, n] = src[i, j, n] for src [I, J, N]: NCHW <-> CNHW, where the batch joins the GEMMs'
+  // columns.
+  virtual void transpose_outer(const float* src, float* dst, int I, int J, int N) = 0;
+  // y[B, C, N] = act(y + bias[c]) in place, and its backward: dy *= act'(y), dbias[C] = sums of
+  // dy over b and n (overwritten).
+  virtual void channel_bias_activation(float* y, const float* bias, int B, int C, int N,
+                                       Activation act) = 0;
+  virtual void channel_activation_backward(float* dy, const float* y, float* dbias, int B, int C,
+                                           int N, Activation act) = 0;
+
   // head[B, 2L] = [mu | logvar]; writes z[B,L] and kl[B] (per-sample KL).
   virtual void reparameterize(const float* head, const float* eps, float* z, float* kl, int B,
                               int L) = 0;
@@ -70,7 +98,8 @@ class Backend {
                                        float* dhead, int B, int L, float kl_weight) = 0;
 
   // Reconstruction term per sample (recon[B]) and, when dout is not null, its gradient w.r.t. the
-  // decoder output times grad_scale, in the same pass.
+  // decoder output times grad_scale, in the same pass. x is [B, D]; out and dout are [B, D], or
+  // [B, 2D] (means, then log-variances) for GaussianLearned.
   virtual void reconstruction_loss(const float* out, const float* x, float* dout, float* recon,
                                    int B, int D, Likelihood lik, float grad_scale) = 0;
 

@@ -11,7 +11,8 @@
 namespace elbo {
 
 enum class Activation { None, Relu, Tanh };
-enum class Likelihood { Bernoulli, Gaussian };
+// GaussianLearned: the decoder outputs means then log-variances ([B, 2D]; along channels for conv).
+enum class Likelihood { Bernoulli, Gaussian, GaussianLearned };
 
 ELBO_HD float activate(float pre, Activation a) {
   switch (a) {
@@ -91,6 +92,18 @@ ELBO_HD ValueGrad gaussian_sq_error(float mean, float x) {
   return ValueGrad{0.5f * d * d, d};
 }
 constexpr float kHalfLog2Pi = 0.91893853320467274178f;
+
+// Learned variance: 0.5 (logvar + (x - m)^2 exp(-logvar)) per element (the 0.5 log(2 pi) is added
+// per sample), with its derivatives by the mean and by the log-variance. The log-variance is not
+// bounded to a range, so this uses the library exp.
+struct ValueGrad2 {
+  float value, dmean, dlogvar;
+};
+ELBO_HD ValueGrad2 gaussian_learned(float mean, float logvar, float x) {
+  const float d = mean - x;
+  const float w = expf(-logvar) * d;  // (m - x) / sigma^2
+  return ValueGrad2{0.5f * (logvar + d * w), w, 0.5f * (1.0f - d * w)};
+}
 
 // One latent unit: z = mu + exp(logvar/2) eps, and its KL term -0.5 (1 + logvar - exp(logvar) - mu^2).
 struct LatentForward {

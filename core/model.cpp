@@ -1,27 +1,142 @@
 // The VAE's parameter layout, initialisation, and forward/backward passes against a Backend.
 #include "core/model.h"
 
+#include <algorithm>
 #include <cmath>
+#include <utility>
 
 #include "core/error.h"
 
 namespace elbo {
 
+int output_dim(const ModelSpec& spec) {
+  return spec.likelihood == Likelihood::GaussianLearned ? 2 * spec.input_dim : spec.input_dim;
+}
+
+namespace {
+
+// The grids of the encoder's convs: sizes[0] is the input image, sizes[i + 1] the output of conv i.
+// Empty when one does not fit; `why` then says which and how.
+std::vector<std::pair<int, int>> conv_sizes(const ModelSpec& spec, std::string* why) {
+  std::vector<std::pair<int, int>> sizes{{spec.height, spec.width}};
+  const ConvSpec& c = spec.conv;
+  for (size_t i = 0; i < c.channels.size(); ++i) {
+    const auto [h, w] = sizes.back();
+    const std::string in = std::to_string(h) + "x" + std::to_string(w);
+    if (c.kernel > h + 2 * c.padding || c.kernel > w + 2 * c.padding) {
+      *why = "encoder.conv." + std::to_string(i) + ": kernel " + std::to_string(c.kernel) +
+             " is larger than the padded input " + std::to_string(h + 2 * c.padding) + "x" +
+             std::to_string(w + 2 * c.padding) + " (input " + in + ", padding " +
+             std::to_string(c.padding) + ")";
+      return {};
+    }
+    sizes.emplace_back((h + 2 * c.padding - c.kernel) / c.stride + 1,
+                       (w + 2 * c.padding - c.kernel) / c.stride + 1);
+  }
+  return sizes;
+}
+
+ConvShape conv_shape(const ConvSpec& c, int channels, std::pair<int, int> image,
+                     std::pair<int, int> grid) {
+  ConvShape g;
+  g.channels = channels;
+  g.height = image.first;
+  g.width = image.second;
+  g.kernel = c.kernel;
+  g.stride = c.stride;
+  g.padding = c.padding;
+  g.out_h = grid.first;
+  g.out_w = grid.second;
+  return g;
+}
+
+}  // namespace
+
+std::string conv_geometry_error(const ModelSpec& spec) {
+  const ConvSpec& c = spec.conv;
+  if (c.channels.empty()) return "a conv model needs at least one entry in channels";
+  if (c.kernel < 1 || c.stride < 1 || c.padding < 0)
+    return "kernel and stride must be >= 1 and padding >= 0";
+  if (spec.channels < 1 || spec.height < 1 || spec.width < 1) return "the input has no pixels";
+  std::string why;
+  conv_sizes(spec, &why);
+  return why;
+}
+
+std::vector<int64_t> TensorView::shape() const {
+  if (is_bias) return {rows};
+  if (kernel > 0) return {rows, cols / (kernel * kernel), kernel, kernel};
+  return {rows, cols};
+}
+
 ParameterLayout::ParameterLayout(const ModelSpec& spec) {
   ELBO_CHECK(spec.input_dim > 0 && spec.latent > 0, "model needs input and latent sizes");
+  const bool conv = spec.type == ModelType::Conv;
+  if (conv)
+    sample_shape_ = {spec.channels, spec.height, spec.width};
+  else
+    sample_shape_ = {spec.input_dim};
+  std::vector<std::pair<int, int>> sizes;
   int width = spec.input_dim;
+  if (conv) {
+    ELBO_CHECK(spec.input_dim == spec.channels * spec.height * spec.width,
+               "a conv model's input_dim must be C H W");
+    ELBO_CHECK(conv_geometry_error(spec).empty(), "conv sizes must be checked before the layout");
+    std::string unused;
+    sizes = conv_sizes(spec, &unused);
+    int in_c = spec.channels;
+    for (size_t i = 0; i < spec.conv.channels.size(); ++i) {
+      const ConvShape g = conv_shape(spec.conv, in_c, sizes[i], sizes[i + 1]);
+      encoder_convs_.push_back(add_conv("encoder.conv." + std::to_string(i), g,
+                                        spec.conv.channels[i], false, spec.activation));
+      in_c = spec.conv.channels[i];
+    }
+    width = in_c * sizes.back().first * sizes.back().second;
+  }
   for (size_t i = 0; i < spec.encoder.size(); ++i) {
     add_linear("encoder." + std::to_string(i), width, spec.encoder[i], spec.activation);
     width = spec.encoder[i];
   }
   add_linear("encoder.head", width, 2 * spec.latent, Activation::None);
   num_encoder_ = layers_.size();
+  const int features = conv ? layers_.front().in : 0;  // the flattened convs
   width = spec.latent;
   for (size_t i = 0; i < spec.decoder.size(); ++i) {
     add_linear("decoder." + std::to_string(i), width, spec.decoder[i], spec.activation);
     width = spec.decoder[i];
   }
-  add_linear("decoder.out", width, spec.input_dim, Activation::None);
+  if (!conv) {
+    add_linear("decoder.out", width, output_dim(spec), Activation::None);
+    return;
+  }
+  // One more dense layer, to the last conv's C x H x W; then the convs in reverse, transposed.
+  add_linear("decoder." + std::to_string(spec.decoder.size()), width, features, spec.activation);
+  const size_t n = spec.conv.channels.size();
+  for (size_t i = 0; i < n; ++i) {
+    const size_t conv_i = n - 1 - i;  // the encoder conv this one mirrors
+    const bool last = i + 1 == n;
+    const int out_c = last
+                          ? (spec.likelihood == Likelihood::GaussianLearned ? 2 : 1) * spec.channels
+                          : spec.conv.channels[conv_i - 1];
+    const ConvShape g = conv_shape(spec.conv, out_c, sizes[conv_i], sizes[conv_i + 1]);
+    decoder_convs_.push_back(add_conv(last ? "decoder.out" : "decoder.deconv." + std::to_string(i),
+                                      g, spec.conv.channels[conv_i], true,
+                                      last ? Activation::None : spec.activation));
+  }
+}
+
+ConvLayer ParameterLayout::add_conv(const std::string& prefix, const ConvShape& shape, int maps,
+                                    bool transposed, Activation a) {
+  ConvLayer layer{shape, maps, transposed, total_, 0, a};
+  // Conv2d [maps, C, k, k]; ConvTranspose2d [in = maps, out = C, k, k]: both [maps, C k k].
+  tensors_.push_back(
+      TensorView{prefix + ".weight", maps, shape.col_rows(), false, total_, shape.kernel});
+  total_ += tensors_.back().size();
+  layer.b_offset = total_;
+  const int bias = transposed ? shape.channels : maps;
+  tensors_.push_back(TensorView{prefix + ".bias", bias, 1, true, total_});
+  total_ += tensors_.back().size();
+  return layer;
 }
 
 void ParameterLayout::add_linear(const std::string& prefix, int in, int out, Activation a) {
@@ -47,7 +162,8 @@ std::vector<float> initial_parameters(const ParameterLayout& layout, uint64_t se
   const auto& tensors = layout.tensors();
   for (size_t id = 0; id < tensors.size(); ++id) {
     const TensorView& t = tensors[id];
-    const int fan_in = t.is_bias ? layout.tensors()[id - 1].cols : t.cols;
+    const int fan_in =
+        t.is_bias ? layout.tensors()[id - 1].cols : t.cols;  // [maps, C k k] for convs
     const float bound = 1.0f / std::sqrt(static_cast<float>(fan_in));
     for (size_t i = 0; i < t.size(); ++i) {
       const Philox4 d = philox_draw(key, static_cast<uint32_t>(i >> 2), static_cast<uint32_t>(id),
@@ -70,6 +186,20 @@ Vae::Vae(Backend& backend, const ModelSpec& spec, int max_batch, uint64_t seed)
     acts_.emplace_back(backend, B * static_cast<size_t>(layer.out));
     dacts_.emplace_back(backend, B * static_cast<size_t>(layer.out));
   }
+  size_t col = 0, maps = 0;
+  auto conv_buffers = [&](const std::vector<ConvLayer>& layers, std::vector<DeviceArray>& acts,
+                          std::vector<DeviceArray>& dacts) {
+    for (const ConvLayer& l : layers) {
+      acts.emplace_back(backend, B * l.output_size());
+      dacts.emplace_back(backend, B * l.output_size());
+      col = std::max(col, B * static_cast<size_t>(l.shape.col_rows()) * l.shape.grid());
+      maps = std::max(maps, B * static_cast<size_t>(l.maps) * l.shape.grid());
+    }
+  };
+  conv_buffers(layout_.encoder_convs(), enc_acts_, enc_dacts_);
+  conv_buffers(layout_.decoder_convs(), dec_acts_, dec_dacts_);
+  col_ = DeviceArray(backend, col);
+  maps_ = DeviceArray(backend, maps);
   head_ = DeviceArray(backend, B * 2 * L);
   dhead_ = DeviceArray(backend, B * 2 * L);
   z_ = DeviceArray(backend, B * L);
@@ -85,15 +215,81 @@ static size_t act_index(size_t layer, size_t head) { return layer < head ? layer
 
 const float* Vae::layer_input(size_t i, const float* x) const {
   const size_t head = layout_.num_encoder_layers() - 1;
-  if (i == 0) return x;
+  if (i == 0) return enc_acts_.empty() ? x : enc_acts_.back().data();
   if (i == head + 1) return z_.data();
   return acts_[act_index(i - 1, head)].data();
 }
 
-void Vae::forward(const float* x, const float* eps, int B) { run_forward(x, eps, B, nullptr, 0.0f); }
+const float* Vae::output() const {
+  return dec_acts_.empty() ? acts_.back().data() : dec_acts_.back().data();
+}
 
-void Vae::run_forward(const float* x, const float* eps, int B, float* dout, float grad_scale) {
+// Both directions as GEMMs over the batch at once: the batch joins the grid in the GEMMs'
+// columns ([maps, B grid]), so each layer is one GEMM per product instead of one per sample.
+void Vae::conv_forward(const ConvLayer& l, const float* in, float* y, int B) {
+  const ConvShape& g = l.shape;
+  const int K = g.col_rows(), N = B * g.grid();
+  const float* w = params_.data() + l.w_offset;
+  const float* bias = params_.data() + l.b_offset;
+  if (!l.transposed) {
+    backend_.im2col(in, col_.data(), B, g);
+    // maps[maps, B grid] = W[maps, C k k] col[C k k, B grid]
+    backend_.gemm(Trans::No, Trans::No, l.maps, N, K, 1.0f, w, K, col_.data(), N, 0.0f,
+                  maps_.data(), N);
+    backend_.transpose_outer(maps_.data(), y, l.maps, B, g.grid());
+    backend_.channel_bias_activation(y, bias, B, l.maps, g.grid(), l.activation);
+  } else {
+    backend_.transpose_outer(in, maps_.data(), B, l.maps, g.grid());
+    // col[C k k, B grid] = W^T[C k k, maps] maps[maps, B grid]
+    backend_.gemm(Trans::Yes, Trans::No, K, N, l.maps, 1.0f, w, K, maps_.data(), N, 0.0f,
+                  col_.data(), N);
+    backend_.col2im(col_.data(), y, B, g);
+    backend_.channel_bias_activation(y, bias, B, g.channels, g.image(), l.activation);
+  }
+}
+
+void Vae::conv_backward(const ConvLayer& l, const float* in, const float* y, float* dy, float* din,
+                        int B) {
+  const ConvShape& g = l.shape;
+  const int K = g.col_rows(), N = B * g.grid();
+  const float* w = params_.data() + l.w_offset;
+  float* dw = grads_.data() + l.w_offset;
+  float* dbias = grads_.data() + l.b_offset;
+  // The col of the forward pass is rebuilt rather than kept: one workspace for all layers.
+  if (!l.transposed) {
+    backend_.channel_activation_backward(dy, y, dbias, B, l.maps, g.grid(), l.activation);
+    backend_.transpose_outer(dy, maps_.data(), B, l.maps, g.grid());
+    backend_.im2col(in, col_.data(), B, g);
+    // dW[maps, C k k] = dmaps[maps, B grid] col^T
+    backend_.gemm(Trans::No, Trans::Yes, l.maps, K, N, 1.0f, maps_.data(), N, col_.data(), N, 0.0f,
+                  dw, K);
+    if (!din) return;
+    // dcol[C k k, B grid] = W^T dmaps, then summed back onto the image
+    backend_.gemm(Trans::Yes, Trans::No, K, N, l.maps, 1.0f, w, K, maps_.data(), N, 0.0f,
+                  col_.data(), N);
+    backend_.col2im(col_.data(), din, B, g);
+  } else {
+    backend_.channel_activation_backward(dy, y, dbias, B, g.channels, g.image(), l.activation);
+    backend_.im2col(dy, col_.data(), B, g);
+    backend_.transpose_outer(in, maps_.data(), B, l.maps, g.grid());
+    // dW[maps, C k k] = in[maps, B grid] dcol^T
+    backend_.gemm(Trans::No, Trans::Yes, l.maps, K, N, 1.0f, maps_.data(), N, col_.data(), N, 0.0f,
+                  dw, K);
+    if (!din) return;
+    // d(in)[maps, B grid] = W[maps, C k k] dcol
+    backend_.gemm(Trans::No, Trans::No, l.maps, N, K, 1.0f, w, K, col_.data(), N, 0.0f,
+                  maps_.data(), N);
+    backend_.transpose_outer(maps_.data(), din, l.maps, B, g.grid());
+  }
+}
+
+void Vae::forward(const float* x, const float* eps, int B) { run_forward(x, eps, B, false, 0.0f); }
+
+void Vae::run_forward(const float* x, const float* eps, int B, bool with_grad, float grad_scale) {
   ELBO_CHECK(B > 0 && B <= max_batch_, "batch larger than the model's workspace");
+  const auto& convs = layout_.encoder_convs();
+  for (size_t i = 0; i < convs.size(); ++i)
+    conv_forward(convs[i], i == 0 ? x : enc_acts_[i - 1].data(), enc_acts_[i].data(), B);
   const auto& layers = layout_.layers();
   const size_t head = layout_.num_encoder_layers() - 1;
   const float* p = params_.data();
@@ -106,12 +302,22 @@ void Vae::run_forward(const float* x, const float* eps, int B, float* dout, floa
     backend_.bias_activation(y, p + l.b_offset, B, l.out, l.activation);
     if (i == head) backend_.reparameterize(head_.data(), eps, z_.data(), kl_.data(), B, spec_.latent);
   }
-  backend_.reconstruction_loss(acts_.back().data(), x, dout, recon_.data(), B, spec_.input_dim,
-                               spec_.likelihood, grad_scale);
+  const auto& deconvs = layout_.decoder_convs();
+  for (size_t i = 0; i < deconvs.size(); ++i)
+    conv_forward(deconvs[i], i == 0 ? acts_.back().data() : dec_acts_[i - 1].data(),
+                 dec_acts_[i].data(), B);
+  float* dfinal = dec_dacts_.empty() ? dacts_.back().data() : dec_dacts_.back().data();
+  backend_.reconstruction_loss(output(), x, with_grad ? dfinal : nullptr, recon_.data(), B,
+                               spec_.input_dim, spec_.likelihood, grad_scale);
 }
 
 void Vae::forward_backward(const float* x, const float* eps, int B, float beta, float grad_scale) {
-  run_forward(x, eps, B, dacts_.back().data(), grad_scale);
+  run_forward(x, eps, B, true, grad_scale);
+  const auto& deconvs = layout_.decoder_convs();
+  for (size_t i = deconvs.size(); i-- > 0;)
+    conv_backward(deconvs[i], i == 0 ? acts_.back().data() : dec_acts_[i - 1].data(),
+                  dec_acts_[i].data(), dec_dacts_[i].data(),
+                  i == 0 ? dacts_.back().data() : dec_dacts_[i - 1].data(), B);
   const auto& layers = layout_.layers();
   const size_t head = layout_.num_encoder_layers() - 1;
   const float* p = params_.data();
@@ -124,15 +330,21 @@ void Vae::forward_backward(const float* x, const float* eps, int B, float beta, 
     // dW[out, in] = dy^T[out, B] in[B, in]
     backend_.gemm(Trans::Yes, Trans::No, l.out, l.in, B, 1.0f, dy, l.out, layer_input(i, x), l.in,
                   0.0f, g + l.w_offset, l.in);
-    if (i == 0) break;  // no gradient with respect to the data
+    if (i == 0 && enc_dacts_.empty()) break;  // no gradient with respect to the data
     // d(in)[B, in] = dy[B, out] W[out, in]
-    float* din = i == head + 1 ? dz_.data() : dacts_[act_index(i - 1, head)].data();
+    float* din = i == 0          ? enc_dacts_.back().data()
+                 : i == head + 1 ? dz_.data()
+                                 : dacts_[act_index(i - 1, head)].data();
     backend_.gemm(Trans::No, Trans::No, B, l.in, l.out, 1.0f, dy, l.out, p + l.w_offset, l.in, 0.0f,
                   din, l.in);
     if (i == head + 1)
       backend_.reparameterize_backward(head_.data(), eps, dz_.data(), dhead_.data(), B, spec_.latent,
                                        beta * grad_scale);
   }
+  const auto& convs = layout_.encoder_convs();
+  for (size_t i = convs.size(); i-- > 0;)
+    conv_backward(convs[i], i == 0 ? x : enc_acts_[i - 1].data(), enc_acts_[i].data(),
+                  enc_dacts_[i].data(), i == 0 ? nullptr : enc_dacts_[i - 1].data(), B);
 }
 
 void Vae::decode(const float* z, int B) {
@@ -148,6 +360,10 @@ void Vae::decode(const float* z, int B) {
                   0.0f, y, l.out);
     backend_.bias_activation(y, p + l.b_offset, B, l.out, l.activation);
   }
+  const auto& deconvs = layout_.decoder_convs();
+  for (size_t i = 0; i < deconvs.size(); ++i)
+    conv_forward(deconvs[i], i == 0 ? acts_.back().data() : dec_acts_[i - 1].data(),
+                 dec_acts_[i].data(), B);
 }
 
 LossSums Vae::loss_sums(int B) {

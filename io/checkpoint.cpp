@@ -23,10 +23,7 @@ namespace {
 
 constexpr int64_t kFormatVersion = 1;
 
-std::vector<int64_t> tensor_shape(const TensorView& t) {
-  if (t.is_bias) return {t.rows};
-  return {t.rows, t.cols};
-}
+std::vector<int64_t> tensor_shape(const TensorView& t) { return t.shape(); }
 
 void write_tensors(h5::File& f, const std::string& group, const ParameterLayout& layout,
                    const std::vector<float>& flat) {
@@ -45,6 +42,9 @@ std::string checkpoint_image(const std::string& path, const ParameterLayout& lay
   f.write_string_attribute("/", "config", d.config_yaml);
   if (!d.run_id.empty()) f.write_string_attribute("/", "run_id", d.run_id);
   write_tensors(f, "/params", layout, d.params);
+  const std::vector<int64_t>& sample = layout.sample_shape();
+  f.write_dataset("/sample_shape", {static_cast<int64_t>(sample.size())}, H5T_STD_I64LE,
+                  H5T_NATIVE_INT64, sample.data());
   f.create_group("/optimizer");
   f.write_string_attribute("/optimizer", "name", d.optimizer_name);
   f.write_int_attribute("/optimizer", "steps", d.optimizer_steps);
@@ -132,9 +132,7 @@ void check_agree(const h5::File& f, const std::string& object, const std::string
 // The config attribute's model must have exactly the tensors the file holds (checked against
 // `layout` already): a file that disagrees with itself was damaged or edited.
 void check_config_model(const h5::File& f, const Config& cfg, const ParameterLayout& layout) {
-  const TensorView* out = layout.find("decoder.out.bias");
-  ELBO_CHECK(out, "a layout without decoder.out.bias");
-  const ParameterLayout own(model_spec(cfg, out->rows));
+  const ParameterLayout own(model_spec(cfg, layout.sample_shape(), f.path() + ":/config"));
   bool same = own.tensors().size() == layout.tensors().size();
   for (size_t i = 0; same && i < own.tensors().size(); ++i)
     same = own.tensors()[i].name == layout.tensors()[i].name &&
@@ -235,6 +233,22 @@ CheckpointHeader read_checkpoint_header(const std::string& path) {
     throw_bad_input("tensor has shape " + shape_str(shape) + ": no model has that many outputs" +
                     at(path, out_bias));
   h.input_dim = shape[0];
+  h.sample_shape = {h.input_dim};
+  if (f.exists("/sample_shape")) {
+    const std::vector<int64_t> sample = f.dataset_shape("/sample_shape");
+    const h5::FloatArray dims = f.read_floats("/sample_shape");
+    int64_t product = 1;
+    bool sane = sample.size() == 1 && !dims.data.empty() && dims.data.size() <= 3;
+    h.sample_shape.clear();
+    for (float d : dims.data) {
+      sane = sane && d >= 1 && d <= static_cast<float>(1 << 20);
+      h.sample_shape.push_back(static_cast<int64_t>(d));
+      product *= h.sample_shape.back();
+    }
+    if (!sane || product > INT32_MAX)
+      throw_bad_input("dataset is not the shape of a sample" + at(path, "/sample_shape"));
+    h.input_dim = product;
+  }
   return h;
 }
 

@@ -3,12 +3,15 @@
 // flush, fsync, rename) so a crash at any moment leaves the previous checkpoint intact.
 //
 // Layout (format_version 1):
-//   /                       attrs: format_version, world_size, created (ISO 8601 UTC), config (YAML),
+//   /                       attrs: format_version, world_size, created (ISO 8601 UTC), config
+//   (YAML),
 //                           run_id (the run it belongs to; see launch/run_directory.h)
 //   /params/<name>          float32, true shapes ([out, in] or [out])
 //   /optimizer              attrs: name ("adam" | "adamw"), steps
 //   /optimizer/exp_avg/<name>, /optimizer/exp_avg_sq/<name>   float32, same shapes
 //   /state                  attrs: epoch, step, samples_seen, seed
+//   /sample_shape           int64 [D] or [C, H, W]: the shape of one sample (absent in checkpoints
+//                           written before conv models; those are MLPs of decoder.out.bias's size)
 #pragma once
 
 #include <cstdint>
@@ -45,6 +48,7 @@ void write_checkpoint_atomically(const std::string& path, const ParameterLayout&
 struct CheckpointHeader {
   std::string config_yaml;
   int64_t input_dim = 0;
+  std::vector<int64_t> sample_shape;  // [input_dim], or the images' [C, H, W] of a conv model
 };
 CheckpointHeader read_checkpoint_header(const std::string& path);
 

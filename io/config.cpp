@@ -37,8 +37,12 @@ constexpr std::pair<const char*, DataCache> kDataCache[] = {
     {"auto", DataCache::Auto}, {"always", DataCache::Always}, {"never", DataCache::Never}};
 constexpr std::pair<const char*, Activation> kActivation[] = {{"relu", Activation::Relu},
                                                               {"tanh", Activation::Tanh}};
-constexpr std::pair<const char*, Likelihood> kLikelihood[] = {{"bernoulli", Likelihood::Bernoulli},
-                                                              {"gaussian", Likelihood::Gaussian}};
+constexpr std::pair<const char*, Likelihood> kLikelihood[] = {
+    {"bernoulli", Likelihood::Bernoulli},
+    {"gaussian", Likelihood::Gaussian},
+    {"gaussian_learned", Likelihood::GaussianLearned}};
+constexpr std::pair<const char*, ModelType> kModelType[] = {{"mlp", ModelType::Mlp},
+                                                            {"conv", ModelType::Conv}};
 constexpr std::pair<const char*, DeviceChoice> kDevice[] = {
     {"auto", DeviceChoice::Auto}, {"cpu", DeviceChoice::Cpu}, {"cuda", DeviceChoice::Cuda}};
 constexpr std::pair<const char*, CommBackend> kBackend[] = {{"auto", CommBackend::Auto},
@@ -315,8 +319,34 @@ DataConfig read_data(MapReader m, const Locator& loc) {
   return d;
 }
 
+constexpr int kMaxKernel = 1 << 10;  // model.conv.kernel, stride and padding
+
+// `where` becomes the override that set a conv key, if one did: sizes that do not fit the data
+// are reported there.
+ConvSpec read_conv(MapReader m, const Locator& loc, ConvSpec c, std::string& where) {
+  for (const char* key : {"channels", "kernel", "stride", "padding"})
+    if (auto f = m.take(key); f && f->where.starts_with("override")) where = f->where;
+  if (auto f = m.take("channels")) {
+    c.channels = widths(*f, loc);
+    if (c.channels.empty()) fail(*f, "must name at least one layer's channels");
+  }
+  if (auto f = m.take("kernel")) c.kernel = integer_between(*f, 1, kMaxKernel);
+  if (auto f = m.take("stride")) c.stride = integer_between(*f, 1, kMaxKernel);
+  if (auto f = m.take("padding")) c.padding = integer_between(*f, 0, kMaxKernel);
+  m.finish();
+  return c;
+}
+
 ModelConfig read_model(MapReader m, const Locator& loc) {
   ModelConfig c;
+  if (auto f = m.take("type")) c.type = choice<ModelType>(*f, kModelType);
+  if (auto f = m.take("conv")) {
+    if (c.type != ModelType::Conv) fail(*f, "is for model.type conv only");
+    c.conv_where = f->where;
+    c.conv = read_conv(MapReader(*f, loc), loc, c.conv, c.conv_where);
+  } else {
+    c.conv_where = loc.origin();
+  }
   if (auto f = m.take("encoder")) c.encoder = widths(*f, loc);
   if (auto f = m.take("latent")) c.latent = integer_between(*f, 1, kMaxWidth);
   if (auto f = m.take("decoder")) c.decoder = widths(*f, loc);
@@ -479,9 +509,14 @@ bool has_path(const YAML::Node& node, std::span<const std::string> keys) {
   return child.IsDefined() && has_path(child, keys.subspan(1));
 }
 
-// The known key paths are exactly those of a fully resolved default config.
+// The known key paths are exactly those of a fully resolved default config (of a conv model,
+// so that its keys are there too).
 bool is_known_key(std::span<const std::string> keys) {
-  static const YAML::Node defaults = YAML::Load(to_yaml(Config{}));
+  static const YAML::Node defaults = [] {
+    Config c;
+    c.model.type = ModelType::Conv;
+    return YAML::Load(to_yaml(c));
+  }();
   return has_path(defaults, keys);
 }
 
@@ -568,6 +603,15 @@ std::string to_yaml(const Config& c) {
   out << Key << "cache" << Value << name_of<DataCache>(kDataCache, c.data.cache);
   out << EndMap;
   out << Key << "model" << Value << BeginMap;
+  out << Key << "type" << Value << name_of<ModelType>(kModelType, c.model.type);
+  if (c.model.type == ModelType::Conv) {
+    out << Key << "conv" << Value << BeginMap;
+    emit_widths(out << Key << "channels" << Value, c.model.conv.channels);
+    out << Key << "kernel" << Value << c.model.conv.kernel;
+    out << Key << "stride" << Value << c.model.conv.stride;
+    out << Key << "padding" << Value << c.model.conv.padding;
+    out << EndMap;
+  }
   emit_widths(out << Key << "encoder" << Value, c.model.encoder);
   out << Key << "latent" << Value << c.model.latent;
   emit_widths(out << Key << "decoder" << Value, c.model.decoder);
@@ -624,12 +668,45 @@ std::string config_value_text(const Config& c, const std::string& key_path) {
 
 ModelSpec model_spec(const Config& c, int input_dim) {
   ModelSpec spec;
+  spec.type = c.model.type;
+  spec.conv = c.model.conv;
   spec.input_dim = input_dim;
+  if (spec.type == ModelType::Conv)
+    spec.width = input_dim;  // a 1 x 1 x D image until the shape is known
   spec.encoder = c.model.encoder;
   spec.latent = c.model.latent;
   spec.decoder = c.model.decoder;
   spec.activation = c.model.activation;
   spec.likelihood = c.model.likelihood;
+  return spec;
+}
+
+ModelSpec model_spec(const Config& c, const std::vector<int64_t>& sample_shape,
+                     const std::string& data) {
+  int64_t features = 1;
+  for (int64_t d : sample_shape) features *= d;
+  auto shape_text = [&] {
+    std::string t;
+    for (int64_t d : sample_shape) t += (t.empty() ? "" : ", ") + std::to_string(d);
+    return "[" + t + "]";
+  };
+  if (sample_shape.empty() || features <= 0 || features > kMaxWidth)
+    throw_bad_input("samples of shape " + shape_text() + " cannot be modelled" + at(data));
+  ModelSpec spec = model_spec(c, static_cast<int>(features));
+  if (c.model.type == ModelType::Mlp) return spec;
+  if (sample_shape.size() != 2 && sample_shape.size() != 3)
+    throw_bad_input(
+        "model.type conv needs images, /x of shape [N, H, W] or [N, C, H, W], got samples of "
+        "shape " +
+        shape_text() + at(data));
+  const size_t n = sample_shape.size();
+  spec.channels = n == 3 ? static_cast<int>(sample_shape[0]) : 1;
+  spec.height = static_cast<int>(sample_shape[n - 2]);
+  spec.width = static_cast<int>(sample_shape[n - 1]);
+  const std::string why = conv_geometry_error(spec);
+  if (!why.empty())
+    throw_bad_input("key 'model.conv' does not fit images of shape " + shape_text() + ": " + why +
+                    " (" + c.model.conv_where + ")");
   return spec;
 }
 

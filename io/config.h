@@ -26,6 +26,9 @@ struct DataConfig {
 };
 
 struct ModelConfig {
+  ModelType type = ModelType::Mlp;
+  ConvSpec conv;           // model.conv: read for type conv only
+  std::string conv_where;  // where model.conv came from, for sizes found unusable with the data
   std::vector<int> encoder{400};
   int latent = 20;
   std::vector<int> decoder{400};
@@ -96,6 +99,11 @@ std::string config_value_text(const Config& c, const std::string& key_path);
 
 // The model and optimizer parts, in core's terms.
 ModelSpec model_spec(const Config& c, int input_dim);
+// Same, from the shape of one sample of /x ([D]; [H, W] or [C, H, W] for conv). A shape that does
+// not fit the model type, or conv sizes that cannot be built on it, are BadInput errors naming
+// the key; `data` names the file the shape came from.
+ModelSpec model_spec(const Config& c, const std::vector<int64_t>& sample_shape,
+                     const std::string& data);
 AdamConfig adam_config(const Config& c);
 
 }  // namespace elbo

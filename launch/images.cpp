@@ -77,8 +77,15 @@ Drawer::Drawer(Backend& backend, Vae& vae, const ModelSpec& spec, int max_rows)
       z_(backend, static_cast<size_t>(max_rows) * spec.latent) {}
 
 std::vector<float> Drawer::decoded(int n) {
-  std::vector<float> out(static_cast<size_t>(n) * spec_.input_dim);
-  be_.download(out.data(), vae_.output(), out.size());
+  // Rows of output_dim(): the D means or logits first (then, for gaussian_learned, D
+  // log-variances, which a picture does not show).
+  const size_t D = static_cast<size_t>(spec_.input_dim);
+  const size_t W = static_cast<size_t>(vae_.output_dim());
+  std::vector<float> rows(static_cast<size_t>(n) * W);
+  be_.download(rows.data(), vae_.output(), rows.size());
+  std::vector<float> out(static_cast<size_t>(n) * D);
+  for (size_t r = 0; r < static_cast<size_t>(n); ++r)
+    std::copy_n(rows.data() + r * W, D, out.data() + r * D);
   to_intensities(out, spec_.likelihood);
   return out;
 }

@@ -14,7 +14,7 @@ namespace elbo {
 int run_info(const std::string& checkpoint, bool print_params) {
   const CheckpointHeader header = read_checkpoint_header(checkpoint);
   const Config cfg = parse_config(header.config_yaml, checkpoint + ":/config");
-  const ParameterLayout layout(model_spec(cfg, static_cast<int>(header.input_dim)));
+  const ParameterLayout layout(model_spec(cfg, header.sample_shape, checkpoint + ":/config"));
   const CheckpointData data = read_checkpoint(checkpoint, layout);
 
   uint64_t hash = 14695981039346656037ull;  // FNV-1a over the float32 bytes, in layout order

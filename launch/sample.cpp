@@ -61,7 +61,7 @@ int run_sample(const SampleOptions& o) {
     throw_bad_input("the output file exists; pass --force to replace it" + at(o.out));
   const CheckpointHeader header = read_checkpoint_header(o.checkpoint);
   const Config cfg = parse_config(header.config_yaml, o.checkpoint + ":/config");
-  const ModelSpec spec = model_spec(cfg, static_cast<int>(header.input_dim));
+  const ModelSpec spec = model_spec(cfg, header.sample_shape, o.checkpoint + ":/config");
   const ParameterLayout layout(spec);
   const CheckpointData ck = read_checkpoint(o.checkpoint, layout);
 

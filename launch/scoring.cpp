@@ -31,6 +31,12 @@ void binarize_rows(float* x, std::span<const uint32_t> ids, int64_t D, RngKey ke
   }
 }
 
+// The checkpoint's model, conv models included (their sample shape is in the header).
+ModelSpec spec_of(const Config& cfg, const CheckpointHeader& header,
+                  const std::string& checkpoint) {
+  return model_spec(cfg, header.sample_shape, checkpoint + ":/config");
+}
+
 }  // namespace
 
 ScoringJob::ScoringJob(const ScoringOptions& options) : options_(options) {
@@ -97,7 +103,7 @@ void ScoringJob::open(Communicator& comm) {
                     at(data_path_));
   if (cfg_.model.likelihood == Likelihood::Bernoulli)
     data_->require_unit_interval("model.likelihood bernoulli");
-  const ParameterLayout layout(model_spec(cfg_, static_cast<int>(header_.input_dim)));
+  const ParameterLayout layout(spec_of(cfg_, header_, options_.checkpoint));
   ck_ = read_checkpoint(options_.checkpoint, layout);
   seed_ = options_.seed >= 0 ? static_cast<uint64_t>(options_.seed) : ck_.state.seed;
 
@@ -115,7 +121,7 @@ void ScoringJob::open(Communicator& comm) {
   backend_ = device.cuda ? make_cuda_backend(device.index) : make_cpu_backend();
   device_name_ = device.cuda ? "cuda:" + std::to_string(device.index) : "cpu";
   const int B = options_.batch;
-  vae_ = std::make_unique<Vae>(*backend_, model_spec(cfg_, static_cast<int>(header_.input_dim)), B,
+  vae_ = std::make_unique<Vae>(*backend_, spec_of(cfg_, header_, options_.checkpoint), B,
                                seed_);
   backend_->upload(vae_->params(), ck_.params.data(), ck_.params.size());
   const size_t D = static_cast<size_t>(header_.input_dim), L = static_cast<size_t>(latent());

@@ -80,9 +80,17 @@ TrainingMemory training_memory(const ModelSpec& spec, int rows, bool host_backen
   const double P = static_cast<double>(layout.total_size()), B = rows;
   double outputs = 0;
   for (const LinearLayer& l : layout.layers()) outputs += l.out;
+  double col = 0, maps = 0;  // a conv model's workspace, sized for its largest layer (core/model.h)
+  for (const auto* convs : {&layout.encoder_convs(), &layout.decoder_convs()})
+    for (const ConvLayer& l : *convs) {
+      outputs += static_cast<double>(l.output_size());
+      col = std::max(col, static_cast<double>(l.shape.col_rows()) * l.shape.grid());
+      maps = std::max(maps, static_cast<double>(l.maps) * l.shape.grid());
+    }
   double floats = 3 * P * (resuming ? 2 : 1) + 3 * B * spec.input_dim;
   if (host_backend)
-    floats += 4 * P + 2 * B * outputs + 3 * B * spec.latent + 2 * B + 3 * B * spec.input_dim;
+    floats += 4 * P + 2 * B * outputs + 3 * B * spec.latent + 2 * B + 3 * B * spec.input_dim +
+              B * (col + maps);
   return {layout.total_size(), 4 * floats + 8 * static_cast<double>(train_rows)};
 }
 
@@ -288,6 +296,7 @@ void train_with(const Config& cfg, const std::string& cfg_path, const std::strin
     throw_bad_input("samples have " + std::to_string(train.features()) + " values (shape " +
                     shape_str(train.sample_shape()) + "); the model takes at most " +
                     std::to_string(std::numeric_limits<int>::max()) + " (" + cfg.data.train + ")");
+  const ModelSpec spec = model_spec(cfg, train.sample_shape(), cfg.data.train);  // shape fits the model
   if (train.size() < cfg.train.batch_size)
     throw_bad_input("train.batch_size " + std::to_string(cfg.train.batch_size) +
                     " is larger than the training data's " + std::to_string(train.size()) +
@@ -318,7 +327,7 @@ void train_with(const Config& cfg, const std::string& cfg_path, const std::strin
   Communicator& data_comm = nccl ? *nccl : control;
   const int max_rows = (cfg.train.batch_size + comm.size() - 1) / comm.size();  // a rank's share
   const bool cache =
-      plan_memory(cfg, model_spec(cfg, static_cast<int>(train.features())), max_rows, !device.cuda,
+      plan_memory(cfg, spec, max_rows, !device.cuda,
                   writer && !resume.empty(), train, test.get(), comm.local_size(), cfg_path);
   // Rows are checked as they are read: cached ones now, the others batch by batch.
   if (cfg.model.likelihood == Likelihood::Bernoulli) {

@@ -78,7 +78,7 @@ class StepLoop final : public Trainer {
         D_(train.features()), global_batch_(cfg.train.batch_size),
         batch_(share(global_batch_, comm.rank(), comm.size()).count),
         batch_offset_(share(global_batch_, comm.rank(), comm.size()).offset),
-        vae_(backend, model_spec(cfg, static_cast<int>(train.features())), batch_, cfg.seed),
+        vae_(backend, model_spec(cfg, train.sample_shape(), cfg.data.train), batch_, cfg.seed),
         adam_(backend, vae_.num_params(), adam_config(cfg)), key_(rng_key(cfg.seed)),
         x_{DeviceArray(backend, static_cast<size_t>(batch_) * static_cast<size_t>(D_)),
            DeviceArray(backend, static_cast<size_t>(batch_) * static_cast<size_t>(D_))},
@@ -206,8 +206,9 @@ class StepLoop final : public Trainer {
   void start_pictures() {
     std::string why;
     const ShardedDataset& fixed = test_ ? *test_ : train_;
-    pictures_ = EpochImages::make(be_, vae_, model_spec(cfg_, static_cast<int>(D_)), batch_, fixed,
-                                  cfg_.seed, &why);
+    pictures_ = EpochImages::make(be_, vae_,
+                                  model_spec(cfg_, train_.sample_shape(), cfg_.data.train), batch_,
+                                  fixed, cfg_.seed, &why);
     if (!pictures_) std::printf("elbo: note: no image grids: %s\n", why.c_str());
   }
 

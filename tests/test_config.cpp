@@ -116,6 +116,11 @@ void expect_same(const Config& a, const Config& b) {
   EXPECT_EQ(a.model.decoder, b.model.decoder);
   EXPECT_EQ(a.model.activation, b.model.activation);
   EXPECT_EQ(a.model.likelihood, b.model.likelihood);
+  EXPECT_EQ(a.model.type, b.model.type);
+  EXPECT_EQ(a.model.conv.channels, b.model.conv.channels);
+  EXPECT_EQ(a.model.conv.kernel, b.model.conv.kernel);
+  EXPECT_EQ(a.model.conv.stride, b.model.conv.stride);
+  EXPECT_EQ(a.model.conv.padding, b.model.conv.padding);
   EXPECT_EQ(a.train.epochs, b.train.epochs);
   EXPECT_EQ(a.train.batch_size, b.train.batch_size);
   EXPECT_EQ(a.train.optimizer.name, b.train.optimizer.name);
@@ -617,6 +622,60 @@ TEST_F(ConfigTest, ModelSpecAndAdamConfig) {
 
   EXPECT_FALSE(elbo::adam_config(load(kFullConfig, {"train.optimizer.name=adam"}))
                    .decoupled_weight_decay);
+}
+
+TEST_F(ConfigTest, ConvModel) {
+  const std::string text =
+      "data: {train: x}\nmodel:\n  type: conv\n  conv: {channels: [8, 16], kernel: 3, stride: 2, "
+      "padding: 1}\n"
+      "  encoder: [32]\n  likelihood: gaussian_learned\n";
+  const Config c = load(text);
+  EXPECT_EQ(c.model.type, elbo::ModelType::Conv);
+  EXPECT_EQ(c.model.conv.channels, (std::vector<int>{8, 16}));
+  EXPECT_EQ(c.model.conv.kernel, 3);
+  EXPECT_EQ(c.model.likelihood, elbo::Likelihood::GaussianLearned);
+  expect_same(c, elbo::parse_config(elbo::to_yaml(c), "resolved.yaml"));
+  // mlp stays the default, and its resolved config has no conv section.
+  const Config mlp = load("data: {train: x}\n");
+  EXPECT_EQ(mlp.model.type, elbo::ModelType::Mlp);
+  EXPECT_EQ(elbo::to_yaml(mlp).find("conv"), std::string::npos);
+  // Overrides reach the conv keys; the defaults are the peer's (channels [32, 64], 4, 2, 1).
+  const Config o = load("data: {train: x}\nmodel: {type: conv}\n", {"model.conv.kernel=5"});
+  EXPECT_EQ(o.model.conv.kernel, 5);
+  EXPECT_EQ(o.model.conv.channels, (std::vector<int>{32, 64}));
+
+  // The data's shape: [H, W] is one channel, [C, H, W] is C channels.
+  const elbo::ModelSpec spec = elbo::model_spec(c, {3, 9, 7}, "d.h5");
+  EXPECT_EQ(spec.input_dim, 189);
+  EXPECT_EQ(spec.channels, 3);
+  EXPECT_EQ(spec.height, 9);
+  EXPECT_EQ(spec.width, 7);
+  EXPECT_EQ(elbo::model_spec(c, {28, 28}, "d.h5").channels, 1);
+  EXPECT_EQ(elbo::model_spec(mlp, {28, 28}, "d.h5").input_dim, 784);
+
+  const std::string where = dir_.string() + "/cfg.yaml";
+  EXPECT_BAD_INPUT(elbo::model_spec(c, {784}, "d.h5"),
+                   "model.type conv needs images, /x of shape [N, H, W] or [N, C, H, W], got "
+                   "samples of shape [784] (d.h5)");
+  const Config unpadded = load(
+      "data: {train: x}\nmodel:\n  type: conv\n  conv: {channels: [4, 4], kernel: 3, padding: "
+      "0}\n");
+  EXPECT_BAD_INPUT(
+      elbo::model_spec(unpadded, {5, 5}, "d.h5"),
+      "key 'model.conv' does not fit images of shape [5, 5]: encoder.conv.1: kernel 3 is "
+      "larger than the padded input 2x2 (input 2x2, padding 0) (" +
+          where + ":4)");
+  EXPECT_BAD_INPUT(load("data: {train: x}\nmodel:\n  conv: {kernel: 3}\n"),
+                   "key 'model.conv' is for model.type conv only (" + where + ":3)");
+  EXPECT_BAD_INPUT(
+      load("data: {train: x}\nmodel: {type: conv, conv: {channels: []}}\n"),
+      "key 'model.conv.channels' must name at least one layer's channels (" + where + ":2)");
+  EXPECT_BAD_INPUT(load("data: {train: x}\nmodel: {type: conv, conv: {stride: 0}}\n"),
+                   "key 'model.conv.stride' must be >= 1, got 0 (" + where + ":2)");
+  EXPECT_BAD_INPUT(load("data: {train: x}\nmodel: {type: conv, conv: {dilation: 2}}\n"),
+                   "unknown key 'model.conv.dilation' (" + where + ":2)");
+  EXPECT_BAD_INPUT(load("data: {train: x}\nmodel: {type: resnet}\n"),
+                   "key 'model.type' must be one of mlp|conv, got 'resnet' (" + where + ":2)");
 }
 
 TEST_F(ConfigTest, BooleansAreTrueOrFalse) {

@@ -223,11 +223,15 @@ TEST_F(CudaVsCpu, ReparameterizeAndItsBackward) {
 TEST_F(CudaVsCpu, ReconstructionLossValueAndGradientInOnePass) {
   const int B = 5, D = 1000;  // D spans several passes of a 256-thread block
   const size_t n = static_cast<size_t>(B) * D;
-  for (Likelihood lik : {Likelihood::Bernoulli, Likelihood::Gaussian}) {
+  for (Likelihood lik :
+       {Likelihood::Bernoulli, Likelihood::Gaussian, Likelihood::GaussianLearned}) {
     for (bool with_grad : {true, false}) {
-      Pair out = both(uniform(n, -50, 50, 10));  // past |l| = 40, where bce_with_logits cuts off
+      // Past |l| = 40, where bce_with_logits cuts off; the learned Gaussian's [means |
+      // log-variances] rows are twice as wide, log-variances in [-50, 50] too.
+      const size_t outputs = lik == Likelihood::GaussianLearned ? 2 * n : n;
+      Pair out = both(uniform(outputs, -50, 50, 10));
       Pair x = both(uniform(n, 0, 1, 11));
-      Pair dout = both(std::vector<float>(n, 7.0f));
+      Pair dout = both(std::vector<float>(outputs, 7.0f));
       Pair recon = both(std::vector<float>(static_cast<size_t>(B)));
       cpu_->reconstruction_loss(out.cpu.data(), x.cpu.data(), with_grad ? dout.cpu.data() : nullptr,
                                 recon.cpu.data(), B, D, lik, 0.125f);
@@ -237,6 +241,71 @@ TEST_F(CudaVsCpu, ReconstructionLossValueAndGradientInOnePass) {
       EXPECT_LE(max_abs_diff(r_cpu, gpu_values(recon.gpu)), kElementwiseTol * max_abs(r_cpu));
       EXPECT_LE(max_abs_diff(d_cpu, gpu_values(dout.gpu)), kElementwiseTol * max_abs(d_cpu));
     }
+  }
+}
+
+// Geometries with odd sizes (windows that overhang the padded edge) and the peer's 28x28 layers.
+std::vector<ConvShape> conv_shapes() {
+  auto shape = [](int c, int h, int w, int k, int s, int p) {
+    ConvShape g{c, h, w, k, s, p, 0, 0};
+    g.out_h = (h + 2 * p - k) / s + 1;
+    g.out_w = (w + 2 * p - k) / s + 1;
+    return g;
+  };
+  return {shape(3, 9, 7, 3, 2, 1), shape(1, 28, 28, 4, 2, 1), shape(5, 6, 5, 2, 1, 0),
+          shape(2, 5, 8, 3, 3, 2)};
+}
+
+TEST_F(CudaVsCpu, Im2colAndCol2im) {
+  const int B = 5;
+  for (const ConvShape& g : conv_shapes()) {
+    const size_t image = static_cast<size_t>(B) * g.channels * g.image();
+    const size_t col = static_cast<size_t>(g.col_rows()) * B * g.grid();
+    Pair img = both(uniform(image, -1, 1, 30));
+    Pair c = both(std::vector<float>(col, 9.0f));  // every element overwritten
+    cpu_->im2col(img.cpu.data(), c.cpu.data(), B, g);
+    gpu_->im2col(img.gpu.data(), c.gpu.data(), B, g);
+    EXPECT_EQ(cpu_values(c.cpu), gpu_values(c.gpu)) << "im2col copies: exact";
+
+    Pair dc = both(uniform(col, -1, 1, 31));
+    Pair dimg = both(std::vector<float>(image, 9.0f));
+    cpu_->col2im(dc.cpu.data(), dimg.cpu.data(), B, g);
+    gpu_->col2im(dc.gpu.data(), dimg.gpu.data(), B, g);
+    const std::vector<float> want = cpu_values(dimg.cpu);
+    EXPECT_LE(max_abs_diff(want, gpu_values(dimg.gpu)), kElementwiseTol * max_abs(want));
+    // col2im is im2col's adjoint: <im2col(a), b> = <a, col2im(b)>, in double on the CPU values.
+    const std::vector<float> a = cpu_values(img.cpu), ca = cpu_values(c.cpu),
+                             b = cpu_values(dc.cpu);
+    double lhs = 0, rhs = 0;
+    for (size_t i = 0; i < col; ++i) lhs += static_cast<double>(ca[i]) * b[i];
+    for (size_t i = 0; i < image; ++i) rhs += static_cast<double>(a[i]) * want[i];
+    EXPECT_NEAR(lhs, rhs, 1e-5 * std::fabs(lhs) + 1e-6);
+  }
+}
+
+TEST_F(CudaVsCpu, TransposeOuterAndChannelBias) {
+  const int B = 7, C = 5, N = 83;
+  const size_t n = static_cast<size_t>(B) * C * N;
+  Pair src = both(uniform(n, -1, 1, 32)), dst = both(std::vector<float>(n));
+  cpu_->transpose_outer(src.cpu.data(), dst.cpu.data(), B, C, N);
+  gpu_->transpose_outer(src.gpu.data(), dst.gpu.data(), B, C, N);
+  const std::vector<float> t = cpu_values(dst.cpu), in = cpu_values(src.cpu);
+  EXPECT_EQ(t, gpu_values(dst.gpu));
+  EXPECT_EQ(t[(static_cast<size_t>(3) * B + 2) * N + 11],
+            in[(static_cast<size_t>(2) * C + 3) * N + 11]);
+  for (Activation act : {Activation::None, Activation::Relu, Activation::Tanh}) {
+    Pair y = both(uniform(n, -2, 2, 33)), bias = both(uniform(static_cast<size_t>(C), -1, 1, 34));
+    cpu_->channel_bias_activation(y.cpu.data(), bias.cpu.data(), B, C, N, act);
+    gpu_->channel_bias_activation(y.gpu.data(), bias.gpu.data(), B, C, N, act);
+    const std::vector<float> y_cpu = cpu_values(y.cpu);
+    EXPECT_LE(max_abs_diff(y_cpu, gpu_values(y.gpu)), kElementwiseTol * max_abs(y_cpu));
+    Pair dy = both(uniform(n, -1, 1, 35));
+    Pair dbias = both(std::vector<float>(static_cast<size_t>(C), 123.0f));
+    cpu_->channel_activation_backward(dy.cpu.data(), y.cpu.data(), dbias.cpu.data(), B, C, N, act);
+    gpu_->channel_activation_backward(dy.gpu.data(), y.gpu.data(), dbias.gpu.data(), B, C, N, act);
+    const std::vector<float> dy_cpu = cpu_values(dy.cpu), db_cpu = cpu_values(dbias.cpu);
+    EXPECT_LE(max_abs_diff(dy_cpu, gpu_values(dy.gpu)), kElementwiseTol * max_abs(dy_cpu));
+    EXPECT_LE(max_abs_diff(db_cpu, gpu_values(dbias.gpu)), kElementwiseTol * max_abs(db_cpu));
   }
 }
 
@@ -356,6 +425,15 @@ ModelSpec make_spec(int D, std::vector<int> enc, int L, std::vector<int> dec, Ac
   return s;
 }
 
+ModelSpec make_conv_spec(int C, int H, int W, std::vector<int> channels, int k, int stride, int pad,
+                         Activation a, Likelihood lik) {
+  ModelSpec s = make_spec(C * H * W, {32}, 6, {32}, a, lik);
+  s.type = ModelType::Conv;
+  s.channels = C, s.height = H, s.width = W;
+  s.conv = ConvSpec{std::move(channels), k, stride, pad};
+  return s;
+}
+
 class CudaModelParity : public CudaVsCpu, public ::testing::WithParamInterface<ModelCase> {};
 
 TEST_P(CudaModelParity, ForwardGradientsAndTenAdamSteps) {
@@ -381,7 +459,7 @@ TEST_P(CudaModelParity, ForwardGradientsAndTenAdamSteps) {
 
   // Forward: GEMMs over up to 784 terms in cuBLAS's order instead of OpenBLAS's, through three
   // layers; 1e-4 of the largest output is ~1000 float ulps of it, far below a wrong formula.
-  const size_t out_n = static_cast<size_t>(B) * D;
+  const size_t out_n = static_cast<size_t>(B) * output_dim(spec);
   const std::vector<float> out_cpu = from_backend(*cpu_, cpu_vae.output(), out_n);
   const std::vector<float> out_gpu = from_backend(*gpu_, gpu_vae.output(), out_n);
   EXPECT_LE(max_abs_diff(out_cpu, out_gpu), 1e-4 * max_abs(out_cpu));
@@ -431,15 +509,27 @@ INSTANTIATE_TEST_SUITE_P(
                   make_spec(784, {64}, 10, {64}, Activation::Relu, Likelihood::Bernoulli), 32, 0,
                   1},
         ModelCase{"TanhGaussian",
-                  make_spec(12, {16, 8}, 3, {8}, Activation::Tanh, Likelihood::Gaussian), 9, -1,
-                  1}),
+                  make_spec(12, {16, 8}, 3, {8}, Activation::Tanh, Likelihood::Gaussian), 9, -1, 1},
+        ModelCase{"TanhGaussianLearned",
+                  make_spec(12, {16, 8}, 3, {8}, Activation::Tanh, Likelihood::GaussianLearned), 9,
+                  -1, 1},
+        ModelCase{
+            "ConvRelu28Bernoulli",
+            make_conv_spec(1, 28, 28, {8, 16}, 4, 2, 1, Activation::Relu, Likelihood::Bernoulli), 6,
+            0, 1},
+        ModelCase{
+            "ConvTanhOddGaussianLearned",
+            make_conv_spec(3, 9, 7, {4, 5}, 3, 2, 1, Activation::Tanh, Likelihood::GaussianLearned),
+            5, -1, 1}),
     [](const ::testing::TestParamInfo<ModelCase>& param_info) { return param_info.param.name; });
 
 }  // namespace
 
 // A step captured as a graph and replayed does exactly what the same step run eagerly does: the
 // same kernels on the same data, so the parameters agree bit for bit after three steps each.
-TEST(CudaGraphs, ReplayedStepsEqualEagerSteps) {
+class CudaGraphReplay : public ::testing::TestWithParam<ModelType> {};
+
+TEST_P(CudaGraphReplay, ReplayedStepsEqualEagerSteps) {
   ELBO_REQUIRE_CUDA_DEVICE();
   auto gpu = make_cuda_backend(0);
   ModelSpec spec;
@@ -447,6 +537,11 @@ TEST(CudaGraphs, ReplayedStepsEqualEagerSteps) {
   spec.encoder = {32};
   spec.latent = 4;
   spec.decoder = {32};
+  if (GetParam() == ModelType::Conv) {  // 8x8 images through convs to 4x4 and 2x2, and back
+    spec.type = ModelType::Conv;
+    spec.height = spec.width = 8;
+    spec.conv = ConvSpec{{4, 8}, 4, 2, 1};
+  }
   const int B = 16;
   std::vector<float> x(B * spec.input_dim), eps(B * spec.latent);
   for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>((i * 37) % 101) / 100.0f;
@@ -474,6 +569,12 @@ TEST(CudaGraphs, ReplayedStepsEqualEagerSteps) {
             from_backend(*gpu, replayed.params(), replayed.num_params()));
   EXPECT_EQ(from_backend(*gpu, flag.data(), 1)[0], 0.0f);
 }
+
+INSTANTIATE_TEST_SUITE_P(Models, CudaGraphReplay,
+                         ::testing::Values(ModelType::Mlp, ModelType::Conv),
+                         [](const ::testing::TestParamInfo<ModelType>& param_info) {
+                           return std::string(param_info.param == ModelType::Conv ? "Conv" : "Mlp");
+                         });
 
 // Work that reads a value back cannot be captured: the backend says so and nothing breaks.
 TEST(CudaGraphs, UncapturableWorkFallsBack) {

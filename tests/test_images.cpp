@@ -152,7 +152,15 @@ TEST(Intensities, BernoulliIsSigmoidGaussianIsClipped) {
 }
 
 struct SmallModel {
-  ModelSpec spec{12, {7}, 3, {5, 6}, Activation::Tanh, Likelihood::Bernoulli};
+  ModelSpec spec = [] {
+    ModelSpec s;
+    s.input_dim = 12;
+    s.encoder = {7};
+    s.latent = 3;
+    s.decoder = {5, 6};
+    s.activation = Activation::Tanh;
+    return s;
+  }();
   std::unique_ptr<Backend> be = make_cpu_backend();
   Vae vae{*be, spec, 8, 11};
 };

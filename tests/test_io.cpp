@@ -822,6 +822,32 @@ TEST_F(IoTest, CheckpointRoundTripIsBitwise) {
   }
 }
 
+// A conv model's checkpoint: PyTorch's 4-D shapes on disk, and the sample shape [C, H, W] from
+// which elbo info and --resume rebuild the model.
+TEST_F(IoTest, ConvCheckpointHasTorchShapesAndTheSampleShape) {
+  Config c = small_config();
+  c.model.type = ModelType::Conv;
+  c.model.conv = ConvSpec{{3, 4}, 3, 2, 1};
+  const ModelSpec spec = model_spec(c, {2, 7, 6}, "shards/");
+  const ParameterLayout layout(spec);
+  CheckpointData in = sample_checkpoint(layout);
+  in.config_yaml = to_yaml(c);
+  const std::string p = path("conv.h5");
+  write_checkpoint_atomically(p, layout, in);
+  const h5::File f = h5::File::open_read(p);
+  EXPECT_EQ(f.dataset_shape("/params/encoder.conv.1.weight"), (std::vector<int64_t>{4, 3, 3, 3}));
+  EXPECT_EQ(f.dataset_shape("/params/decoder.deconv.0.weight"), (std::vector<int64_t>{4, 3, 3, 3}));
+  EXPECT_EQ(f.dataset_shape("/params/decoder.out.weight"), (std::vector<int64_t>{3, 2, 3, 3}));
+  EXPECT_EQ(f.dataset_shape("/params/decoder.out.bias"), (std::vector<int64_t>{2}));
+  const CheckpointHeader h = read_checkpoint_header(p);
+  EXPECT_EQ(h.sample_shape, (std::vector<int64_t>{2, 7, 6}));
+  EXPECT_EQ(h.input_dim, 84);
+  const CheckpointData out = read_checkpoint(p, layout);
+  EXPECT_TRUE(bitwise_equal(in.params, out.params));
+  // The MLP of the same config file, but for the type, does not take it.
+  EXPECT_THROW(read_checkpoint(p, ParameterLayout(small_spec())), Error);
+}
+
 TEST_F(IoTest, CheckpointReplacesAtomicallyAndLeavesNoTemporary) {
   ParameterLayout layout(small_spec());
   CheckpointData first = sample_checkpoint(layout), second = first;

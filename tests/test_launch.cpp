@@ -327,6 +327,23 @@ class CapturingCpu final : public Backend {
                            Activation act) override {
     cpu_->activation_backward(dy, y, dbias, B, N, act);
   }
+  void im2col(const float* image, float* col, int B, const ConvShape& g) override {
+    cpu_->im2col(image, col, B, g);
+  }
+  void col2im(const float* col, float* image, int B, const ConvShape& g) override {
+    cpu_->col2im(col, image, B, g);
+  }
+  void transpose_outer(const float* src, float* dst, int I, int J, int N) override {
+    cpu_->transpose_outer(src, dst, I, J, N);
+  }
+  void channel_bias_activation(float* y, const float* bias, int B, int C, int N,
+                               Activation act) override {
+    cpu_->channel_bias_activation(y, bias, B, C, N, act);
+  }
+  void channel_activation_backward(float* dy, const float* y, float* dbias, int B, int C, int N,
+                                   Activation act) override {
+    cpu_->channel_activation_backward(dy, y, dbias, B, C, N, act);
+  }
   void reparameterize(const float* head, const float* eps, float* z, float* kl, int B,
                       int L) override {
     cpu_->reparameterize(head, eps, z, kl, B, L);

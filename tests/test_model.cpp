@@ -22,6 +22,53 @@ double act_ref(double v, Activation a) {
   return v;
 }
 
+// A Conv2d or ConvTranspose2d as direct loops over PyTorch's definitions (no im2col): Conv2d
+// out[o, y, x] = b[o] + sum w[o, c, i, j] in[c, y s - p + i, x s - p + j]; ConvTranspose2d
+// scatters each input pixel: out[o, y s - p + i, x s - p + j] += w[c, o, i, j] in[c, y, x].
+std::vector<double> conv_ref(const ConvLayer& l, const std::vector<double>& p,
+                             const std::vector<double>& in) {
+  const ConvShape& g = l.shape;
+  const int k = g.kernel, C = g.channels, M = l.maps;
+  auto w = [&](int m, int c, int i, int j) {
+    return p[l.w_offset + ((static_cast<size_t>(m) * C + c) * k + i) * k + j];
+  };
+  std::vector<double> out;
+  if (!l.transposed) {
+    out.assign(static_cast<size_t>(M) * g.out_h * g.out_w, 0);
+    for (int m = 0; m < M; ++m)
+      for (int y = 0; y < g.out_h; ++y)
+        for (int x = 0; x < g.out_w; ++x) {
+          double s = p[l.b_offset + m];
+          for (int c = 0; c < C; ++c)
+            for (int i = 0; i < k; ++i)
+              for (int j = 0; j < k; ++j) {
+                const int iy = y * g.stride - g.padding + i, ix = x * g.stride - g.padding + j;
+                if (iy >= 0 && iy < g.height && ix >= 0 && ix < g.width)
+                  s += w(m, c, i, j) * in[(static_cast<size_t>(c) * g.height + iy) * g.width + ix];
+              }
+          out[(static_cast<size_t>(m) * g.out_h + y) * g.out_w + x] = act_ref(s, l.activation);
+        }
+    return out;
+  }
+  out.assign(static_cast<size_t>(C) * g.height * g.width, 0);
+  for (int c = 0; c < C; ++c)
+    for (size_t n = 0; n < static_cast<size_t>(g.height) * g.width; ++n)
+      out[c * g.height * g.width + n] = p[l.b_offset + c];
+  for (int m = 0; m < M; ++m)
+    for (int y = 0; y < g.out_h; ++y)
+      for (int x = 0; x < g.out_w; ++x)
+        for (int c = 0; c < C; ++c)
+          for (int i = 0; i < k; ++i)
+            for (int j = 0; j < k; ++j) {
+              const int oy = y * g.stride - g.padding + i, ox = x * g.stride - g.padding + j;
+              if (oy >= 0 && oy < g.height && ox >= 0 && ox < g.width)
+                out[(static_cast<size_t>(c) * g.height + oy) * g.width + ox] +=
+                    w(m, c, i, j) * in[(static_cast<size_t>(m) * g.out_h + y) * g.out_w + x];
+            }
+  for (double& v : out) v = act_ref(v, l.activation);
+  return out;
+}
+
 // Mean over the batch of recon + beta KL.
 double reference_loss(const ModelSpec& spec, const ParameterLayout& layout,
                       const std::vector<double>& p, const std::vector<float>& x,
@@ -30,6 +77,7 @@ double reference_loss(const ModelSpec& spec, const ParameterLayout& layout,
   double total = 0;
   for (int b = 0; b < B; ++b) {
     std::vector<double> h(x.begin() + b * D, x.begin() + (b + 1) * D);
+    for (const ConvLayer& l : layout.encoder_convs()) h = conv_ref(l, p, h);
     std::vector<double> mu, logvar;
     for (size_t i = 0; i < layout.layers().size(); ++i) {
       const LinearLayer& l = layout.layers()[i];
@@ -50,13 +98,17 @@ double reference_loss(const ModelSpec& spec, const ParameterLayout& layout,
         }
       }
     }
+    for (const ConvLayer& l : layout.decoder_convs()) h = conv_ref(l, p, h);
     for (int j = 0; j < D; ++j) {
       const double t = x[b * D + j], o = h[j];
       if (spec.likelihood == Likelihood::Bernoulli) {
         const double prob = 1 / (1 + std::exp(-o));
         total += -(t * std::log(prob) + (1 - t) * std::log(1 - prob));
-      } else {
+      } else if (spec.likelihood == Likelihood::Gaussian) {
         total += 0.5 * (o - t) * (o - t) + 0.5 * std::log(2 * M_PI);
+      } else {  // means, then log-variances
+        const double lv = h[D + j];
+        total += 0.5 * (lv + (o - t) * (o - t) * std::exp(-lv) + std::log(2 * M_PI));
       }
     }
   }
@@ -72,18 +124,36 @@ std::vector<float> download(Backend& be, const float* p, size_t n) {
 struct FdCase {
   Activation act;
   Likelihood lik;
+  ModelType type = ModelType::Mlp;
 };
+
+// MLP 12 -> [7, 5] -> 3 -> [5, 7] -> 12; conv: [2, 7, 6] images through 3x3 convs of stride 2 and
+// padding 1 to [3, 4, 3] then [4, 2, 2] (odd sizes: the decoder needs output padding (0, 1) and
+// (1, 0)), dense [5] -> 3 -> [5].
+ModelSpec fd_spec(const FdCase& c) {
+  ModelSpec spec;
+  spec.type = c.type;
+  spec.activation = c.act;
+  spec.likelihood = c.lik;
+  spec.latent = 3;
+  if (c.type == ModelType::Conv) {
+    spec.channels = 2, spec.height = 7, spec.width = 6;
+    spec.input_dim = 2 * 7 * 6;
+    spec.conv = ConvSpec{{3, 4}, 3, 2, 1};
+    spec.encoder = {5};
+    spec.decoder = {5};
+  } else {
+    spec.input_dim = 12;
+    spec.encoder = {7, 5};
+    spec.decoder = {5, 7};
+  }
+  return spec;
+}
 
 class FiniteDifferences : public ::testing::TestWithParam<FdCase> {};
 
 TEST_P(FiniteDifferences, EveryParameterGradient) {
-  ModelSpec spec;
-  spec.input_dim = 12;
-  spec.encoder = {7, 5};
-  spec.latent = 3;
-  spec.decoder = {5, 7};
-  spec.activation = GetParam().act;
-  spec.likelihood = GetParam().lik;
+  const ModelSpec spec = fd_spec(GetParam());
   const int B = 4;
   const double beta = 0.7;
   auto be = make_cpu_backend();
@@ -128,7 +198,12 @@ INSTANTIATE_TEST_SUITE_P(
     ::testing::Values(FdCase{Activation::Relu, Likelihood::Bernoulli},
                       FdCase{Activation::Tanh, Likelihood::Bernoulli},
                       FdCase{Activation::Relu, Likelihood::Gaussian},
-                      FdCase{Activation::Tanh, Likelihood::Gaussian}));
+                      FdCase{Activation::Tanh, Likelihood::Gaussian},
+                      FdCase{Activation::Tanh, Likelihood::GaussianLearned},
+                      FdCase{Activation::Relu, Likelihood::Bernoulli, ModelType::Conv},
+                      FdCase{Activation::Tanh, Likelihood::Bernoulli, ModelType::Conv},
+                      FdCase{Activation::Tanh, Likelihood::Gaussian, ModelType::Conv},
+                      FdCase{Activation::Tanh, Likelihood::GaussianLearned, ModelType::Conv}));
 
 TEST(Init, UniformInPlusMinusOneOverSqrtFanIn) {
   ModelSpec spec;
@@ -161,21 +236,120 @@ TEST(Init, UniformInPlusMinusOneOverSqrtFanIn) {
   EXPECT_NE(v, initial_parameters(layout, 2));
 }
 
+// The peer's conv VAE: names, shapes and init bounds as PyTorch's modules have them (Conv2d
+// weight [out, in, k, k], ConvTranspose2d [in, out, k, k], fan_in = weight.size(1) k^2).
+TEST(Init, ConvLayoutAsPyTorch) {
+  ModelSpec spec;
+  spec.type = ModelType::Conv;
+  spec.channels = 1, spec.height = 28, spec.width = 28;
+  spec.input_dim = 784;
+  spec.conv = ConvSpec{{32, 64}, 4, 2, 1};
+  spec.encoder = {256};
+  spec.latent = 20;
+  spec.decoder = {256};
+  const ParameterLayout layout(spec);
+  struct Expected {
+    const char* name;
+    std::vector<int64_t> shape;
+    int fan_in;
+  };
+  const std::vector<Expected> expected = {{"encoder.conv.0.weight", {32, 1, 4, 4}, 16},
+                                          {"encoder.conv.0.bias", {32}, 16},
+                                          {"encoder.conv.1.weight", {64, 32, 4, 4}, 512},
+                                          {"encoder.conv.1.bias", {64}, 512},
+                                          {"encoder.0.weight", {256, 3136}, 3136},
+                                          {"encoder.0.bias", {256}, 3136},
+                                          {"encoder.head.weight", {40, 256}, 256},
+                                          {"encoder.head.bias", {40}, 256},
+                                          {"decoder.0.weight", {256, 20}, 20},
+                                          {"decoder.0.bias", {256}, 20},
+                                          {"decoder.1.weight", {3136, 256}, 256},
+                                          {"decoder.1.bias", {3136}, 256},
+                                          {"decoder.deconv.0.weight", {64, 32, 4, 4}, 512},
+                                          {"decoder.deconv.0.bias", {32}, 512},
+                                          {"decoder.out.weight", {32, 1, 4, 4}, 16},
+                                          {"decoder.out.bias", {1}, 16}};
+  ASSERT_EQ(layout.tensors().size(), expected.size());
+  const std::vector<float> v = initial_parameters(layout, 3);
+  for (size_t i = 0; i < expected.size(); ++i) {
+    const TensorView& t = layout.tensors()[i];
+    EXPECT_EQ(t.name, expected[i].name);
+    EXPECT_EQ(t.shape(), expected[i].shape) << t.name;
+    const double bound = 1 / std::sqrt(static_cast<double>(expected[i].fan_in));
+    double lo = 1e9, hi = -1e9;
+    for (size_t k = t.offset; k < t.offset + t.size(); ++k) {
+      lo = std::min(lo, static_cast<double>(v[k]));
+      hi = std::max(hi, static_cast<double>(v[k]));
+    }
+    EXPECT_GE(lo, -bound) << t.name;
+    EXPECT_LE(hi, bound) << t.name;
+    if (t.size() >= 512) {  // and fills the range
+      EXPECT_LT(lo, -0.9 * bound) << t.name;
+      EXPECT_GT(hi, 0.9 * bound) << t.name;
+    }
+  }
+  // The decoder's ConvTranspose2d layers restore 7x7 -> 14x14 -> 28x28 exactly.
+  ASSERT_EQ(layout.decoder_convs().size(), 2u);
+  EXPECT_EQ(layout.decoder_convs()[0].shape.height, 14);
+  EXPECT_EQ(layout.decoder_convs()[1].shape.height, 28);
+}
+
+TEST(Init, ConvSizesThatCannotBeBuilt) {
+  ModelSpec spec;
+  spec.type = ModelType::Conv;
+  spec.channels = 1, spec.height = 5, spec.width = 5;
+  spec.input_dim = 25;
+  spec.conv = ConvSpec{{4, 4, 4}, 3, 2, 0};  // 5x5 -> 2x2, then a 3x3 kernel on 2x2
+  spec.latent = 2;
+  EXPECT_EQ(conv_geometry_error(spec),
+            "encoder.conv.1: kernel 3 is larger than the padded input 2x2 (input 2x2, padding 0)");
+  spec.conv.padding = 1;  // 5x5 -> 3x3 -> 2x2 -> 1x1
+  EXPECT_EQ(conv_geometry_error(spec), "");
+  EXPECT_EQ(ParameterLayout(spec).encoder_convs().back().shape.out_h, 1);
+}
+
 // ---- PyTorch golden cases ---------------------------------------------------------------------
 
-class Golden : public ::testing::TestWithParam<std::string> {};
+struct GoldenCase {
+  const char* file;
+  const char* name;
+};
 
-TEST_P(Golden, LossGradientsAndOptimizerSteps) {
-  const std::string g = "/" + GetParam() + "/";
-  const h5::File f = h5::File::open_read(std::string(ELBO_TEST_DATA_DIR) + "/vae_golden.h5");
+class Golden : public ::testing::TestWithParam<GoldenCase> {};
+
+ModelSpec golden_spec(const h5::File& f, const std::string& g) {
   ModelSpec spec;
-  spec.input_dim = static_cast<int>(f.read_int_attribute(g, "D"));
   spec.latent = static_cast<int>(f.read_int_attribute(g, "latent"));
   for (double w : f.read_double_array_attribute(g, "encoder")) spec.encoder.push_back(static_cast<int>(w));
   for (double w : f.read_double_array_attribute(g, "decoder")) spec.decoder.push_back(static_cast<int>(w));
   spec.activation = f.read_string_attribute(g, "activation") == "tanh" ? Activation::Tanh : Activation::Relu;
-  spec.likelihood = f.read_string_attribute(g, "likelihood") == "gaussian" ? Likelihood::Gaussian
-                                                                          : Likelihood::Bernoulli;
+  const std::string lik = f.read_string_attribute(g, "likelihood");
+  spec.likelihood = lik == "gaussian"           ? Likelihood::Gaussian
+                    : lik == "gaussian_learned" ? Likelihood::GaussianLearned
+                                                : Likelihood::Bernoulli;
+  if (f.has_attribute(g, "model") && f.read_string_attribute(g, "model") == "conv") {
+    spec.type = ModelType::Conv;
+    const std::vector<double> shape = f.read_double_array_attribute(g, "shape");
+    spec.channels = static_cast<int>(shape.at(0));
+    spec.height = static_cast<int>(shape.at(1));
+    spec.width = static_cast<int>(shape.at(2));
+    spec.input_dim = spec.channels * spec.height * spec.width;
+    spec.conv.channels.clear();
+    for (double c : f.read_double_array_attribute(g, "channels"))
+      spec.conv.channels.push_back(static_cast<int>(c));
+    spec.conv.kernel = static_cast<int>(f.read_int_attribute(g, "kernel"));
+    spec.conv.stride = static_cast<int>(f.read_int_attribute(g, "stride"));
+    spec.conv.padding = static_cast<int>(f.read_int_attribute(g, "padding"));
+  } else {
+    spec.input_dim = static_cast<int>(f.read_int_attribute(g, "D"));
+  }
+  return spec;
+}
+
+TEST_P(Golden, LossGradientsAndOptimizerSteps) {
+  const std::string g = std::string("/").append(GetParam().name).append("/");
+  const h5::File f = h5::File::open_read(std::string(ELBO_TEST_DATA_DIR) + "/" + GetParam().file);
+  const ModelSpec spec = golden_spec(f, g);
   const float beta = static_cast<float>(f.read_double_attribute(g, "beta"));
   const h5::FloatArray x = f.read_floats(g + "x");
   const h5::FloatArray eps = f.read_floats(g + "eps");
@@ -197,6 +371,12 @@ TEST_P(Golden, LossGradientsAndOptimizerSteps) {
   const LossSums s = vae.loss_sums(B);
   EXPECT_NEAR(s.recon / B, f.read_double_attribute(g, "recon0"), 1e-5 * std::fabs(s.recon / B));
   EXPECT_NEAR(s.kl / B, f.read_double_attribute(g, "kl0"), 1e-5 * std::max(1.0, std::fabs(s.kl / B)));
+  if (f.exists(g + "recon0_per_sample")) {
+    const h5::FloatArray recon = f.read_floats(g + "recon0_per_sample");
+    for (int b = 0; b < B; ++b)
+      EXPECT_NEAR(vae.recon_per_sample()[b], recon.data[b], 1e-5 * std::fabs(recon.data[b]))
+          << "sample " << b;
+  }
   const std::vector<float> grads = download(*be, vae.grads(), vae.num_params());
   for (const TensorView& t : vae.layout().tensors()) {
     const h5::FloatArray ref = f.read_floats(g + "grads/" + t.name);
@@ -219,7 +399,10 @@ TEST_P(Golden, LossGradientsAndOptimizerSteps) {
   cfg.decoupled_weight_decay = f.read_string_attribute(g, "optimizer") == "adamw";
   const double clip = f.read_double_attribute(g, "grad_clip");
   Adam adam(*be, vae.num_params(), cfg);
+  if (f.has_attribute(g, "steps") && f.read_int_attribute(g, "steps") == 0)
+    return;  // initial parameters only
   const h5::FloatArray losses = f.read_floats(g + "losses");
+  ASSERT_EQ(losses.data.size(), 10u);
   for (size_t step = 0; step < losses.data.size(); ++step) {
     vae.forward_backward(x.data.data(), eps.data.data() + step * eps_step, B, beta, 1.0f / static_cast<float>(B));
     const LossSums ls = vae.loss_sums(B);
@@ -240,8 +423,16 @@ TEST_P(Golden, LossGradientsAndOptimizerSteps) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(PyTorchFloat64, Golden,
-                         ::testing::Values("mlp_relu_bernoulli", "tiny_tanh_gaussian"));
+INSTANTIATE_TEST_SUITE_P(
+    PyTorchFloat64, Golden,
+    ::testing::Values(GoldenCase{"vae_golden.h5", "mlp_relu_bernoulli"},
+                      GoldenCase{"vae_golden.h5", "tiny_tanh_gaussian"},
+                      GoldenCase{"vae_golden_v2.h5", "conv_relu_bernoulli"},
+                      GoldenCase{"vae_golden_v2.h5", "conv_tanh_gaussian_learned_odd"},
+                      GoldenCase{"vae_golden_v2.h5", "mlp_tanh_gaussian_learned"},
+                      GoldenCase{"vae_golden_v2.h5", "mlp_relu_bernoulli_iw"},
+                      GoldenCase{"vae_golden_v2.h5", "conv_relu_bernoulli_iw"}),
+    [](const ::testing::TestParamInfo<GoldenCase>& c) { return std::string(c.param.name); });
 
 }  // namespace
 }  // namespace elbo

@@ -44,6 +44,70 @@ ELBO_CPU_CLONES void loss_rows(const float* out, const float* x, float* dout, fl
   }
 }
 
+// Rows of [means | log-variances], 2D wide.
+template <bool with_grad>
+ELBO_CPU_CLONES void learned_gaussian_rows(const float* out, const float* x, float* dout,
+                                           float* recon, int B, int D, float grad_scale) {
+  for (int b = 0; b < B; ++b) {
+    const float* mean = out + static_cast<size_t>(b) * 2 * D;
+    const float* xr = x + static_cast<size_t>(b) * D;
+    float total = 0.0f;
+    for (int j = 0; j < D; ++j) {
+      const ValueGrad2 vg = gaussian_learned(mean[j], mean[D + j], xr[j]);
+      total += vg.value;
+      if constexpr (with_grad) {
+        float* drow = dout + static_cast<size_t>(b) * 2 * D;
+        drow[j] = grad_scale * vg.dmean;
+        drow[D + j] = grad_scale * vg.dlogvar;
+      }
+    }
+    recon[b] = total + static_cast<float>(D) * kHalfLog2Pi;
+  }
+}
+
+// Entry (i, j) of every k x k window over one channel plane: a row of col, out_h x out_w, zero
+// where the window lies in the padding. read_window fills the col row, add_window is its adjoint.
+// The grid columns whose pixel lies inside the image are [lo, hi), computed once per (i, j), so the
+// inner loops are plain strided copies.
+struct Inside {
+  int lo, hi;
+};
+Inside inside_range(int n_out, int size, int stride, int offset) {  // pixel = o stride + offset
+  int lo = 0, hi = n_out;
+  while (lo < hi && lo * stride + offset < 0) ++lo;
+  while (hi > lo && (hi - 1) * stride + offset >= size) --hi;
+  return {lo, hi};
+}
+
+void read_window(const float* plane, float* col_row, const ConvShape& g, int i, int j) {
+  const int off = j - g.padding;
+  const Inside xs = inside_range(g.out_w, g.width, g.stride, off);
+  for (int oy = 0; oy < g.out_h; ++oy) {
+    const int y = oy * g.stride - g.padding + i;
+    float* c = col_row + static_cast<size_t>(oy) * g.out_w;
+    if (y < 0 || y >= g.height) {
+      std::memset(c, 0, static_cast<size_t>(g.out_w) * sizeof(float));
+      continue;
+    }
+    const float* row = plane + static_cast<size_t>(y) * g.width;
+    for (int ox = 0; ox < xs.lo; ++ox) c[ox] = 0.0f;
+    for (int ox = xs.lo; ox < xs.hi; ++ox) c[ox] = row[ox * g.stride + off];
+    for (int ox = xs.hi; ox < g.out_w; ++ox) c[ox] = 0.0f;
+  }
+}
+
+void add_window(const float* col_row, float* plane, const ConvShape& g, int i, int j) {
+  const int off = j - g.padding;
+  const Inside xs = inside_range(g.out_w, g.width, g.stride, off);
+  for (int oy = 0; oy < g.out_h; ++oy) {
+    const int y = oy * g.stride - g.padding + i;
+    if (y < 0 || y >= g.height) continue;
+    const float* c = col_row + static_cast<size_t>(oy) * g.out_w;
+    float* row = plane + static_cast<size_t>(y) * g.width;
+    for (int ox = xs.lo; ox < xs.hi; ++ox) row[ox * g.stride + off] += c[ox];
+  }
+}
+
 // g * 0 is 0 for finite g and NaN for NaN or infinite g, so one sum tells whether all were finite.
 ELBO_CPU_CLONES bool adam_loop(float* params, const float* grads, float* m, float* v, size_t n,
                                const AdamConstants& c) {
@@ -107,6 +171,73 @@ class CpuBackend final : public Backend {
     }
   }
 
+  void im2col(const float* image, float* col, int B, const ConvShape& g) override {
+    const size_t cols = static_cast<size_t>(B) * g.grid();
+    for (int c = 0; c < g.channels; ++c)
+      for (int i = 0; i < g.kernel; ++i)
+        for (int j = 0; j < g.kernel; ++j) {
+          float* row = col + static_cast<size_t>((c * g.kernel + i) * g.kernel + j) * cols;
+          for (int b = 0; b < B; ++b)
+            read_window(image + plane_offset(b, c, g), row + static_cast<size_t>(b) * g.grid(), g,
+                        i, j);
+        }
+  }
+
+  void col2im(const float* col, float* image, int B, const ConvShape& g) override {
+    std::memset(image, 0, static_cast<size_t>(B) * g.channels * g.image() * sizeof(float));
+    const size_t cols = static_cast<size_t>(B) * g.grid();
+    for (int c = 0; c < g.channels; ++c)
+      for (int i = 0; i < g.kernel; ++i)
+        for (int j = 0; j < g.kernel; ++j) {
+          const float* row = col + static_cast<size_t>((c * g.kernel + i) * g.kernel + j) * cols;
+          for (int b = 0; b < B; ++b)
+            add_window(row + static_cast<size_t>(b) * g.grid(), image + plane_offset(b, c, g), g, i,
+                       j);
+        }
+  }
+
+  void transpose_outer(const float* src, float* dst, int I, int J, int N) override {
+    for (int i = 0; i < I; ++i)
+      for (int j = 0; j < J; ++j)
+        copy(dst + (static_cast<size_t>(j) * I + i) * N, src + (static_cast<size_t>(i) * J + j) * N,
+             static_cast<size_t>(N));
+  }
+
+  void channel_bias_activation(float* y, const float* bias, int B, int C, int N,
+                               Activation act) override {
+    for (int b = 0; b < B; ++b)
+      for (int c = 0; c < C; ++c) {
+        // One channel plane is a row of N with a constant bias: the dense loop with a broadcast.
+        float* row = y + (static_cast<size_t>(b) * C + c) * N;
+        const float bc = bias[c];
+        switch (act) {
+          case Activation::Relu:
+            for (int n = 0; n < N; ++n) row[n] = activate(row[n] + bc, Activation::Relu);
+            break;
+          case Activation::Tanh:
+            for (int n = 0; n < N; ++n) row[n] = activate(row[n] + bc, Activation::Tanh);
+            break;
+          case Activation::None:
+            for (int n = 0; n < N; ++n) row[n] += bc;
+            break;
+        }
+      }
+  }
+
+  void channel_activation_backward(float* dy, const float* y, float* dbias, int B, int C, int N,
+                                   Activation act) override {
+    std::memset(dbias, 0, static_cast<size_t>(C) * sizeof(float));
+    for (int b = 0; b < B; ++b)
+      for (int c = 0; c < C; ++c) {
+        const size_t row = (static_cast<size_t>(b) * C + c) * N;
+        float s = 0.0f;
+        if (act != Activation::None)
+          for (int n = 0; n < N; ++n) dy[row + n] *= activation_grad_from_output(y[row + n], act);
+        for (int n = 0; n < N; ++n) s += dy[row + n];
+        dbias[c] += s;
+      }
+  }
+
   void reparameterize(const float* head, const float* eps, float* z, float* kl, int B,
                       int L) override {
     for (int b = 0; b < B; ++b) {
@@ -143,6 +274,11 @@ class CpuBackend final : public Backend {
     if (lik == Likelihood::Bernoulli) {
       if (dout) loss_rows<Likelihood::Bernoulli, true>(out, x, dout, recon, B, D, grad_scale);
       else loss_rows<Likelihood::Bernoulli, false>(out, x, dout, recon, B, D, grad_scale);
+    } else if (lik == Likelihood::GaussianLearned) {
+      if (dout)
+        learned_gaussian_rows<true>(out, x, dout, recon, B, D, grad_scale);
+      else
+        learned_gaussian_rows<false>(out, x, dout, recon, B, D, grad_scale);
     } else {
       if (dout) loss_rows<Likelihood::Gaussian, true>(out, x, dout, recon, B, D, grad_scale);
       else loss_rows<Likelihood::Gaussian, false>(out, x, dout, recon, B, D, grad_scale);
@@ -200,6 +336,9 @@ class CpuBackend final : public Backend {
   }
 
  private:
+  static size_t plane_offset(int b, int c, const ConvShape& g) {
+    return (static_cast<size_t>(b) * g.channels + c) * g.image();
+  }
   static void copy(float* dst, const float* src, size_t n) {
     if (dst != src) std::memcpy(dst, src, n * sizeof(float));
   }

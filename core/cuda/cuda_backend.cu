@@ -231,6 +231,46 @@ class CudaBackend final : public Backend {
     ELBO_CUDA_CHECK_LAUNCH();
   }
 
+  void im2col(const float* image, float* col, int B, const ConvShape& g) override {
+    const size_t total = static_cast<size_t>(g.col_rows()) * B * g.grid();
+    if (total == 0) return;
+    ELBO_LAUNCH(kernels::im2col, blocks(total), kThreadsPerBlock, 0, s())(image, col, B, g);
+    ELBO_CUDA_CHECK_LAUNCH();
+  }
+
+  void col2im(const float* col, float* image, int B, const ConvShape& g) override {
+    const size_t total = static_cast<size_t>(B) * g.channels * g.image();
+    if (total == 0) return;
+    ELBO_LAUNCH(kernels::col2im, blocks(total), kThreadsPerBlock, 0, s())(col, image, B, g);
+    ELBO_CUDA_CHECK_LAUNCH();
+  }
+
+  void transpose_outer(const float* src, float* dst, int I, int J, int N) override {
+    const size_t total = static_cast<size_t>(I) * J * N;
+    if (total == 0) return;
+    ELBO_LAUNCH(kernels::transpose_outer, blocks(total), kThreadsPerBlock, 0, s())
+    (src, dst, I, J, N);
+    ELBO_CUDA_CHECK_LAUNCH();
+  }
+
+  void channel_bias_activation(float* y, const float* bias, int B, int C, int N,
+                               Activation act) override {
+    const size_t total = static_cast<size_t>(B) * C * N;
+    if (total == 0) return;
+    ELBO_LAUNCH(kernels::channel_bias_activation, blocks(total), kThreadsPerBlock, 0, s())
+    (y, bias, total, C, N, act);
+    ELBO_CUDA_CHECK_LAUNCH();
+  }
+
+  void channel_activation_backward(float* dy, const float* y, float* dbias, int B, int C, int N,
+                                   Activation act) override {
+    if (C <= 0) return;
+    ELBO_LAUNCH(kernels::channel_activation_backward, std::min(C, kMaxBlocks), kThreadsPerBlock, 0,
+                s())
+    (dy, y, dbias, B, C, N, act);
+    ELBO_CUDA_CHECK_LAUNCH();
+  }
+
   void reparameterize(const float* head, const float* eps, float* z, float* kl, int B,
                       int L) override {
     if (B <= 0) return;
@@ -252,10 +292,12 @@ class CudaBackend final : public Backend {
                            int D, Likelihood lik, float grad_scale) override {
     if (B <= 0) return;
     const int rows = std::min(B, kMaxBlocks);  // one block per row, grid-stride beyond
-    if (lik == Likelihood::Bernoulli)
-      ELBO_LAUNCH(kernels::reconstruction_loss<Likelihood::Bernoulli>, rows, kThreadsPerBlock, 0,
-                  s())
-      (out, x, dout, recon, B, D, grad_scale);
+    if (lik == Likelihood::GaussianLearned)
+      ELBO_LAUNCH(kernels::learned_gaussian_loss, rows, kThreadsPerBlock, 0, s())
+    (out, x, dout, recon, B, D, grad_scale);
+    else if (lik == Likelihood::Bernoulli)
+        ELBO_LAUNCH(kernels::reconstruction_loss<Likelihood::Bernoulli>, rows, kThreadsPerBlock, 0,
+                    s())(out, x, dout, recon, B, D, grad_scale);
     else
       ELBO_LAUNCH(kernels::reconstruction_loss<Likelihood::Gaussian>, rows, kThreadsPerBlock, 0,
                   s())

@@ -7,6 +7,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "core/backend.h"
 #include "core/cuda/grid.h"
 #include "core/cuda/launch.h"
 #include "core/elementwise.h"
@@ -63,6 +64,84 @@ __global__ void activation_backward(float* dy, const float* y, float* dbias, int
   }
 }
 
+// col[C k k, B grid] from image [B, C, H, W]: one thread per col element (see Backend::im2col).
+__global__ void im2col(const float* image, float* col, int B, ConvShape g) {
+  const size_t grid = static_cast<size_t>(g.grid()), cols = static_cast<size_t>(B) * grid;
+  const size_t total = static_cast<size_t>(g.col_rows()) * cols;
+  for (size_t i = grid_start(); i < total; i += grid_step()) {
+    const int r = static_cast<int>(i / cols), j = r % g.kernel, ki = (r / g.kernel) % g.kernel;
+    const int c = r / (g.kernel * g.kernel);
+    const size_t col_i = i % cols, b = col_i / grid;
+    const int o = static_cast<int>(col_i % grid), oy = o / g.out_w, ox = o % g.out_w;
+    const int y = oy * g.stride - g.padding + ki, x = ox * g.stride - g.padding + j;
+    const bool inside = y >= 0 && y < g.height && x >= 0 && x < g.width;
+    col[i] = inside ? image[((b * g.channels + c) * g.height + y) * g.width + x] : 0.0f;
+  }
+}
+
+// image[B, C, H, W] = the sum of the col entries read from each pixel: one thread per pixel,
+// gathering its windows (no atomics, so the order, and the result, repeat exactly).
+__global__ void col2im(const float* col, float* image, int B, ConvShape g) {
+  const size_t grid = static_cast<size_t>(g.grid()), cols = static_cast<size_t>(B) * grid;
+  const size_t total = static_cast<size_t>(B) * g.channels * g.image();
+  for (size_t i = grid_start(); i < total; i += grid_step()) {
+    const int x = static_cast<int>(i % g.width), y = static_cast<int>((i / g.width) % g.height);
+    const size_t bc = i / g.image();
+    const int c = static_cast<int>(bc % g.channels);
+    const size_t b = bc / g.channels;
+    float sum = 0.0f;
+    for (int ki = 0; ki < g.kernel; ++ki) {
+      const int ty = y + g.padding - ki;  // = oy * stride
+      if (ty < 0 || ty % g.stride != 0 || ty / g.stride >= g.out_h) continue;
+      for (int kj = 0; kj < g.kernel; ++kj) {
+        const int tx = x + g.padding - kj;
+        if (tx < 0 || tx % g.stride != 0 || tx / g.stride >= g.out_w) continue;
+        const size_t r = static_cast<size_t>((c * g.kernel + ki) * g.kernel + kj);
+        sum +=
+            col[r * cols + b * grid + static_cast<size_t>(ty / g.stride) * g.out_w + tx / g.stride];
+      }
+    }
+    image[i] = sum;
+  }
+}
+
+// dst[J, I, N] = src[I, J, N], one thread per element, reading coalesced.
+__global__ void transpose_outer(const float* src, float* dst, int I, int J, int N) {
+  const size_t n = static_cast<size_t>(N), total = static_cast<size_t>(I) * J * n;
+  for (size_t k = grid_start(); k < total; k += grid_step()) {
+    const size_t row = k / n, i = row / J, j = row % J;
+    dst[(j * I + i) * n + k % n] = src[k];
+  }
+}
+
+// y[B, C, N] = act(y + bias[c]).
+__global__ void channel_bias_activation(float* y, const float* bias, size_t total, int C, int N,
+                                        Activation act) {
+  for (size_t i = grid_start(); i < total; i += grid_step())
+    y[i] = activate(y[i] + bias[(i / N) % C], act);
+}
+
+// dy[B, C, N] *= act'(y), dbias[c] = sum over b and n. One block per channel.
+__global__ void channel_activation_backward(float* dy, const float* y, float* dbias, int B, int C,
+                                            int N, Activation act) {
+  ELBO_SHARED(float, shared, kThreadsPerBlock);
+  const size_t per = static_cast<size_t>(B) * N;
+  for (int c = static_cast<int>(blockIdx.x); c < C; c += static_cast<int>(gridDim.x)) {
+    float total = 0.0f;
+    for (size_t k = threadIdx.x; k < per; k += blockDim.x) {
+      const size_t i = ((k / N) * C + c) * N + k % N;
+      float d = dy[i];
+      if (act != Activation::None) {
+        d *= activation_grad_from_output(y[i], act);
+        dy[i] = d;
+      }
+      total += d;
+    }
+    total = block_sum(total, shared);
+    if (threadIdx.x == 0) dbias[c] = total;
+  }
+}
+
 // head[B,2L] = [mu | logvar] -> z[B,L], kl[B]. One thread per sample; L is small.
 __global__ void reparameterize(const float* head, const float* eps, float* z, float* kl, int B,
                                int L) {
@@ -113,6 +192,27 @@ __global__ void reconstruction_loss(const float* out, const float* x, float* dou
     total = block_sum(total, shared);
     if (threadIdx.x == 0)
       recon[b] = lik == Likelihood::Gaussian ? total + static_cast<float>(D) * kHalfLog2Pi : total;
+  }
+}
+
+// The learned-variance Gaussian: rows of out and dout are [means | log-variances], 2D wide.
+__global__ void learned_gaussian_loss(const float* out, const float* x, float* dout, float* recon,
+                                      int B, int D, float grad_scale) {
+  ELBO_SHARED(float, shared, kThreadsPerBlock);
+  const size_t d = static_cast<size_t>(D);
+  for (int b = static_cast<int>(blockIdx.x); b < B; b += static_cast<int>(gridDim.x)) {
+    const size_t row = static_cast<size_t>(b) * d;
+    float total = 0.0f;
+    for (size_t j = threadIdx.x; j < d; j += blockDim.x) {
+      const ValueGrad2 vg = gaussian_learned(out[2 * row + j], out[2 * row + d + j], x[row + j]);
+      total += vg.value;
+      if (dout) {
+        dout[2 * row + j] = grad_scale * vg.dmean;
+        dout[2 * row + d + j] = grad_scale * vg.dlogvar;
+      }
+    }
+    total = block_sum(total, shared);
+    if (threadIdx.x == 0) recon[b] = total + static_cast<float>(D) * kHalfLog2Pi;
   }
 }
 
