@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "core/elementwise.h"
+#include "core/hd.h"
 #include "core/philox.h"
 
 namespace elbo {
@@ -25,9 +26,9 @@ struct ConvShape {
   int channels = 0, height = 0, width = 0;
   int kernel = 1, stride = 1, padding = 0;
   int out_h = 0, out_w = 0;
-  int col_rows() const { return channels * kernel * kernel; }  // C k k
-  int grid() const { return out_h * out_w; }
-  int image() const { return height * width; }
+  ELBO_HD int col_rows() const { return channels * kernel * kernel; }  // C k k
+  ELBO_HD int grid() const { return out_h * out_w; }
+  ELBO_HD int image() const { return height * width; }
 };
 
 // Backend work recorded once and replayed as a whole (a CUDA graph): one launch per step instead
