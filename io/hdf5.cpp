@@ -389,7 +389,9 @@ void check_global_heaps(const std::string& path) {
     for (size_t i = 8; i-- > 0;) v = v << 8 | static_cast<uint8_t>(b[at + i]);
     return v;
   };
-  const std::string magic("GCOL\x01\x00\x00\x00", 8);  // signature, version 1, reserved
+  // The signature and version 1; HDF5 ignores the three reserved bytes after them, so must we (a
+  // collection with them set and a free-space object of size 0 hung HDF5 all the same).
+  const std::string magic("GCOL\x01", 5);
   for (size_t heap = b.find(magic); heap != std::string::npos && heap + 16 <= b.size();
        heap = b.find(magic, heap + 1)) {
     const uint64_t size = u64(heap + 8);
