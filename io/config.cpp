@@ -451,8 +451,11 @@ class SecondDocument final : public YAML::EventHandler {
   std::optional<YAML::Mark> start;
 
   void OnDocumentStart(const YAML::Mark& mark) override {
-    if (++documents_ == 2) start = mark;
+    if (++documents_ == 1) first_ = mark;
+    if (documents_ == 2) start = mark;
   }
+  // The second document starts where the first did: the parser made no progress (invalid text).
+  bool stuck() const { return start && start->pos == first_.pos; }
   void OnDocumentEnd() override {}
   void OnNull(const YAML::Mark&, YAML::anchor_t) override {}
   void OnAlias(const YAML::Mark&, YAML::anchor_t) override {}
@@ -467,25 +470,32 @@ class SecondDocument final : public YAML::EventHandler {
 
  private:
   int documents_ = 0;
+  YAML::Mark first_;
 };
 
 // `where` names the text in messages; `line_numbers` says whether its lines mean anything there.
 // Only one document is read, so a second one (after `---`) would be ignored without a word.
 YAML::Node load_yaml(const std::string& text, const std::string& where, bool line_numbers) {
   try {
-    const std::vector<YAML::Node> documents = YAML::LoadAll(text);
-    if (documents.size() > 1) {
-      std::istringstream in(text);
-      YAML::Parser parser(in);
-      SecondDocument second;
-      while (!second.start && parser.HandleNextDocument(second)) {
-      }
-      const bool has_line = line_numbers && second.start && !second.start->is_null();
+    // Not YAML::LoadAll: on some invalid texts (a lone ",") yaml-cpp 0.7's parser never moves
+    // past a token, and LoadAll collects empty documents until memory runs out. So the first
+    // document is read alone, and a parser is asked for at most one more.
+    YAML::Node first = YAML::Load(text);
+    std::istringstream in(text);
+    YAML::Parser parser(in);
+    SecondDocument second;
+    for (int i = 0; i < 2 && !second.start && parser.HandleNextDocument(second); ++i) {
+    }
+    if (second.start) {
+      const bool has_line = line_numbers && !second.start->is_null();
       const std::string line = has_line ? ":" + std::to_string(second.start->line + 1) : "";
+      if (second.stuck())
+        throw_bad_input("YAML syntax error: the text cannot be parsed past this point (" + where +
+                        line + ")");
       throw_bad_input("a second YAML document starts here; a config is one document (" + where +
                       line + ")");
     }
-    return documents.empty() ? YAML::Node() : documents.front();
+    return first;
   } catch (const YAML::ParserException& e) {
     const bool has_line = line_numbers && !e.mark.is_null();
     const std::string line = has_line ? ":" + std::to_string(e.mark.line + 1) : "";
