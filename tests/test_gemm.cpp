@@ -1,0 +1,111 @@
+// The CPU's GEMMs against sums in double precision: packed_sgemm on its own (every transpose
+// case, sizes that cross each blocking boundary and leave ragged tiles, strides wider than the
+// rows, alpha and beta) and the CPU backend's gemm with one thread and with two.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <limits>
+#include <vector>
+
+#include "core/backend.h"
+#include "core/cpu/gemm.h"
+#include "core/philox.h"
+
+namespace elbo {
+namespace {
+
+struct Case {
+  bool ta, tb;
+  int M, N, K;
+  float alpha, beta;
+};
+
+std::vector<float> values(size_t n, uint32_t stream) {
+  std::vector<float> v(n);
+  const RngKey key = rng_key(5);
+  for (size_t i = 0; i < n; ++i)
+    v[i] = 2.0f * uniform_open01(philox_draw(key, static_cast<uint32_t>(i), stream, 0,
+                                             RngStream::Init).v[0]) - 1.0f;
+  return v;
+}
+
+// Runs `gemm` on the case with leading dimensions 3 wider than the rows, and checks every element
+// of C (and that the padding between rows is untouched) against the double-precision sum.
+template <typename Gemm>
+void check(const Case& c, Gemm gemm) {
+  const int a_rows = c.ta ? c.K : c.M, a_cols = c.ta ? c.M : c.K;
+  const int b_rows = c.tb ? c.N : c.K, b_cols = c.tb ? c.K : c.N;
+  const int lda = a_cols + 3, ldb = b_cols + 3, ldc = c.N + 3;
+  const std::vector<float> A = values(static_cast<size_t>(a_rows) * lda, 1);
+  const std::vector<float> B = values(static_cast<size_t>(b_rows) * ldb, 2);
+  std::vector<float> C = values(static_cast<size_t>(c.M) * ldc, 3);
+  const std::vector<float> C0 = C;
+  if (c.beta == 0.0f)  // beta 0 must overwrite, not multiply: NaN in C may not survive
+    for (int i = 0; i < c.M; ++i) C[static_cast<size_t>(i) * ldc] = std::numeric_limits<float>::quiet_NaN();
+  gemm(c.ta, c.tb, c.M, c.N, c.K, c.alpha, A.data(), lda, B.data(), ldb, c.beta, C.data(), ldc);
+  double worst = 0.0;
+  for (int i = 0; i < c.M; ++i) {
+    for (int j = 0; j < c.N; ++j) {
+      double s = 0.0, scale = 0.0;
+      for (int p = 0; p < c.K; ++p) {
+        const double a = c.ta ? A[static_cast<size_t>(p) * lda + i] : A[static_cast<size_t>(i) * lda + p];
+        const double b = c.tb ? B[static_cast<size_t>(j) * ldb + p] : B[static_cast<size_t>(p) * ldb + j];
+        s += a * b;
+        scale += std::fabs(a * b);
+      }
+      const size_t at = static_cast<size_t>(i) * ldc + j;
+      const double want = c.alpha * s + (c.beta == 0.0f ? 0.0 : c.beta * C0[at]);
+      // float accumulation: a few ulps of the sum of magnitudes
+      const double tol = 1e-6 * (std::fabs(c.alpha) * scale + std::fabs(c.beta * C0[at])) + 1e-30;
+      worst = std::max(worst, std::fabs(C[at] - want) / tol);
+    }
+    for (int j = c.N; j < ldc; ++j) {
+      const size_t at = static_cast<size_t>(i) * ldc + j;
+      ASSERT_EQ(C[at], C0[at]) << "wrote past row " << i << " at column " << j;
+    }
+  }
+  EXPECT_LT(worst, 1.0) << "ta " << c.ta << " tb " << c.tb << " M " << c.M << " N " << c.N
+                        << " K " << c.K << " alpha " << c.alpha << " beta " << c.beta;
+}
+
+std::vector<Case> cases() {
+  std::vector<Case> out;
+  for (bool ta : {false, true})
+    for (bool tb : {false, true}) {
+      out.push_back({ta, tb, 1, 1, 1, 1.0f, 0.0f});
+      out.push_back({ta, tb, 7, 31, 5, 1.0f, 0.0f});    // smaller than one tile
+      out.push_back({ta, tb, 13, 37, 300, 0.5f, 1.0f});  // K crosses a packed block
+      out.push_back({ta, tb, 200, 70, 9, -1.5f, 0.25f}); // M crosses a row block
+      out.push_back({ta, tb, 9, 3100, 20, 1.0f, 0.0f});  // N crosses a column block, shallow
+      out.push_back({ta, tb, 17, 3100, 260, 1.0f, 1.0f});
+    }
+  return out;
+}
+
+TEST(PackedSgemm, MatchesDoublePrecisionSums) {
+  if (!packed_sgemm_available()) GTEST_SKIP() << "this CPU has no AVX-512F";
+  for (const Case& c : cases()) check(c, packed_sgemm);
+}
+
+TEST(PackedSgemm, ZeroDepthScalesC) {
+  if (!packed_sgemm_available()) GTEST_SKIP() << "this CPU has no AVX-512F";
+  check({false, false, 5, 6, 0, 1.0f, 0.5f}, packed_sgemm);
+  check({false, false, 5, 6, 0, 1.0f, 0.0f}, packed_sgemm);
+}
+
+TEST(CpuBackend, GemmWithOneThreadAndWithTwo) {
+  auto be = make_cpu_backend();
+  for (int threads : {1, 2}) {
+    configure_cpu_thread(threads);
+    for (const Case& c : cases())
+      check(c, [&](bool ta, bool tb, int M, int N, int K, float alpha, const float* A, int lda,
+                   const float* B, int ldb, float beta, float* C, int ldc) {
+        be->gemm(ta ? Trans::Yes : Trans::No, tb ? Trans::Yes : Trans::No, M, N, K, alpha, A, lda,
+                 B, ldb, beta, C, ldc);
+      });
+  }
+  configure_cpu_thread(0);
+}
+
+}  // namespace
+}  // namespace elbo
