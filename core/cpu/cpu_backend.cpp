@@ -12,6 +12,7 @@
 
 #include "core/backend.h"
 #include "core/cpu/gemm.h"
+#include "core/cpu/im2col.h"
 #include "core/error.h"
 
 extern "C" void openblas_set_num_threads(int) __attribute__((weak));
@@ -186,6 +187,7 @@ class CpuBackend final : public Backend {
   }
 
   void im2col(const float* image, float* col, int B, const ConvShape& g) override {
+    if (narrow_conv_available(g)) return narrow_im2col(image, col, B, g);
     const size_t cols = static_cast<size_t>(B) * g.grid();
     for (int c = 0; c < g.channels; ++c)
       for (int i = 0; i < g.kernel; ++i)
@@ -198,6 +200,7 @@ class CpuBackend final : public Backend {
   }
 
   void col2im(const float* col, float* image, int B, const ConvShape& g) override {
+    if (narrow_conv_available(g)) return narrow_col2im(col, image, B, g);
     std::memset(image, 0, static_cast<size_t>(B) * g.channels * g.image() * sizeof(float));
     const size_t cols = static_cast<size_t>(B) * g.grid();
     for (int c = 0; c < g.channels; ++c)

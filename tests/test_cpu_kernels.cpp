@@ -1,6 +1,8 @@
 // The CPU's GEMMs against sums in double precision: packed_sgemm on its own (every transpose
 // case, sizes that cross each blocking boundary and leave ragged tiles, strides wider than the
-// rows, alpha and beta) and the CPU backend's gemm with one thread and with two.
+// rows, alpha and beta) and the CPU backend's gemm with one thread and with two. The CPU
+// backend's im2col against its definition and col2im against the sum that defines it, on
+// geometries that take the narrow path and on some that are too wide for it.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -9,6 +11,7 @@
 
 #include "core/backend.h"
 #include "core/cpu/gemm.h"
+#include "core/cpu/im2col.h"
 #include "core/philox.h"
 
 namespace elbo {
@@ -105,6 +108,53 @@ TEST(CpuBackend, GemmWithOneThreadAndWithTwo) {
       });
   }
   configure_cpu_thread(0);
+}
+
+ConvShape conv(int c, int h, int w, int k, int s, int p) {
+  ConvShape g{c, h, w, k, s, p, 0, 0};
+  g.out_h = (h + 2 * p - k) / s + 1;
+  g.out_w = (w + 2 * p - k) / s + 1;
+  return g;
+}
+
+TEST(CpuBackend, Im2colAndCol2imByDefinition) {
+  const std::vector<ConvShape> shapes{
+      conv(32, 14, 14, 4, 2, 1), conv(1, 28, 28, 4, 2, 1), conv(3, 9, 7, 3, 2, 1),
+      conv(2, 5, 8, 3, 3, 2),    conv(2, 6, 5, 2, 1, 0),   conv(1, 30, 30, 5, 2, 2),  // narrow
+      conv(2, 9, 40, 3, 2, 1),   conv(1, 6, 33, 1, 1, 0),  conv(1, 5, 20, 3, 1, 1)};  // wide
+  int narrow = 0;
+  auto be = make_cpu_backend();
+  const int B = 3;
+  for (const ConvShape& g : shapes) {
+    narrow += narrow_conv_available(g);
+    const size_t image = static_cast<size_t>(B) * g.channels * g.image();
+    const size_t cols = static_cast<size_t>(B) * g.grid(), col = g.col_rows() * cols;
+    const std::vector<float> img = values(image, 4), dcol = values(col, 5);
+    std::vector<float> c(col, 9.0f), dimg(image, 9.0f);  // every element overwritten
+    be->im2col(img.data(), c.data(), B, g);
+    be->col2im(dcol.data(), dimg.data(), B, g);
+    std::vector<double> want_dimg(image, 0.0);
+    for (int ch = 0; ch < g.channels; ++ch)
+      for (int i = 0; i < g.kernel; ++i)
+        for (int j = 0; j < g.kernel; ++j)
+          for (int b = 0; b < B; ++b)
+            for (int oy = 0; oy < g.out_h; ++oy)
+              for (int ox = 0; ox < g.out_w; ++ox) {
+                const size_t at = static_cast<size_t>((ch * g.kernel + i) * g.kernel + j) * cols +
+                                  (static_cast<size_t>(b) * g.out_h + oy) * g.out_w + ox;
+                const int y = oy * g.stride - g.padding + i, x = ox * g.stride - g.padding + j;
+                const bool inside = y >= 0 && y < g.height && x >= 0 && x < g.width;
+                const size_t pixel = ((static_cast<size_t>(b) * g.channels + ch) * g.height + y) * g.width + x;
+                ASSERT_EQ(c[at], inside ? img[pixel] : 0.0f)
+                    << "C " << g.channels << " " << g.height << "x" << g.width << " k " << g.kernel;
+                if (inside) want_dimg[pixel] += dcol[at];
+              }
+    for (size_t i = 0; i < image; ++i)
+      ASSERT_NEAR(dimg[i], want_dimg[i], 1e-5) << "col2im, pixel " << i;  // float sums of <= 25
+  }
+  if (packed_sgemm_available()) {
+    EXPECT_EQ(narrow, 6) << "the narrow path was not taken where expected";
+  }
 }
 
 }  // namespace
