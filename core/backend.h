@@ -53,6 +53,10 @@ class Backend {
   }
   // True when the backend's memory is host memory and reading it back costs nothing.
   virtual bool is_host() const { return false; }
+  // How large (in floats) a convolution's col should be at most: the model then runs each conv
+  // layer over groups of samples whose col fits, so that col, and the transposes around the
+  // GEMMs, stay in cache. 0: the whole batch at once (a device, where one launch is best).
+  virtual size_t conv_col_floats() const { return 0; }
 
   // Memory.
   virtual float* allocate(size_t n) = 0;
@@ -160,8 +164,9 @@ class DeviceArray {
   size_t size_ = 0;
 };
 
-// The CPU backend; always available.
-std::unique_ptr<Backend> make_cpu_backend();
+// The CPU backend; always available. conv_col_floats: its answer to Backend::conv_col_floats; the
+// default, 1 MiB of col with the rows around it, stays inside a core's L2.
+std::unique_ptr<Backend> make_cpu_backend(size_t conv_col_floats = size_t{1} << 18);
 // Prepares the calling thread for CPU training: BLAS threads (0 leaves the library's default, for
 // OpenBLAS its environment variables, else every core) and flush-to-zero for denormal floats.
 void configure_cpu_thread(int blas_threads);

@@ -192,8 +192,9 @@ Vae::Vae(Backend& backend, const ModelSpec& spec, int max_batch, uint64_t seed)
     for (const ConvLayer& l : layers) {
       acts.emplace_back(backend, B * l.output_size());
       dacts.emplace_back(backend, B * l.output_size());
-      col = std::max(col, B * static_cast<size_t>(l.shape.col_rows()) * l.shape.grid());
-      maps = std::max(maps, B * static_cast<size_t>(l.maps) * l.shape.grid());
+      const size_t n = static_cast<size_t>(chunk_samples(l));
+      col = std::max(col, n * static_cast<size_t>(l.shape.col_rows()) * l.shape.grid());
+      maps = std::max(maps, n * static_cast<size_t>(l.maps) * l.shape.grid());
     }
   };
   conv_buffers(layout_.encoder_convs(), enc_acts_, enc_dacts_);
@@ -224,62 +225,87 @@ const float* Vae::output() const {
   return dec_acts_.empty() ? acts_.back().data() : dec_acts_.back().data();
 }
 
-// Both directions as GEMMs over the batch at once: the batch joins the grid in the GEMMs'
-// columns ([maps, B grid]), so each layer is one GEMM per product instead of one per sample.
+int Vae::chunk_samples(const ConvLayer& l) const {
+  const size_t limit = backend_.conv_col_floats();
+  const size_t per_sample = static_cast<size_t>(l.shape.col_rows()) * l.shape.grid();
+  if (limit == 0) return max_batch_;
+  return static_cast<int>(std::clamp<size_t>(limit / per_sample, 1, static_cast<size_t>(max_batch_)));
+}
+
+// Both directions as GEMMs over groups of samples: a group joins the grid in the GEMMs' columns
+// ([maps, n grid]), so each group is one GEMM per product instead of one per sample, and the
+// group is small enough (Backend::conv_col_floats) for its col and transposes to stay in cache.
+// Weight gradients add up over the groups.
 void Vae::conv_forward(const ConvLayer& l, const float* in, float* y, int B) {
   const ConvShape& g = l.shape;
-  const int K = g.col_rows(), N = B * g.grid();
+  const int K = g.col_rows(), chunk = chunk_samples(l);
+  const size_t in_size = l.input_size(), out_size = l.output_size();
   const float* w = params_.data() + l.w_offset;
   const float* bias = params_.data() + l.b_offset;
-  if (!l.transposed) {
-    backend_.im2col(in, col_.data(), B, g);
-    // maps[maps, B grid] = W[maps, C k k] col[C k k, B grid]
-    backend_.gemm(Trans::No, Trans::No, l.maps, N, K, 1.0f, w, K, col_.data(), N, 0.0f,
-                  maps_.data(), N);
-    backend_.transpose_outer(maps_.data(), y, l.maps, B, g.grid());
-    backend_.channel_bias_activation(y, bias, B, l.maps, g.grid(), l.activation);
-  } else {
-    backend_.transpose_outer(in, maps_.data(), B, l.maps, g.grid());
-    // col[C k k, B grid] = W^T[C k k, maps] maps[maps, B grid]
-    backend_.gemm(Trans::Yes, Trans::No, K, N, l.maps, 1.0f, w, K, maps_.data(), N, 0.0f,
-                  col_.data(), N);
-    backend_.col2im(col_.data(), y, B, g);
-    backend_.channel_bias_activation(y, bias, B, g.channels, g.image(), l.activation);
+  for (int b0 = 0; b0 < B; b0 += chunk) {
+    const int n = std::min(chunk, B - b0), N = n * g.grid();
+    const float* x = in + static_cast<size_t>(b0) * in_size;
+    float* out = y + static_cast<size_t>(b0) * out_size;
+    if (!l.transposed) {
+      backend_.im2col(x, col_.data(), n, g);
+      // maps[maps, n grid] = W[maps, C k k] col[C k k, n grid]
+      backend_.gemm(Trans::No, Trans::No, l.maps, N, K, 1.0f, w, K, col_.data(), N, 0.0f,
+                    maps_.data(), N);
+      backend_.transpose_outer(maps_.data(), out, l.maps, n, g.grid());
+      backend_.channel_bias_activation(out, bias, n, l.maps, g.grid(), l.activation);
+    } else {
+      backend_.transpose_outer(x, maps_.data(), n, l.maps, g.grid());
+      // col[C k k, n grid] = W^T[C k k, maps] maps[maps, n grid]
+      backend_.gemm(Trans::Yes, Trans::No, K, N, l.maps, 1.0f, w, K, maps_.data(), N, 0.0f,
+                    col_.data(), N);
+      backend_.col2im(col_.data(), out, n, g);
+      backend_.channel_bias_activation(out, bias, n, g.channels, g.image(), l.activation);
+    }
   }
 }
 
 void Vae::conv_backward(const ConvLayer& l, const float* in, const float* y, float* dy, float* din,
                         int B) {
   const ConvShape& g = l.shape;
-  const int K = g.col_rows(), N = B * g.grid();
+  const int K = g.col_rows(), chunk = chunk_samples(l);
+  const size_t in_size = l.input_size(), out_size = l.output_size();
   const float* w = params_.data() + l.w_offset;
   float* dw = grads_.data() + l.w_offset;
   float* dbias = grads_.data() + l.b_offset;
-  // The col of the forward pass is rebuilt rather than kept: one workspace for all layers.
-  if (!l.transposed) {
+  if (!l.transposed)
     backend_.channel_activation_backward(dy, y, dbias, B, l.maps, g.grid(), l.activation);
-    backend_.transpose_outer(dy, maps_.data(), B, l.maps, g.grid());
-    backend_.im2col(in, col_.data(), B, g);
-    // dW[maps, C k k] = dmaps[maps, B grid] col^T
-    backend_.gemm(Trans::No, Trans::Yes, l.maps, K, N, 1.0f, maps_.data(), N, col_.data(), N, 0.0f,
-                  dw, K);
-    if (!din) return;
-    // dcol[C k k, B grid] = W^T dmaps, then summed back onto the image
-    backend_.gemm(Trans::Yes, Trans::No, K, N, l.maps, 1.0f, w, K, maps_.data(), N, 0.0f,
-                  col_.data(), N);
-    backend_.col2im(col_.data(), din, B, g);
-  } else {
+  else
     backend_.channel_activation_backward(dy, y, dbias, B, g.channels, g.image(), l.activation);
-    backend_.im2col(dy, col_.data(), B, g);
-    backend_.transpose_outer(in, maps_.data(), B, l.maps, g.grid());
-    // dW[maps, C k k] = in[maps, B grid] dcol^T
-    backend_.gemm(Trans::No, Trans::Yes, l.maps, K, N, 1.0f, maps_.data(), N, col_.data(), N, 0.0f,
-                  dw, K);
-    if (!din) return;
-    // d(in)[maps, B grid] = W[maps, C k k] dcol
-    backend_.gemm(Trans::No, Trans::No, l.maps, N, K, 1.0f, w, K, col_.data(), N, 0.0f,
-                  maps_.data(), N);
-    backend_.transpose_outer(maps_.data(), din, l.maps, B, g.grid());
+  // The col of the forward pass is rebuilt rather than kept: one small workspace for all layers.
+  for (int b0 = 0; b0 < B; b0 += chunk) {
+    const int n = std::min(chunk, B - b0), N = n * g.grid();
+    const float beta = b0 == 0 ? 0.0f : 1.0f;  // the first group overwrites dW, the rest add
+    const float* x = in + static_cast<size_t>(b0) * in_size;
+    const float* d = dy + static_cast<size_t>(b0) * out_size;
+    float* dx = din ? din + static_cast<size_t>(b0) * in_size : nullptr;
+    if (!l.transposed) {
+      backend_.transpose_outer(d, maps_.data(), n, l.maps, g.grid());
+      backend_.im2col(x, col_.data(), n, g);
+      // dW[maps, C k k] += dmaps[maps, n grid] col^T
+      backend_.gemm(Trans::No, Trans::Yes, l.maps, K, N, 1.0f, maps_.data(), N, col_.data(), N,
+                    beta, dw, K);
+      if (!dx) continue;
+      // dcol[C k k, n grid] = W^T dmaps, then summed back onto the image
+      backend_.gemm(Trans::Yes, Trans::No, K, N, l.maps, 1.0f, w, K, maps_.data(), N, 0.0f,
+                    col_.data(), N);
+      backend_.col2im(col_.data(), dx, n, g);
+    } else {
+      backend_.im2col(d, col_.data(), n, g);
+      backend_.transpose_outer(x, maps_.data(), n, l.maps, g.grid());
+      // dW[maps, C k k] += in[maps, n grid] dcol^T
+      backend_.gemm(Trans::No, Trans::Yes, l.maps, K, N, 1.0f, maps_.data(), N, col_.data(), N,
+                    beta, dw, K);
+      if (!dx) continue;
+      // d(in)[maps, n grid] = W[maps, C k k] dcol
+      backend_.gemm(Trans::No, Trans::No, l.maps, N, K, 1.0f, w, K, col_.data(), N, 0.0f,
+                    maps_.data(), N);
+      backend_.transpose_outer(maps_.data(), dx, l.maps, n, g.grid());
+    }
   }
 }
 

@@ -148,6 +148,8 @@ class Vae {
 
  private:
   const float* layer_input(size_t i, const float* x) const;
+  // Samples per group for a conv layer's GEMMs (Backend::conv_col_floats).
+  int chunk_samples(const ConvLayer& l) const;
   void conv_forward(const ConvLayer& l, const float* in, float* y, int B);
   // Gradients of one conv layer's parameters from dy (turned into the pre-activation gradient in
   // place), and when din is not null the gradient with respect to its input.

@@ -137,6 +137,8 @@ class CpuBackend final : public Backend {
  public:
   std::string name() const override { return "cpu"; }
   bool is_host() const override { return true; }
+  explicit CpuBackend(size_t conv_col_floats) : conv_col_floats_(conv_col_floats) {}
+  size_t conv_col_floats() const override { return conv_col_floats_; }
 
   float* allocate(size_t n) override {
     // 64-byte alignment keeps rows friendly to vector loads and BLAS packing.
@@ -359,11 +361,14 @@ class CpuBackend final : public Backend {
   static void copy(float* dst, const float* src, size_t n) {
     if (dst != src) std::memcpy(dst, src, n * sizeof(float));
   }
+  size_t conv_col_floats_;
 };
 
 }  // namespace
 
-std::unique_ptr<Backend> make_cpu_backend() { return std::make_unique<CpuBackend>(); }
+std::unique_ptr<Backend> make_cpu_backend(size_t conv_col_floats) {
+  return std::make_unique<CpuBackend>(conv_col_floats);
+}
 
 void configure_cpu_thread(int blas_threads) {
   // Weak, so that any CBLAS links; OpenBLAS provides it, other vendors read their own variables.
