@@ -144,6 +144,7 @@ __attribute__((target("avx512f"))) void kernel_8x32(int kc, const float* a, cons
   __m512 acc[kMr][2];
 #pragma GCC unroll 8
   for (int r = 0; r < kMr; ++r) acc[r][0] = acc[r][1] = _mm512_setzero_ps();
+#pragma GCC unroll 4
   for (int p = 0; p < kc; ++p) {
     const __m512 b0 = _mm512_load_ps(b), b1 = _mm512_load_ps(b + 16);
 #pragma GCC unroll 8
