@@ -229,6 +229,9 @@ int Vae::chunk_samples(const ConvLayer& l) const {
   const size_t limit = backend_.conv_col_floats();
   const size_t per_sample = static_cast<size_t>(l.shape.col_rows()) * l.shape.grid();
   if (limit == 0) return max_batch_;
+  // A grid of 128 or more is wide enough for the GEMMs on its own, and one sample's [maps, grid]
+  // is already its NCHW layout: one sample at a time needs no transposes at all.
+  if (l.shape.grid() >= 128) return 1;
   return static_cast<int>(std::clamp<size_t>(limit / per_sample, 1, static_cast<size_t>(max_batch_)));
 }
 
@@ -246,18 +249,22 @@ void Vae::conv_forward(const ConvLayer& l, const float* in, float* y, int B) {
     const int n = std::min(chunk, B - b0), N = n * g.grid();
     const float* x = in + static_cast<size_t>(b0) * in_size;
     float* out = y + static_cast<size_t>(b0) * out_size;
+    // One sample's [maps, grid] is its own layout: no transpose.
     if (!l.transposed) {
+      float* maps = n == 1 ? out : maps_.data();
       backend_.im2col(x, col_.data(), n, g);
       // maps[maps, n grid] = W[maps, C k k] col[C k k, n grid]
-      backend_.gemm(Trans::No, Trans::No, l.maps, N, K, 1.0f, w, K, col_.data(), N, 0.0f,
-                    maps_.data(), N);
-      backend_.transpose_outer(maps_.data(), out, l.maps, n, g.grid());
+      backend_.gemm(Trans::No, Trans::No, l.maps, N, K, 1.0f, w, K, col_.data(), N, 0.0f, maps, N);
+      if (n > 1) backend_.transpose_outer(maps, out, l.maps, n, g.grid());
       backend_.channel_bias_activation(out, bias, n, l.maps, g.grid(), l.activation);
     } else {
-      backend_.transpose_outer(x, maps_.data(), n, l.maps, g.grid());
+      const float* maps = x;
+      if (n > 1) {
+        backend_.transpose_outer(x, maps_.data(), n, l.maps, g.grid());
+        maps = maps_.data();
+      }
       // col[C k k, n grid] = W^T[C k k, maps] maps[maps, n grid]
-      backend_.gemm(Trans::Yes, Trans::No, K, N, l.maps, 1.0f, w, K, maps_.data(), N, 0.0f,
-                    col_.data(), N);
+      backend_.gemm(Trans::Yes, Trans::No, K, N, l.maps, 1.0f, w, K, maps, N, 0.0f, col_.data(), N);
       backend_.col2im(col_.data(), out, n, g);
       backend_.channel_bias_activation(out, bias, n, g.channels, g.image(), l.activation);
     }
@@ -283,28 +290,37 @@ void Vae::conv_backward(const ConvLayer& l, const float* in, const float* y, flo
     const float* x = in + static_cast<size_t>(b0) * in_size;
     const float* d = dy + static_cast<size_t>(b0) * out_size;
     float* dx = din ? din + static_cast<size_t>(b0) * in_size : nullptr;
+    // As in the forward pass, one sample needs no transposes.
     if (!l.transposed) {
-      backend_.transpose_outer(d, maps_.data(), n, l.maps, g.grid());
+      const float* dmaps = d;
+      if (n > 1) {
+        backend_.transpose_outer(d, maps_.data(), n, l.maps, g.grid());
+        dmaps = maps_.data();
+      }
       backend_.im2col(x, col_.data(), n, g);
       // dW[maps, C k k] += dmaps[maps, n grid] col^T
-      backend_.gemm(Trans::No, Trans::Yes, l.maps, K, N, 1.0f, maps_.data(), N, col_.data(), N,
-                    beta, dw, K);
+      backend_.gemm(Trans::No, Trans::Yes, l.maps, K, N, 1.0f, dmaps, N, col_.data(), N, beta, dw,
+                    K);
       if (!dx) continue;
       // dcol[C k k, n grid] = W^T dmaps, then summed back onto the image
-      backend_.gemm(Trans::Yes, Trans::No, K, N, l.maps, 1.0f, w, K, maps_.data(), N, 0.0f,
-                    col_.data(), N);
+      backend_.gemm(Trans::Yes, Trans::No, K, N, l.maps, 1.0f, w, K, dmaps, N, 0.0f, col_.data(),
+                    N);
       backend_.col2im(col_.data(), dx, n, g);
     } else {
       backend_.im2col(d, col_.data(), n, g);
-      backend_.transpose_outer(x, maps_.data(), n, l.maps, g.grid());
+      const float* maps = x;
+      if (n > 1) {
+        backend_.transpose_outer(x, maps_.data(), n, l.maps, g.grid());
+        maps = maps_.data();
+      }
       // dW[maps, C k k] += in[maps, n grid] dcol^T
-      backend_.gemm(Trans::No, Trans::Yes, l.maps, K, N, 1.0f, maps_.data(), N, col_.data(), N,
-                    beta, dw, K);
+      backend_.gemm(Trans::No, Trans::Yes, l.maps, K, N, 1.0f, maps, N, col_.data(), N, beta, dw,
+                    K);
       if (!dx) continue;
       // d(in)[maps, n grid] = W[maps, C k k] dcol
-      backend_.gemm(Trans::No, Trans::No, l.maps, N, K, 1.0f, w, K, col_.data(), N, 0.0f,
-                    maps_.data(), N);
-      backend_.transpose_outer(maps_.data(), dx, l.maps, n, g.grid());
+      float* dmaps = n == 1 ? dx : maps_.data();
+      backend_.gemm(Trans::No, Trans::No, l.maps, N, K, 1.0f, w, K, col_.data(), N, 0.0f, dmaps, N);
+      if (n > 1) backend_.transpose_outer(dmaps, dx, l.maps, n, g.grid());
     }
   }
 }
