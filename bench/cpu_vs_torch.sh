@@ -5,9 +5,12 @@
 # Prints one JSON line per run and a summary line. Needs python3 with torch and numpy.
 #
 #   bench/cpu_vs_torch.sh [--model mlp|conv] [--threads 1] [--epochs 2] [--repeats 3] [--peer PATH]
+#                         [--elbo PATH]
+# --elbo: the elbo binary (default: build/elbo, else build-cpu/elbo); PYTHON: the python to run the
+# peer with (default /usr/bin/python3).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
-threads=1 epochs=2 repeats=3 peer="" python=${PYTHON:-/usr/bin/python3} model=mlp
+threads=1 epochs=2 repeats=3 peer="" python=${PYTHON:-/usr/bin/python3} model=mlp elbo=""
 while [ $# -gt 0 ]; do
   case $1 in
     --model) model=$2; shift 2 ;;
@@ -15,7 +18,8 @@ while [ $# -gt 0 ]; do
     --epochs) epochs=$2; shift 2 ;;
     --repeats) repeats=$2; shift 2 ;;
     --peer) peer=$2; shift 2 ;;
-    *) echo "usage: $0 [--model mlp|conv] [--threads N] [--epochs N] [--repeats N] [--peer torch_vae.py]" >&2; exit 2 ;;
+    --elbo) elbo=$2; shift 2 ;;
+    *) echo "usage: $0 [--model mlp|conv] [--threads N] [--epochs N] [--repeats N] [--peer torch_vae.py] [--elbo PATH]" >&2; exit 2 ;;
   esac
 done
 case $model in
@@ -23,8 +27,12 @@ case $model in
   conv) config=configs/fashion_mnist_conv.yaml; [ -n "$peer" ] || peer=$ROOT/bench/torch_conv_vae.py ;;
   *) echo "bench: --model is mlp or conv" >&2; exit 2 ;;
 esac
-elbo=$ROOT/build/elbo
-[ -x "$elbo" ] || { echo "bench: build elbo first (launch/quickstart.sh or cmake)" >&2; exit 2; }
+if [ -z "$elbo" ]; then
+  elbo=$ROOT/build/elbo
+  [ -x "$elbo" ] || elbo=$ROOT/build-cpu/elbo
+fi
+case $elbo in /*) ;; *) elbo=$PWD/$elbo ;; esac  # the runs start in $ROOT
+[ -x "$elbo" ] || { echo "bench: no elbo binary at $elbo (build it, or use --elbo PATH)" >&2; exit 2; }
 [ -f "$peer" ] || { echo "bench: PyTorch peer not found at $peer (use --peer)" >&2; exit 2; }
 [ -d "$ROOT/data/fashion-mnist/train" ] || { echo "bench: run launch/quickstart.sh once to prepare data" >&2; exit 2; }
 
