@@ -5,7 +5,6 @@
 //
 //   conv_step_bench [--config configs/fashion_mnist_conv.yaml] [--steps 40] [--threads 1]
 #include <CLI/CLI.hpp>
-
 #include <chrono>
 #include <cstdio>
 #include <ctime>
@@ -28,15 +27,17 @@ int main(int argc, char** argv) {
 
   const elbo::Config cfg = elbo::load_config(config_path);
   // Fashion-MNIST's shape: one grey 28 x 28 channel (conv), or 784 features (MLP).
-  const std::vector<int64_t> shape =
-      cfg.model.type == elbo::ModelType::Conv ? std::vector<int64_t>{28, 28} : std::vector<int64_t>{784};
+  const std::vector<int64_t> shape = cfg.model.type == elbo::ModelType::Conv
+                                         ? std::vector<int64_t>{28, 28}
+                                         : std::vector<int64_t>{784};
   const elbo::ModelSpec spec = elbo::model_spec(cfg, shape, "(Fashion-MNIST shape)");
   const int B = static_cast<int>(cfg.train.batch_size);
 
   elbo::configure_cpu_thread(threads);
   auto be = elbo::make_cpu_backend();
   elbo::Vae vae(*be, spec, B, cfg.seed);
-  std::vector<float> x(static_cast<size_t>(B) * spec.input_dim), eps(static_cast<size_t>(B) * spec.latent);
+  std::vector<float> x(static_cast<size_t>(B) * spec.input_dim),
+      eps(static_cast<size_t>(B) * spec.latent);
   const elbo::RngKey key = elbo::rng_key(7);
   for (size_t i = 0; i < x.size(); ++i)
     x[i] = elbo::uniform_open01(
@@ -59,11 +60,14 @@ int main(int argc, char** argv) {
   for (int s = 0; s < steps; ++s) step();
   const double wall = std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
   clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &c1);
-  const double cpu = static_cast<double>(c1.tv_sec - c0.tv_sec) + 1e-9 * static_cast<double>(c1.tv_nsec - c0.tv_nsec);
+  const double cpu = static_cast<double>(c1.tv_sec - c0.tv_sec) +
+                     1e-9 * static_cast<double>(c1.tv_nsec - c0.tv_nsec);
   const double samples = static_cast<double>(steps) * B;
   std::printf(
-      "{\"bench\": \"conv_step\", \"config\": \"%s\", \"batch\": %d, \"steps\": %d, \"threads\": %d, "
-      "\"ms_per_step\": %.2f, \"samples_per_s\": %.0f, \"samples_per_cpu_s\": %.0f, \"finite\": %s}\n",
+      "{\"bench\": \"conv_step\", \"config\": \"%s\", \"batch\": %d, \"steps\": %d, \"threads\": "
+      "%d, "
+      "\"ms_per_step\": %.2f, \"samples_per_s\": %.0f, \"samples_per_cpu_s\": %.0f, \"finite\": "
+      "%s}\n",
       config_path.c_str(), B, steps, threads, 1e3 * wall / steps, samples / wall, samples / cpu,
       nonfinite == 0.0f ? "true" : "false");
   return 0;

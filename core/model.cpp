@@ -232,7 +232,8 @@ int Vae::chunk_samples(const ConvLayer& l) const {
   // A grid of 128 or more is wide enough for the GEMMs on its own, and one sample's [maps, grid]
   // is already its NCHW layout: one sample at a time needs no transposes at all.
   if (l.shape.grid() >= 128) return 1;
-  return static_cast<int>(std::clamp<size_t>(limit / per_sample, 1, static_cast<size_t>(max_batch_)));
+  return static_cast<int>(
+      std::clamp<size_t>(limit / per_sample, 1, static_cast<size_t>(max_batch_)));
 }
 
 // Both directions as GEMMs over groups of samples: a group joins the grid in the GEMMs' columns

@@ -27,8 +27,9 @@ std::vector<float> values(size_t n, uint32_t stream) {
   std::vector<float> v(n);
   const RngKey key = rng_key(5);
   for (size_t i = 0; i < n; ++i)
-    v[i] = 2.0f * uniform_open01(philox_draw(key, static_cast<uint32_t>(i), stream, 0,
-                                             RngStream::Init).v[0]) - 1.0f;
+    v[i] = 2.0f * uniform_open01(
+                      philox_draw(key, static_cast<uint32_t>(i), stream, 0, RngStream::Init).v[0]) -
+           1.0f;
   return v;
 }
 
@@ -44,15 +45,18 @@ void check(const Case& c, Gemm gemm) {
   std::vector<float> C = values(static_cast<size_t>(c.M) * ldc, 3);
   const std::vector<float> C0 = C;
   if (c.beta == 0.0f)  // beta 0 must overwrite, not multiply: NaN in C may not survive
-    for (int i = 0; i < c.M; ++i) C[static_cast<size_t>(i) * ldc] = std::numeric_limits<float>::quiet_NaN();
+    for (int i = 0; i < c.M; ++i)
+      C[static_cast<size_t>(i) * ldc] = std::numeric_limits<float>::quiet_NaN();
   gemm(c.ta, c.tb, c.M, c.N, c.K, c.alpha, A.data(), lda, B.data(), ldb, c.beta, C.data(), ldc);
   double worst = 0.0;
   for (int i = 0; i < c.M; ++i) {
     for (int j = 0; j < c.N; ++j) {
       double s = 0.0, scale = 0.0;
       for (int p = 0; p < c.K; ++p) {
-        const double a = c.ta ? A[static_cast<size_t>(p) * lda + i] : A[static_cast<size_t>(i) * lda + p];
-        const double b = c.tb ? B[static_cast<size_t>(j) * ldb + p] : B[static_cast<size_t>(p) * ldb + j];
+        const double a =
+            c.ta ? A[static_cast<size_t>(p) * lda + i] : A[static_cast<size_t>(i) * lda + p];
+        const double b =
+            c.tb ? B[static_cast<size_t>(j) * ldb + p] : B[static_cast<size_t>(p) * ldb + j];
         s += a * b;
         scale += std::fabs(a * b);
       }
@@ -67,8 +71,8 @@ void check(const Case& c, Gemm gemm) {
       ASSERT_EQ(C[at], C0[at]) << "wrote past row " << i << " at column " << j;
     }
   }
-  EXPECT_LT(worst, 1.0) << "ta " << c.ta << " tb " << c.tb << " M " << c.M << " N " << c.N
-                        << " K " << c.K << " alpha " << c.alpha << " beta " << c.beta;
+  EXPECT_LT(worst, 1.0) << "ta " << c.ta << " tb " << c.tb << " M " << c.M << " N " << c.N << " K "
+                        << c.K << " alpha " << c.alpha << " beta " << c.beta;
 }
 
 std::vector<Case> cases() {
@@ -76,10 +80,10 @@ std::vector<Case> cases() {
   for (bool ta : {false, true})
     for (bool tb : {false, true}) {
       out.push_back({ta, tb, 1, 1, 1, 1.0f, 0.0f});
-      out.push_back({ta, tb, 7, 31, 5, 1.0f, 0.0f});    // smaller than one tile
-      out.push_back({ta, tb, 13, 37, 300, 0.5f, 1.0f});  // K crosses a packed block
-      out.push_back({ta, tb, 200, 70, 9, -1.5f, 0.25f}); // M crosses a row block
-      out.push_back({ta, tb, 9, 3100, 20, 1.0f, 0.0f});  // N crosses a column block, shallow
+      out.push_back({ta, tb, 7, 31, 5, 1.0f, 0.0f});      // smaller than one tile
+      out.push_back({ta, tb, 13, 37, 300, 0.5f, 1.0f});   // K crosses a packed block
+      out.push_back({ta, tb, 200, 70, 9, -1.5f, 0.25f});  // M crosses a row block
+      out.push_back({ta, tb, 9, 3100, 20, 1.0f, 0.0f});   // N crosses a column block, shallow
       out.push_back({ta, tb, 17, 3100, 260, 1.0f, 1.0f});
     }
   return out;
@@ -144,7 +148,8 @@ TEST(CpuBackend, Im2colAndCol2imByDefinition) {
                                   (static_cast<size_t>(b) * g.out_h + oy) * g.out_w + ox;
                 const int y = oy * g.stride - g.padding + i, x = ox * g.stride - g.padding + j;
                 const bool inside = y >= 0 && y < g.height && x >= 0 && x < g.width;
-                const size_t pixel = ((static_cast<size_t>(b) * g.channels + ch) * g.height + y) * g.width + x;
+                const size_t pixel =
+                    ((static_cast<size_t>(b) * g.channels + ch) * g.height + y) * g.width + x;
                 ASSERT_EQ(c[at], inside ? img[pixel] : 0.0f)
                     << "C " << g.channels << " " << g.height << "x" << g.width << " k " << g.kernel;
                 if (inside) want_dimg[pixel] += dcol[at];

@@ -209,7 +209,8 @@ INSTANTIATE_TEST_SUITE_P(
 // The conv layers run over groups of samples when col would be larger than the backend asks
 // (Backend::conv_col_floats): groups of 2, 2 and 1 samples give what the whole batch gives.
 TEST(ConvGroups, SameLossAndGradientsAsTheWholeBatch) {
-  const ModelSpec spec = fd_spec(FdCase{Activation::Tanh, Likelihood::GaussianLearned, ModelType::Conv});
+  const ModelSpec spec =
+      fd_spec(FdCase{Activation::Tanh, Likelihood::GaussianLearned, ModelType::Conv});
   const int B = 5;
   // 2 samples of the largest col (the first conv: [2 3 3, 4 x 3] per sample)
   auto grouped = make_cpu_backend(2 * 18 * 12);
@@ -224,7 +225,8 @@ TEST(ConvGroups, SameLossAndGradientsAsTheWholeBatch) {
   a.forward_backward(x.data(), eps.data(), B, 1.0f, 1.0f / B);
   b.forward_backward(x.data(), eps.data(), B, 1.0f, 1.0f / B);
   for (int s = 0; s < B; ++s) {
-    EXPECT_NEAR(a.recon_per_sample()[s], b.recon_per_sample()[s], 1e-6 * std::fabs(b.recon_per_sample()[s]));
+    EXPECT_NEAR(a.recon_per_sample()[s], b.recon_per_sample()[s],
+                1e-6 * std::fabs(b.recon_per_sample()[s]));
     EXPECT_EQ(a.kl_per_sample()[s], b.kl_per_sample()[s]);
   }
   const std::vector<float> ga = download(*grouped, a.grads(), a.num_params());

@@ -172,7 +172,8 @@ class CpuBackend final : public Backend {
   void gemm(Trans ta, Trans tb, int M, int N, int K, float alpha, const float* A, int lda,
             const float* B, int ldb, float beta, float* C, int ldc) override {
     if (use_packed_sgemm())
-      packed_sgemm(ta == Trans::Yes, tb == Trans::Yes, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+      packed_sgemm(ta == Trans::Yes, tb == Trans::Yes, M, N, K, alpha, A, lda, B, ldb, beta, C,
+                   ldc);
     else
       cblas_sgemm(CblasRowMajor, to_cblas(ta), to_cblas(tb), M, N, K, alpha, A, lda, B, ldb, beta,
                   C, ldc);
@@ -265,9 +266,12 @@ class CpuBackend final : public Backend {
   void channel_activation_backward(float* dy, const float* y, float* dbias, int B, int C, int N,
                                    Activation act) override {
     switch (act) {  // one instantiation per activation so that the loop vectorises
-      case Activation::Relu: return channel_backward_rows<Activation::Relu>(dy, y, dbias, B, C, N);
-      case Activation::Tanh: return channel_backward_rows<Activation::Tanh>(dy, y, dbias, B, C, N);
-      case Activation::None: return channel_backward_rows<Activation::None>(dy, y, dbias, B, C, N);
+      case Activation::Relu:
+        return channel_backward_rows<Activation::Relu>(dy, y, dbias, B, C, N);
+      case Activation::Tanh:
+        return channel_backward_rows<Activation::Tanh>(dy, y, dbias, B, C, N);
+      case Activation::None:
+        return channel_backward_rows<Activation::None>(dy, y, dbias, B, C, N);
     }
   }
 

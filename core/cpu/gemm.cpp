@@ -51,7 +51,7 @@ Workspace& workspace() {
 
 // dst[q * ldd + r] = src[r * lds + q] for an 8 x 8 block: rows of src become columns of dst.
 __attribute__((target("avx2"))) inline void transpose_8x8(const float* src, size_t lds, float* dst,
-                                                        size_t ldd) {
+                                                          size_t ldd) {
   __m256 r[8], t[8];
 #pragma GCC unroll 8
   for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * lds);
@@ -200,8 +200,8 @@ void packed_sgemm(bool trans_a, bool trans_b, int M, int N, int K, float alpha, 
         pack_a(trans_a, A, lda, ic, mc, pc, kc, w.a);
         auto tile = [&](int ir, int jr) {
           kernel_8x32(kc, w.a + static_cast<size_t>(ir) * kc, w.b + static_cast<size_t>(jr) * kc,
-                      C + static_cast<size_t>(ic + ir) * ldc + jc + jr, ldc,
-                      std::min(kMr, mc - ir), std::min(kNr, nc - jr), alpha, beta_here);
+                      C + static_cast<size_t>(ic + ir) * ldc + jc + jr, ldc, std::min(kMr, mc - ir),
+                      std::min(kNr, nc - jr), alpha, beta_here);
         };
         if (static_cast<size_t>(kc) * nc <= kRowOrderFloats) {
           // A shallow packed B fits in L2: sweep each row of tiles, so that C is written row by

@@ -17,7 +17,9 @@ namespace {
 
 constexpr int kMaxKernel = 16;
 
-__mmask16 low_bits(int n) { return n >= 16 ? __mmask16(0xffff) : n <= 0 ? 0 : __mmask16((1u << n) - 1); }
+__mmask16 low_bits(int n) {
+  return n >= 16 ? __mmask16(0xffff) : n <= 0 ? 0 : __mmask16((1u << n) - 1);
+}
 
 // Column offset j of the window: grid column ox reads image column ox stride + j - padding.
 int image_x(const ConvShape& g, int ox, int j) { return ox * g.stride + j - g.padding; }
@@ -54,15 +56,15 @@ __attribute__((target("avx512f"))) void narrow_im2col(const float* image, float*
       const float* plane = image + (static_cast<size_t>(b) * g.channels + c) * g.image();
       for (int i = 0; i < k; ++i)
         for (int j = 0; j < k; ++j) {
-          float* dst = col + static_cast<size_t>((c * k + i) * k + j) * cols +
-                       static_cast<size_t>(b) * grid;
+          float* dst =
+              col + static_cast<size_t>((c * k + i) * k + j) * cols + static_cast<size_t>(b) * grid;
           for (int oy = 0; oy < g.out_h; ++oy) {
             const int y = oy * g.stride - g.padding + i;
             __m512 v = _mm512_setzero_ps();
             if (y >= 0 && y < g.height) {
               const float* row = plane + static_cast<size_t>(y) * g.width;
-              v = _mm512_maskz_permutex2var_ps(inside[j], _mm512_maskz_loadu_ps(lo_mask, row), idx[j],
-                                               _mm512_maskz_loadu_ps(hi_mask, row + 16));
+              v = _mm512_maskz_permutex2var_ps(inside[j], _mm512_maskz_loadu_ps(lo_mask, row),
+                                               idx[j], _mm512_maskz_loadu_ps(hi_mask, row + 16));
             }
             _mm512_mask_storeu_ps(dst + static_cast<size_t>(oy) * ow, out_mask, v);
           }
@@ -99,13 +101,15 @@ __attribute__((target("avx512f"))) void narrow_col2im(const float* col, float* i
   for (int c = 0; c < g.channels; ++c)
     for (int b = 0; b < B; ++b) {
       float* plane = image + (static_cast<size_t>(b) * g.channels + c) * g.image();
-      const float* src = col + static_cast<size_t>(c * k * k) * cols + static_cast<size_t>(b) * grid;
+      const float* src =
+          col + static_cast<size_t>(c * k * k) * cols + static_cast<size_t>(b) * grid;
       for (int y = 0; y < g.height; ++y) {
         __m512 lo = _mm512_setzero_ps(), hi = _mm512_setzero_ps();
         for (int i = 0; i < k; ++i) {
           const int t = y + g.padding - i;  // = oy stride
           if (t < 0 || t % g.stride != 0 || t / g.stride >= g.out_h) continue;
-          const float* seg = src + static_cast<size_t>(i * k) * cols + static_cast<size_t>(t / g.stride) * ow;
+          const float* seg =
+              src + static_cast<size_t>(i * k) * cols + static_cast<size_t>(t / g.stride) * ow;
           for (int j = 0; j < k; ++j) {
             const __m512 v = _mm512_maskz_loadu_ps(out_mask, seg + static_cast<size_t>(j) * cols);
             lo = _mm512_add_ps(lo, _mm512_maskz_permutexvar_ps(lo_from[j], lo_idx[j], v));
