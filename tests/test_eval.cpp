@@ -16,6 +16,7 @@
 #include "io/files.h"
 #include "io/hdf5.h"
 #include "io/latents.h"
+#include "tests/golden.h"
 
 namespace elbo {
 namespace {
@@ -58,13 +59,9 @@ TEST(IwLogWeight, IsLogPriorMinusLogPosteriorMinusRecon) {
 TEST(ImportanceWeighted, PyTorchGoldenCaseWithItsNoise) {
   const std::string g = "/mlp_relu_bernoulli_iw/";
   const h5::File f = h5::File::open_read(std::string(ELBO_TEST_DATA_DIR) + "/vae_golden_v2.h5");
-  ModelSpec spec;
-  spec.input_dim = static_cast<int>(f.read_int_attribute(g, "D"));
-  spec.latent = static_cast<int>(f.read_int_attribute(g, "latent"));
-  for (double w : f.read_double_array_attribute(g, "encoder")) spec.encoder.push_back(static_cast<int>(w));
-  for (double w : f.read_double_array_attribute(g, "decoder")) spec.decoder.push_back(static_cast<int>(w));
-  ASSERT_EQ(f.read_string_attribute(g, "activation"), "relu");
-  ASSERT_EQ(f.read_string_attribute(g, "likelihood"), "bernoulli");
+  const ModelSpec spec = golden_spec(f, g);
+  ASSERT_EQ(spec.activation, Activation::Relu);
+  ASSERT_EQ(spec.likelihood, Likelihood::Bernoulli);
   const h5::FloatArray x = f.read_floats(g + "x");
   const h5::FloatArray iw_eps = f.read_floats(g + "iw_eps");  // [K, B, L]
   const h5::FloatArray eps = f.read_floats(g + "eps");        // [1, B, L]: the ELBO's noise
@@ -74,12 +71,7 @@ TEST(ImportanceWeighted, PyTorchGoldenCaseWithItsNoise) {
 
   auto be = make_cpu_backend();
   Vae vae(*be, spec, B, 0);
-  std::vector<float> p(vae.num_params());
-  for (const TensorView& t : vae.layout().tensors()) {
-    const h5::FloatArray a = f.read_floats(g + "params/" + t.name);
-    ASSERT_EQ(a.data.size(), t.size()) << t.name;
-    std::copy(a.data.begin(), a.data.end(), p.begin() + static_cast<std::ptrdiff_t>(t.offset));
-  }
+  const std::vector<float> p = golden_params(f, g, vae.layout());
   be->upload(vae.params(), p.data(), p.size());
   DeviceArray xd(*be, x.data.size()), eps_k(*be, static_cast<size_t>(B) * spec.latent);
   be->upload(xd.data(), x.data.data(), x.data.size());
