@@ -53,6 +53,9 @@ class Backend {
   }
   // True when the backend's memory is host memory and reading it back costs nothing.
   virtual bool is_host() const { return false; }
+  // Waits until all work enqueued so far has run. Training never calls it (it would stall the
+  // device between steps); `elbo bench` does, to time the phases of a step on a device.
+  virtual void synchronize() {}
 
   // Memory.
   virtual float* allocate(size_t n) = 0;
@@ -165,5 +168,9 @@ std::unique_ptr<Backend> make_cpu_backend();
 // Prepares the calling thread for CPU training: BLAS threads (0 leaves the library's default, for
 // OpenBLAS its environment variables, else every core) and flush-to-zero for denormal floats.
 void configure_cpu_thread(int blas_threads);
+// The BLAS library that the CPU backend calls, as it describes itself ("OpenBLAS 0.3.21 ..."), and
+// the threads it uses now; "cblas" and 0 for a library that does not say.
+std::string blas_description();
+int blas_threads();
 
 }  // namespace elbo

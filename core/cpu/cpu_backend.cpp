@@ -8,11 +8,14 @@
 #include <xmmintrin.h>
 #endif
 #include <new>
+#include <string>
 
 #include "core/backend.h"
 #include "core/error.h"
 
 extern "C" void openblas_set_num_threads(int) __attribute__((weak));
+extern "C" int openblas_get_num_threads() __attribute__((weak));
+extern "C" char* openblas_get_config() __attribute__((weak));
 
 namespace elbo {
 namespace {
@@ -358,5 +361,11 @@ void configure_cpu_thread(int blas_threads) {
   _mm_setcsr(_mm_getcsr() | 0x8040u);  // FTZ (bit 15) and DAZ (bit 6)
 #endif
 }
+
+std::string blas_description() {
+  return openblas_get_config ? std::string("OpenBLAS ") + openblas_get_config() : "cblas";
+}
+
+int blas_threads() { return openblas_get_num_threads ? openblas_get_num_threads() : 0; }
 
 }  // namespace elbo
