@@ -158,6 +158,7 @@ class StepLoop final : public Trainer {
     set_timer(timer);
     const auto t0 = Clock::now();
     for (int64_t i = 0; i < steps && !stopping_; ++i) {
+      if (timer_) timer_->start_step();  // all of the step, the loop's own work included
       if (!bench_loader_ || bench_step_ == steps_per_epoch) {
         // The loader reads the permutation: it goes first.
         bench_loader_.reset();
@@ -174,7 +175,6 @@ class StepLoop final : public Trainer {
         stopping_ = true;
         break;
       }
-      if (timer_) timer_->start_step();
       phase_begin(Phase::DataWait);
       const HostBatch& batch = bench_loader_->next();
       phase_end(Phase::DataWait);

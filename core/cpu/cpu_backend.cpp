@@ -363,7 +363,9 @@ void configure_cpu_thread(int blas_threads) {
 }
 
 std::string blas_description() {
-  return openblas_get_config ? std::string("OpenBLAS ") + openblas_get_config() : "cblas";
+  if (!openblas_get_config) return "cblas";
+  const std::string config = openblas_get_config();  // "OpenBLAS 0.3.21 DYNAMIC_ARCH ..."
+  return config.rfind("OpenBLAS", 0) == 0 ? config : "OpenBLAS " + config;
 }
 
 int blas_threads() { return openblas_get_num_threads ? openblas_get_num_threads() : 0; }
