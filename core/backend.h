@@ -172,5 +172,12 @@ void configure_cpu_thread(int blas_threads);
 // the threads it uses now; "cblas" and 0 for a library that does not say.
 std::string blas_description();
 int blas_threads();
+// OpenBLAS chooses its kernels once, when it loads, from the CPU's model number, and a CPU newer
+// than the library gets the generic Prescott (SSE3) kernels: OpenBLAS 0.3.21 (Debian 12) does
+// not know Emerald Rapids (family 6, model 207), and its sgemm there runs about 2.6x slower than
+// with the AVX-512 kernels the CPU supports. Returns the core type to ask for with
+// OPENBLAS_CORETYPE ("SkylakeX" for AVX-512, "Haswell" for AVX2 and FMA) when the library fell
+// back to Prescott on a CPU that can do better, else empty (another BLAS, a known CPU, an old one).
+std::string blas_core_to_request();
 
 }  // namespace elbo

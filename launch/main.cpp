@@ -2,11 +2,15 @@
 // code (2 for bad input, 1 for anything else).
 #include <CLI/CLI.hpp>
 
+#include <unistd.h>
+
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <string>
 #include <utility>
 
+#include "core/backend.h"
 #include "core/error.h"
 #include "launch/bench.h"
 #include "launch/error_report.h"
@@ -26,6 +30,16 @@ int fail(const std::string& message, int code) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // The BLAS picked slow generic kernels for a CPU it does not know (see blas_core_to_request):
+  // start again, before anything else has run, with the kernels the CPU supports. A user's own
+  // OPENBLAS_CORETYPE is always respected, and it is set before the exec, so this happens at most
+  // once; the process keeps its pid (mpirun and job schedulers see nothing). Should the exec
+  // fail, the run goes on with the library's choice.
+  if (std::getenv("OPENBLAS_CORETYPE") == nullptr) {
+    const std::string core = elbo::blas_core_to_request();
+    if (!core.empty() && setenv("OPENBLAS_CORETYPE", core.c_str(), 1) == 0)
+      execv("/proc/self/exe", argv);
+  }
   // Line-buffered even into a file or pipe: a second Ctrl-C ends the process at once (_Exit, the
   // only safe thing in a signal handler), and every line printed before it is then already out.
   std::setvbuf(stdout, nullptr, _IOLBF, 0);

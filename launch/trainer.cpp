@@ -544,7 +544,10 @@ class StepLoop final : public Trainer {
   int64_t plain_steps_ = 0;  // steps run without a graph by this process
   DeviceArray health_;           // (5): loss sums [recon, kl, objective, count], gradient flag
   int64_t health_since_ = 0;     // the step health_ was last read at
-  const bool terminal_ = ::isatty(STDOUT_FILENO) == 1;  // progress redrawn in place
+  // Progress redrawn in place on a terminal. Not under an MPI launcher: Open MPI gives each rank
+  // a pseudo-terminal even when mpirun's own output goes to a file, which would then fill with
+  // carriage returns and escape codes; plain periodic lines serve a log and a terminal alike.
+  const bool terminal_ = ::isatty(STDOUT_FILENO) == 1 && mpi_launcher_world_size() == 0;
   int64_t run_first_step_ = 0;
   Clock::time_point run_t0_;
   std::unique_ptr<EpochImages> pictures_;  // rank 0, when the samples are images

@@ -201,6 +201,45 @@ std::vector<double> estimate(const LinearGaussian& m, const std::vector<float>& 
   return out;
 }
 
+// resample() skips the encoder: the per-sample figures must be the bits of a full forward() with
+// the same noise, for an MLP and for a conv model (whose encoder has convolutions to skip).
+TEST(ImportanceWeighted, ResampleGivesTheFiguresOfAFullForward) {
+  for (const bool conv : {false, true}) {
+    ModelSpec spec;
+    if (conv) {
+      spec.type = ModelType::Conv;
+      spec.channels = 1, spec.height = 7, spec.width = 6;
+      spec.conv = ConvSpec{{3}, 3, 2, 1};
+    }
+    spec.input_dim = spec.channels * spec.height * spec.width;
+    spec.encoder = {9};
+    spec.latent = 3;
+    spec.decoder = {8};
+    spec.activation = Activation::Tanh;
+    spec.likelihood = conv ? Likelihood::Bernoulli : Likelihood::GaussianLearned;
+    const int B = 5, D = spec.input_dim, L = spec.latent;
+    auto be = make_cpu_backend();
+    Vae vae(*be, spec, B, 11);
+    std::vector<float> x(static_cast<size_t>(B * D)), eps1(static_cast<size_t>(B * L)),
+        eps2(eps1.size());
+    for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i * 37 % 11) / 10.0f;
+    for (size_t i = 0; i < eps1.size(); ++i) {
+      eps1[i] = static_cast<float>(std::sin(1.0 + static_cast<double>(i)));
+      eps2[i] = static_cast<float>(std::cos(2.0 * static_cast<double>(i)));
+    }
+    vae.forward(x.data(), eps2.data(), B);
+    const std::vector<float> recon(vae.recon_per_sample(), vae.recon_per_sample() + B),
+        kl(vae.kl_per_sample(), vae.kl_per_sample() + B);
+    vae.forward(x.data(), eps1.data(), B);
+    ASSERT_NE(vae.recon_per_sample()[0], recon[0]) << "the two noises must differ in effect";
+    vae.resample(x.data(), eps2.data(), B);
+    for (int b = 0; b < B; ++b) {
+      EXPECT_EQ(vae.recon_per_sample()[b], recon[static_cast<size_t>(b)]) << conv << " " << b;
+      EXPECT_EQ(vae.kl_per_sample()[b], kl[static_cast<size_t>(b)]) << conv << " " << b;
+    }
+  }
+}
+
 TEST(ImportanceWeighted, LinearGaussianWithTheTruePosteriorIsExactForAnyK) {
   const LinearGaussian m;
   const ParameterLayout layout(m.spec);
