@@ -53,6 +53,9 @@ class Backend {
   }
   // True when the backend's memory is host memory and reading it back costs nothing.
   virtual bool is_host() const { return false; }
+  // Waits until all work enqueued so far has run. Training never calls it (it would stall the
+  // device between steps); `elbo bench` does, to time the phases of a step on a device.
+  virtual void synchronize() {}
 
   // Memory.
   virtual float* allocate(size_t n) = 0;
@@ -165,6 +168,10 @@ std::unique_ptr<Backend> make_cpu_backend();
 // Prepares the calling thread for CPU training: BLAS threads (0 leaves the library's default, for
 // OpenBLAS its environment variables, else every core) and flush-to-zero for denormal floats.
 void configure_cpu_thread(int blas_threads);
+// The BLAS library that the CPU backend calls, as it describes itself ("OpenBLAS 0.3.21 ..."), and
+// the threads it uses now; "cblas" and 0 for a library that does not say.
+std::string blas_description();
+int blas_threads();
 // OpenBLAS chooses its kernels once, when it loads, from the CPU's model number, and a CPU newer
 // than the library gets the generic Prescott (SSE3) kernels: OpenBLAS 0.3.21 (Debian 12) does
 // not know Emerald Rapids (family 6, model 207), and its sgemm there runs about 2.6x slower than

@@ -320,8 +320,10 @@ void Vae::run_forward(const float* x, const float* eps, int B, bool with_grad, f
                                spec_.input_dim, spec_.likelihood, grad_scale);
 }
 
-void Vae::forward_backward(const float* x, const float* eps, int B, float beta, float grad_scale) {
+void Vae::forward_backward(const float* x, const float* eps, int B, float beta, float grad_scale,
+                           const std::function<void()>& after_forward) {
   run_forward(x, eps, B, true, grad_scale);
+  if (after_forward) after_forward();
   const auto& deconvs = layout_.decoder_convs();
   for (size_t i = deconvs.size(); i-- > 0;)
     conv_backward(deconvs[i], i == 0 ? acts_.back().data() : dec_acts_[i - 1].data(),

@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -133,8 +134,10 @@ class Vae {
   // draws thousands of z per x). The figures are those forward(x, eps, B) would give.
   void resample(const float* x, const float* eps, int B);
   // forward(), then the gradient of grad_scale * sum_b (recon_b + beta KL_b) into grads()
-  // (every element overwritten; nothing accumulates across calls).
-  void forward_backward(const float* x, const float* eps, int B, float beta, float grad_scale);
+  // (every element overwritten; nothing accumulates across calls). after_forward, when given,
+  // runs between the two passes (`elbo bench` times them apart).
+  void forward_backward(const float* x, const float* eps, int B, float beta, float grad_scale,
+                        const std::function<void()>& after_forward = {});
   // Sums of the per-sample terms of the last forward (a host synchronisation on devices).
   LossSums loss_sums(int B);
 

@@ -9,11 +9,14 @@
 #include <xmmintrin.h>
 #endif
 #include <new>
+#include <string>
 
 #include "core/backend.h"
 #include "core/error.h"
 
 extern "C" void openblas_set_num_threads(int) __attribute__((weak));
+extern "C" int openblas_get_num_threads() __attribute__((weak));
+extern "C" char* openblas_get_config() __attribute__((weak));
 extern "C" char* openblas_get_corename(void) __attribute__((weak));
 
 namespace elbo {
@@ -361,6 +364,14 @@ void configure_cpu_thread(int blas_threads) {
   _mm_setcsr(_mm_getcsr() | 0x8040u);  // FTZ (bit 15) and DAZ (bit 6)
 #endif
 }
+
+std::string blas_description() {
+  if (!openblas_get_config) return "cblas";
+  const std::string config = openblas_get_config();  // "OpenBLAS 0.3.21 DYNAMIC_ARCH ..."
+  return config.rfind("OpenBLAS", 0) == 0 ? config : "OpenBLAS " + config;
+}
+
+int blas_threads() { return openblas_get_num_threads ? openblas_get_num_threads() : 0; }
 
 std::string blas_core_to_request() {
 #if defined(__x86_64__) && defined(__GNUC__)
