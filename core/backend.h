@@ -57,6 +57,9 @@ class Backend {
   // layer over groups of samples whose col fits, so that col, and the transposes around the
   // GEMMs, stay in cache. 0: the whole batch at once (a device, where one launch is best).
   virtual size_t conv_col_floats() const { return 0; }
+  // Waits until all work enqueued so far has run. Training never calls it (it would stall the
+  // device between steps); `elbo bench` does, to time the phases of a step on a device.
+  virtual void synchronize() {}
 
   // Memory.
   virtual float* allocate(size_t n) = 0;
@@ -170,5 +173,16 @@ std::unique_ptr<Backend> make_cpu_backend(size_t conv_col_floats = size_t{1} << 
 // Prepares the calling thread for CPU training: BLAS threads (0 leaves the library's default, for
 // OpenBLAS its environment variables, else every core) and flush-to-zero for denormal floats.
 void configure_cpu_thread(int blas_threads);
+// The BLAS library that the CPU backend calls, as it describes itself ("OpenBLAS 0.3.21 ..."), and
+// the threads it uses now; "cblas" and 0 for a library that does not say.
+std::string blas_description();
+int blas_threads();
+// OpenBLAS chooses its kernels once, when it loads, from the CPU's model number, and a CPU newer
+// than the library gets the generic Prescott (SSE3) kernels: OpenBLAS 0.3.21 (Debian 12) does
+// not know Emerald Rapids (family 6, model 207), and its sgemm there runs about 2.6x slower than
+// with the AVX-512 kernels the CPU supports. Returns the core type to ask for with
+// OPENBLAS_CORETYPE ("SkylakeX" for AVX-512, "Haswell" for AVX2 and FMA) when the library fell
+// back to Prescott on a CPU that can do better, else empty (another BLAS, a known CPU, an old one).
+std::string blas_core_to_request();
 
 }  // namespace elbo

@@ -34,6 +34,24 @@ ELBO_HD float activation_grad_from_output(float y, Activation a) {
 // exp(-a) for 0 <= a < 87 and log(1 + e) for 0 <= e <= 1, in plain arithmetic (no libm calls) so
 // that the CPU loops vectorise; both within 2e-7 relative of the exact values (tested). exp: a =
 // n ln2 - r with |r| <= ln2/2, exp(-a) = 2^-n exp(r), exp(r) by its degree-7 Taylor polynomial.
+// The bits of a float and back, and selects made of them: for floats >= 0 the int32 bit patterns
+// order as the values do, and integer compares and masks never trap, so a loop of them vectorises
+// where the compiler keeps float comparisons (which may raise on NaN) as branches.
+ELBO_HD int32_t bits_of(float f) {
+  int32_t i;
+  memcpy(&i, &f, sizeof i);
+  return i;
+}
+ELBO_HD float float_of(int32_t i) {
+  float f;
+  memcpy(&f, &i, sizeof f);
+  return f;
+}
+// mask: all ones (-1) or all zeros; the bits of `yes` where set, of `no` elsewhere.
+ELBO_HD int32_t select_bits(int32_t mask, int32_t yes, int32_t no) {
+  return (yes & mask) | (no & ~mask);
+}
+
 ELBO_HD float exp_neg(float a) {
   const int32_t ni = static_cast<int32_t>(a * 1.44269504088896341f + 0.5f);  // round, a >= 0
   const float n = static_cast<float>(ni);
@@ -46,10 +64,7 @@ ELBO_HD float exp_neg(float a) {
   p = p * r + 0.5f;
   p = p * r + 1.0f;
   p = p * r + 1.0f;
-  const int32_t bits = (127 - ni) << 23;  // 2^-n
-  float scale;
-  memcpy(&scale, &bits, sizeof scale);
-  return p * scale;
+  return p * float_of((127 - ni) << 23);  // 2^-n
 }
 
 // log(1 + e) for e in [0, 1]: y = 1 + e, halved when above sqrt(2) so that f = y' - 1 lies in
@@ -57,8 +72,10 @@ ELBO_HD float exp_neg(float a) {
 // far below what a sum over a sample's features can resolve.
 ELBO_HD float log1p_unit(float e) {
   const float y = 1.0f + e;
-  const bool high = y > 1.41421356237f;
-  const float f = (high ? 0.5f * y : y) - 1.0f;
+  // 1 when y > sqrt(2), else 0, as a factor rather than a branch (see bits_of).
+  const int32_t above = -static_cast<int32_t>(bits_of(y) > bits_of(1.41421356237f));
+  const float high = float_of(above & bits_of(1.0f));
+  const float f = y * (1.0f - 0.5f * high) - 1.0f;
   const float z = f * f;
   float p = 7.0376836292e-2f;
   p = p * f - 1.1514610310e-1f;
@@ -69,7 +86,7 @@ ELBO_HD float log1p_unit(float e) {
   p = p * f + 2.0000714765e-1f;
   p = p * f - 2.4999993993e-1f;
   p = p * f + 3.3333331174e-1f;
-  return f + (f * z * p - 0.5f * z) + (high ? 0.69314718056f : 0.0f);
+  return f + (f * z * p - 0.5f * z) + high * 0.69314718056f;
 }
 
 // Binary cross-entropy from a logit l against target x in [0, 1], and its derivative sigmoid(l) - x.
@@ -79,11 +96,17 @@ ELBO_HD float log1p_unit(float e) {
 struct ValueGrad {
   float value, grad;
 };
+// Written with bit selects (see bits_of) so that a loop over a row vectorises.
 ELBO_HD ValueGrad bce_with_logits(float l, float x) {
-  const float a = fabsf(l);
-  const float e = a < 40.0f ? exp_neg(a) : 0.0f;
-  const float sigmoid = (l >= 0.0f ? 1.0f : e) / (1.0f + e);
-  return ValueGrad{(l > 0.0f ? l : 0.0f) - l * x + log1p_unit(e), sigmoid - x};
+  const int32_t lb = bits_of(l);
+  const int32_t negative = lb >> 31;  // all ones when the sign bit is set
+  const int32_t ab = lb & 0x7fffffff;  // |l|
+  const int32_t far = -static_cast<int32_t>(ab >= bits_of(40.0f));
+  const float e = float_of(~far & bits_of(exp_neg(float_of(select_bits(far, bits_of(40.0f), ab)))));
+  // sigmoid(l) = 1 / (1 + e) for l >= 0 and e / (1 + e) below (l = -0 gives e = 1 either way).
+  const float sigmoid = float_of(select_bits(negative, bits_of(e), bits_of(1.0f))) / (1.0f + e);
+  const float relu = float_of(lb & ~negative);  // max(l, 0)
+  return ValueGrad{relu - l * x + log1p_unit(e), sigmoid - x};
 }
 
 // Unit-variance Gaussian: 0.5 (x - m)^2 per element; the 0.5 log(2 pi) per element is added per sample.

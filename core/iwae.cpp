@@ -43,7 +43,9 @@ void importance_weighted_log_px(Vae& vae, Backend& backend, const float* x, int 
   std::vector<LogMeanExp> acc(rows);
   for (int k = 0; k < K; ++k) {
     const float* eps_k = noise(k);
-    vae.forward(x, eps_k, n);
+    // The encoder runs once; every later sample only decodes a new z.
+    if (k == 0) vae.forward(x, eps_k, n);
+    else vae.resample(x, eps_k, n);
     // [mu | logvar] does not depend on the noise: read once.
     if (k == 0) backend.download(head.data(), vae.posterior(), head.size());
     backend.download(eps.data(), eps_k, eps.size());

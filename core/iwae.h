@@ -35,9 +35,9 @@ class LogMeanExp {
 
 // For n samples at x (backend memory, [n, D]): log_px[i], the estimate of log p(x_i) from K
 // importance samples. noise(k) returns the noise [n, L] of importance sample k (backend memory,
-// valid until the next call). Each sample k is one forward pass over the n rows; only recon, the
-// noise and the first pass's [mu | logvar] come back to the host, so memory is that of one pass
-// whatever K is.
+// valid until the next call). The encoder runs once; each sample k is one decoder pass over the n
+// rows (Vae::resample); only recon, the noise and [mu | logvar] come back to the host, so memory
+// is that of one pass whatever K is.
 void importance_weighted_log_px(Vae& vae, Backend& backend, const float* x, int n, int K,
                                 const std::function<const float*(int k)>& noise, double* log_px);
 

@@ -328,23 +328,32 @@ void Vae::conv_backward(const ConvLayer& l, const float* in, const float* y, flo
 
 void Vae::forward(const float* x, const float* eps, int B) { run_forward(x, eps, B, false, 0.0f); }
 
-void Vae::run_forward(const float* x, const float* eps, int B, bool with_grad, float grad_scale) {
+void Vae::resample(const float* x, const float* eps, int B) {
+  run_forward(x, eps, B, false, 0.0f, true);
+}
+
+void Vae::run_forward(const float* x, const float* eps, int B, bool with_grad, float grad_scale,
+                      bool reuse_posterior) {
   ELBO_CHECK(B > 0 && B <= max_batch_, "batch larger than the model's workspace");
   const auto& convs = layout_.encoder_convs();
-  for (size_t i = 0; i < convs.size(); ++i)
-    conv_forward(convs[i], i == 0 ? x : enc_acts_[i - 1].data(), enc_acts_[i].data(), B);
   const auto& layers = layout_.layers();
   const size_t head = layout_.num_encoder_layers() - 1;
   const float* p = params_.data();
-  for (size_t i = 0; i < layers.size(); ++i) {
+  // y[B, out] = in[B, in] W^T, then bias and activation in one pass.
+  auto linear = [&](size_t i) {
     const LinearLayer& l = layers[i];
     float* y = i == head ? head_.data() : acts_[act_index(i, head)].data();
-    // y[B, out] = in[B, in] W^T, then bias and activation in one pass.
     backend_.gemm(Trans::No, Trans::Yes, B, l.out, l.in, 1.0f, layer_input(i, x), l.in,
                   p + l.w_offset, l.in, 0.0f, y, l.out);
     backend_.bias_activation(y, p + l.b_offset, B, l.out, l.activation);
-    if (i == head) backend_.reparameterize(head_.data(), eps, z_.data(), kl_.data(), B, spec_.latent);
+  };
+  if (!reuse_posterior) {
+    for (size_t i = 0; i < convs.size(); ++i)
+      conv_forward(convs[i], i == 0 ? x : enc_acts_[i - 1].data(), enc_acts_[i].data(), B);
+    for (size_t i = 0; i <= head; ++i) linear(i);
   }
+  backend_.reparameterize(head_.data(), eps, z_.data(), kl_.data(), B, spec_.latent);
+  for (size_t i = head + 1; i < layers.size(); ++i) linear(i);
   const auto& deconvs = layout_.decoder_convs();
   for (size_t i = 0; i < deconvs.size(); ++i)
     conv_forward(deconvs[i], i == 0 ? acts_.back().data() : dec_acts_[i - 1].data(),
@@ -354,8 +363,10 @@ void Vae::run_forward(const float* x, const float* eps, int B, bool with_grad, f
                                spec_.input_dim, spec_.likelihood, grad_scale);
 }
 
-void Vae::forward_backward(const float* x, const float* eps, int B, float beta, float grad_scale) {
+void Vae::forward_backward(const float* x, const float* eps, int B, float beta, float grad_scale,
+                           const std::function<void()>& after_forward) {
   run_forward(x, eps, B, true, grad_scale);
+  if (after_forward) after_forward();
   const auto& deconvs = layout_.decoder_convs();
   for (size_t i = deconvs.size(); i-- > 0;)
     conv_backward(deconvs[i], i == 0 ? acts_.back().data() : dec_acts_[i - 1].data(),

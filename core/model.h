@@ -8,6 +8,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -128,9 +129,15 @@ class Vae {
   // Forward pass on x [B, D] (conv: [B, C, H, W]) with noise eps [B, L]; fills per-sample recon
   // and KL.
   void forward(const float* x, const float* eps, int B);
+  // forward() again on the x of the last forward(), with new noise: the encoder's [mu | logvar]
+  // is reused, and only the reparameterization, the decoder and the loss run (importance sampling
+  // draws thousands of z per x). The figures are those forward(x, eps, B) would give.
+  void resample(const float* x, const float* eps, int B);
   // forward(), then the gradient of grad_scale * sum_b (recon_b + beta KL_b) into grads()
-  // (every element overwritten; nothing accumulates across calls).
-  void forward_backward(const float* x, const float* eps, int B, float beta, float grad_scale);
+  // (every element overwritten; nothing accumulates across calls). after_forward, when given,
+  // runs between the two passes (`elbo bench` times them apart).
+  void forward_backward(const float* x, const float* eps, int B, float beta, float grad_scale,
+                        const std::function<void()>& after_forward = {});
   // Sums of the per-sample terms of the last forward (a host synchronisation on devices).
   LossSums loss_sums(int B);
 
@@ -155,8 +162,10 @@ class Vae {
   // place), and when din is not null the gradient with respect to its input.
   void conv_backward(const ConvLayer& l, const float* in, const float* y, float* dy, float* din,
                      int B);
-  // Forward pass; with_grad: the loss pass also writes grad_scale * d(recon)/d(output).
-  void run_forward(const float* x, const float* eps, int B, bool with_grad, float grad_scale);
+  // Forward pass; with_grad: the loss pass also writes grad_scale * d(recon)/d(output);
+  // reuse_posterior: start from the head of the last pass (resample).
+  void run_forward(const float* x, const float* eps, int B, bool with_grad, float grad_scale,
+                   bool reuse_posterior = false);
 
   Backend& backend_;
   ModelSpec spec_;

@@ -29,15 +29,18 @@ std::unique_ptr<Communicator> make_single_process_communicator() {
   return std::make_unique<SingleProcessCommunicator>();
 }
 
-bool launched_by_mpi() {
+int mpi_launcher_world_size() {
   // Open MPI, MPICH/Hydra, PMIx and srun each export the world size to every rank (srun as the
   // size of the job step, which, unlike SLURM_NTASKS, is 1 for the batch script itself).
+  int size = 0;
   for (const char* var : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE", "SLURM_STEP_NUM_TASKS"}) {
     const char* v = std::getenv(var);
-    if (v && std::atoi(v) > 1) return true;
+    if (v && std::atoi(v) > size) size = std::atoi(v);
   }
-  return false;
+  return size;
 }
+
+bool launched_by_mpi() { return mpi_launcher_world_size() > 1; }
 
 bool mpi_available() {
 #if defined(ELBO_HAVE_MPI)

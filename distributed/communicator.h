@@ -40,6 +40,8 @@ std::unique_ptr<Communicator> make_mpi_communicator();
 
 // True when this process was started by an MPI launcher (mpirun, srun) as one of several ranks.
 bool launched_by_mpi();
+// The launcher's world size (1 under `mpirun -np 1`), or 0 when no MPI launcher started this process.
+int mpi_launcher_world_size();
 bool mpi_available();  // whether this build has the MPI communicator
 
 }  // namespace elbo

@@ -15,6 +15,10 @@ class JsonLine {
   JsonLine& add(const std::string& key, int64_t v);
   JsonLine& add(const std::string& key, int v) { return add(key, static_cast<int64_t>(v)); }
   JsonLine& add(const std::string& key, const std::string& v);
+  JsonLine& add(const std::string& key, bool v) { return add_json(key, v ? "true" : "false"); }
+  JsonLine& add(const std::string& key, const char* v) { return add(key, std::string(v)); }
+  // A value that is JSON already: an object or an array built with JsonLine, or null.
+  JsonLine& add_json(const std::string& key, const std::string& json);
   std::string str() const { return "{" + body_ + "}"; }
 
  private:

@@ -2,12 +2,17 @@
 // code (2 for bad input, 1 for anything else).
 #include <CLI/CLI.hpp>
 
+#include <unistd.h>
+
 #include <cstdio>
+#include <cstdlib>
 #include <exception>
 #include <string>
 #include <utility>
 
+#include "core/backend.h"
 #include "core/error.h"
+#include "launch/bench.h"
 #include "launch/error_report.h"
 #include "launch/eval.h"
 #include "launch/info.h"
@@ -25,6 +30,16 @@ int fail(const std::string& message, int code) {
 }  // namespace
 
 int main(int argc, char** argv) {
+  // The BLAS picked slow generic kernels for a CPU it does not know (see blas_core_to_request):
+  // start again, before anything else has run, with the kernels the CPU supports. A user's own
+  // OPENBLAS_CORETYPE is always respected, and it is set before the exec, so this happens at most
+  // once; the process keeps its pid (mpirun and job schedulers see nothing). Should the exec
+  // fail, the run goes on with the library's choice.
+  if (std::getenv("OPENBLAS_CORETYPE") == nullptr) {
+    const std::string core = elbo::blas_core_to_request();
+    if (!core.empty() && setenv("OPENBLAS_CORETYPE", core.c_str(), 1) == 0)
+      execv("/proc/self/exe", argv);
+  }
   // Line-buffered even into a file or pipe: a second Ctrl-C ends the process at once (_Exit, the
   // only safe thing in a signal handler), and every line printed before it is then already out.
   std::setvbuf(stdout, nullptr, _IOLBF, 0);
@@ -112,6 +127,41 @@ int main(int argc, char** argv) {
       ->check(CLI::IsMember({"auto", "cpu", "cuda"}));
   sample_cmd->add_flag("--force", sample.force, "replace an existing --out");
 
+  elbo::BenchOptions bench;
+  CLI::App* bench_cmd = app.add_subcommand(
+      "bench", "Training-step throughput, its breakdown, memory and machine, as one JSON object "
+               "(writes nothing); --allreduce: the all-reduce sweep; --roofline: the step's bound");
+  bench_cmd->add_option("config", bench.config_path,
+                        "YAML experiment config, as for train (optional with --allreduce)");
+  bench_cmd->add_option("overrides", bench.overrides, "key.path=value overrides, as for train");
+  bench_cmd->add_option("--warmup-steps", bench.warmup_steps, "untimed steps first")
+      ->capture_default_str()->check(CLI::Range(0, 1 << 24));
+  bench_cmd->add_option("--windows", bench.windows, "timed windows (samples/s: their median)")
+      ->capture_default_str()->check(CLI::Range(1, 1 << 16));
+  bench_cmd->add_option("--window-steps", bench.window_steps, "steps per window")
+      ->capture_default_str()->check(CLI::Range(1, 1 << 24));
+  bench_cmd->add_option("--breakdown-steps", bench.breakdown_steps,
+                        "then steps with each phase timed (on a GPU each phase boundary "
+                        "synchronises the device)")
+      ->capture_default_str()->check(CLI::Range(1, 1 << 24));
+  bench_cmd->add_flag("--roofline", bench.roofline,
+                      "also this machine's sgemm rate on the step's GEMM shapes, its memory "
+                      "bandwidth and the bound they put on the step");
+  bench_cmd->add_flag("--allreduce", bench.allreduce,
+                      "instead, the all-reduce sweep through the data plane's communicator "
+                      "(MPI on CPUs, NCCL on GPUs), nccl-tests' algbw and busbw");
+  const CLI::Validator byte_count(elbo::parse_byte_count, "BYTES");
+  bench_cmd->add_option("--min-bytes", bench.sweep.min_bytes, "--allreduce: smallest message (K/M/G)")
+      ->capture_default_str()->transform(byte_count);
+  bench_cmd->add_option("--max-bytes", bench.sweep.max_bytes, "--allreduce: largest message (K/M/G)")
+      ->capture_default_str()->transform(byte_count);
+  bench_cmd->add_option("--factor", bench.sweep.factor, "--allreduce: size multiplier between rows")
+      ->capture_default_str()->check(CLI::Range(2, 1 << 20));
+  bench_cmd->add_option("--iters", bench.sweep.iters, "--allreduce: timed calls per size")
+      ->capture_default_str()->check(CLI::Range(1, 1 << 30));
+  bench_cmd->add_option("--warmup", bench.sweep.warmup, "--allreduce: untimed calls per size first")
+      ->capture_default_str()->check(CLI::Range(0, 1 << 30));
+
   // CLI11 reports an unknown command as a missing one; name it instead.
   const std::string first = argc > 1 ? argv[1] : "";
   std::string commands;
@@ -137,6 +187,7 @@ int main(int argc, char** argv) {
 
   try {
     if (*train_cmd) return elbo::run_train(train);
+    if (*bench_cmd) return elbo::run_bench(bench);
     if (*prepare_cmd) return elbo::run_prepare(prepare);
     if (*info_cmd) return elbo::run_info(info_path, info_params);
     for (const auto& [cmd, o] : {std::pair{eval_cmd, &eval}, std::pair{encode_cmd, &encode.scoring}})

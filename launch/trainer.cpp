@@ -9,9 +9,11 @@
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
+#include <vector>
 
 #include "core/error.h"
 #include "core/optimizer.h"
@@ -116,9 +118,7 @@ class StepLoop final : public Trainer {
 
   void run(const CheckpointDirectory& checkpoints, MetricsWriter& metrics) override {
     const int64_t steps_per_epoch = train_.size() / global_batch_;  // the tail is dropped
-    // Every rank starts from rank 0's parameters (fresh ones agree already, being drawn from the
-    // seed; the broadcast makes it so whatever a rank's library versions do).
-    comm_.broadcast(vae_.params(), vae_.num_params(), 0);
+    share_parameters();
     if (comm_.rank() == 0) {
       std::printf("elbo: %zu parameters, %lld training samples, %lld steps per epoch\n",
                   vae_.num_params(), static_cast<long long>(train_.size()),
@@ -152,7 +152,74 @@ class StepLoop final : public Trainer {
                   step_ > 0 ? checkpoints.path_for_step(step_).c_str() : "none (no step taken)");
   }
 
+  double run_steps(int64_t steps, StepTimer* timer) override {
+    if (!shared_) share_parameters();
+    const int64_t steps_per_epoch = train_.size() / global_batch_;
+    set_timer(timer);
+    const auto t0 = Clock::now();
+    for (int64_t i = 0; i < steps && !stopping_; ++i) {
+      if (timer_) timer_->start_step();  // all of the step, the loop's own work included
+      if (!bench_loader_ || bench_step_ == steps_per_epoch) {
+        // The loader reads the permutation: it goes first.
+        bench_loader_.reset();
+        bench_perm_ = epoch_permutation(cfg_.seed, ++bench_epoch_, train_.size());
+        bench_step_ = 0;
+        bench_loader_ = std::make_unique<BatchLoader>(0, steps_per_epoch, [this](int64_t s,
+                                                                                HostBatch& batch) {
+          fill_host_batch(train_, {bench_perm_.data() + s * global_batch_ + batch_offset_,
+                                   static_cast<size_t>(batch_)},
+                          static_cast<uint32_t>(bench_epoch_), batch);
+        });
+      }
+      if (stop_agreed()) {  // as training asks every step on a host: its collective counts too
+        stopping_ = true;
+        break;
+      }
+      phase_begin(Phase::DataWait);
+      const HostBatch& batch = bench_loader_->next();
+      phase_end(Phase::DataWait);
+      phase_begin(Phase::Input);
+      const float* x = upload_batch(batch, static_cast<uint32_t>(bench_epoch_), RngStream::Noise,
+                                    true);
+      phase_end(Phase::Input);
+      run_step(x, kl_weight());
+      ++step_;
+      ++bench_step_;
+      samples_seen_ += cfg_.train.batch_size;
+      if (be_.is_host()) read_health({});
+      if (timer_) timer_->end_step();
+    }
+    if (!be_.is_host()) read_health({});  // waits for the device
+    const double seconds = seconds_since(t0);
+    set_timer(nullptr);
+    return seconds;
+  }
+
  private:
+  // Every rank starts from rank 0's parameters (fresh ones agree already, being drawn from the
+  // seed; the broadcast makes it so whatever a rank's library versions do).
+  void share_parameters() {
+    comm_.broadcast(vae_.params(), vae_.num_params(), 0);
+    shared_ = true;
+  }
+
+  // Phase boundaries cost a null check without a timer (training).
+  void phase_begin(Phase p) {
+    if (timer_) timer_->begin(p);
+  }
+  void phase_end(Phase p) {
+    if (timer_) timer_->end(p);
+  }
+  void set_timer(StepTimer* timer) {
+    timer_ = timer;
+    between_passes_ = nullptr;
+    if (timer)
+      between_passes_ = [timer] {
+        timer->end(Phase::Forward);
+        timer->begin(Phase::Backward);
+      };
+  }
+
   bool done() const {
     return stopping_ || (cfg_.train.max_steps > 0 && step_ >= cfg_.train.max_steps);
   }
@@ -299,14 +366,20 @@ class StepLoop final : public Trainer {
   // are, or, with train.cuda_graphs on a device, captured once per input buffer and replayed.
   void run_step(const float* x, double beta) {
     const auto work = [this, x, beta] {
+      phase_begin(Phase::Forward);
       vae_.forward_backward(x, eps_.data(), batch_, static_cast<float>(beta),
-                            1.0f / static_cast<float>(global_batch_));
+                            1.0f / static_cast<float>(global_batch_), between_passes_);
+      phase_end(Phase::Backward);
       be_.accumulate_losses(vae_.recon_per_sample(), vae_.kl_per_sample(), batch_,
                             static_cast<float>(beta), health_.data());
+      phase_begin(Phase::AllReduce);
       comm_.allreduce_sum(vae_.grads(), vae_.num_params());
+      phase_end(Phase::AllReduce);
+      phase_begin(Phase::Optimizer);
       if (cfg_.train.grad_clip > 0)
         clip_grad_norm(be_, vae_.grads(), vae_.num_params(), cfg_.train.grad_clip);
       adam_.step(vae_.params(), vae_.grads(), health_.data() + 4);
+      phase_end(Phase::Optimizer);
     };
     if (!graphs_wanted()) {
       work();
@@ -345,7 +418,7 @@ class StepLoop final : public Trainer {
   // Clipping reads the gradient norm back to the host, which a graph cannot do.
   bool graphs_wanted() const {
     constexpr int64_t kPlainSteps = 3;
-    return cfg_.train.cuda_graphs && !graphs_failed_ && !be_.is_host() &&
+    return cfg_.train.cuda_graphs && !graphs_failed_ && !be_.is_host() && !timer_ &&
            cfg_.train.grad_clip == 0.0 && step_ >= cfg_.train.kl_warmup_steps &&
            plain_steps_ >= kPlainSteps;  // counted in this process: a resumed run warms up too
   }
@@ -471,10 +544,20 @@ class StepLoop final : public Trainer {
   int64_t plain_steps_ = 0;  // steps run without a graph by this process
   DeviceArray health_;           // (5): loss sums [recon, kl, objective, count], gradient flag
   int64_t health_since_ = 0;     // the step health_ was last read at
-  const bool terminal_ = ::isatty(STDOUT_FILENO) == 1;  // progress redrawn in place
+  // Progress redrawn in place on a terminal. Not under an MPI launcher: Open MPI gives each rank
+  // a pseudo-terminal even when mpirun's own output goes to a file, which would then fill with
+  // carriage returns and escape codes; plain periodic lines serve a log and a terminal alike.
+  const bool terminal_ = ::isatty(STDOUT_FILENO) == 1 && mpi_launcher_world_size() == 0;
   int64_t run_first_step_ = 0;
   Clock::time_point run_t0_;
   std::unique_ptr<EpochImages> pictures_;  // rank 0, when the samples are images
+  bool shared_ = false;                    // rank 0's parameters sent to every rank
+  // `elbo bench` (run_steps): the phase timer, and the epoch it is in, with its loader.
+  StepTimer* timer_ = nullptr;
+  std::function<void()> between_passes_;  // ends the forward phase, begins the backward one
+  int64_t bench_epoch_ = 0, bench_step_ = 0;
+  std::vector<int64_t> bench_perm_;
+  std::unique_ptr<BatchLoader> bench_loader_;
 };
 
 }  // namespace

@@ -13,6 +13,7 @@
 #include "io/metrics.h"
 #include "io/shards.h"
 #include "launch/run_directory.h"
+#include "launch/step_timer.h"
 
 namespace elbo {
 
@@ -26,6 +27,11 @@ class Trainer {
   // Trains to train.epochs (or train.max_steps, or a stop signal), writing metrics and
   // checkpoints on rank 0.
   virtual void run(const CheckpointDirectory& checkpoints, MetricsWriter& metrics) = 0;
+  // `elbo bench`: `steps` more steps as training takes them (each epoch's shuffle, the loader
+  // thread, the same step), on from the last call and across epochs, writing nothing; with a
+  // timer, each step's phases are timed (and on a device, graphs stay off). Returns this rank's
+  // seconds for the steps, its device work included.
+  virtual double run_steps(int64_t steps, StepTimer* timer) = 0;
 };
 
 // Whether the ranks agree on the stop flag (one blocking control-plane all-reduce) before the

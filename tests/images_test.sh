@@ -171,6 +171,19 @@ assert [int(s) for s in redraws] == [20, 40, 60], redraws
 assert not re.search(r"^step \d+  loss", tty, re.M), "step records on a terminal"
 assert re.search(r"^step 50  loss [\d.]+  recon", plain, re.M) and "\r" not in plain
 PY
+  # Under mpirun each rank's stdout is a pseudo-terminal even when mpirun writes into a file: the
+  # run must print plain lines, not redraws, into what is most likely a log.
+  if command -v mpirun >/dev/null; then
+    TERM=dumb OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 script -qec \
+      "$(printf '%q ' timeout -k 5 300 mpirun -np 1 "$elbo" train "$configs/smoke.yaml" \
+      "data.train=$work/data/train" data.test=null train.max_steps=60 train.batch_size=512 \
+      train.threads=1 output.log_every=20 output.dir=runs/mpi-tty)" mpi-tty.log >/dev/null 2>&1
+    if grep -aq "^step 60  loss" mpi-tty.log && ! grep -aq $'\e\\[K' mpi-tty.log; then
+      ok "plain progress lines under mpirun"
+    else
+      fail "progress under mpirun"; show mpi-tty.log
+    fi
+  fi
 else
   echo "skip - progress line: no script(1)"
 fi

@@ -16,6 +16,7 @@
 #include "io/files.h"
 #include "io/hdf5.h"
 #include "io/latents.h"
+#include "tests/golden.h"
 
 namespace elbo {
 namespace {
@@ -58,13 +59,9 @@ TEST(IwLogWeight, IsLogPriorMinusLogPosteriorMinusRecon) {
 TEST(ImportanceWeighted, PyTorchGoldenCaseWithItsNoise) {
   const std::string g = "/mlp_relu_bernoulli_iw/";
   const h5::File f = h5::File::open_read(std::string(ELBO_TEST_DATA_DIR) + "/vae_golden_v2.h5");
-  ModelSpec spec;
-  spec.input_dim = static_cast<int>(f.read_int_attribute(g, "D"));
-  spec.latent = static_cast<int>(f.read_int_attribute(g, "latent"));
-  for (double w : f.read_double_array_attribute(g, "encoder")) spec.encoder.push_back(static_cast<int>(w));
-  for (double w : f.read_double_array_attribute(g, "decoder")) spec.decoder.push_back(static_cast<int>(w));
-  ASSERT_EQ(f.read_string_attribute(g, "activation"), "relu");
-  ASSERT_EQ(f.read_string_attribute(g, "likelihood"), "bernoulli");
+  const ModelSpec spec = golden_spec(f, g);
+  ASSERT_EQ(spec.activation, Activation::Relu);
+  ASSERT_EQ(spec.likelihood, Likelihood::Bernoulli);
   const h5::FloatArray x = f.read_floats(g + "x");
   const h5::FloatArray iw_eps = f.read_floats(g + "iw_eps");  // [K, B, L]
   const h5::FloatArray eps = f.read_floats(g + "eps");        // [1, B, L]: the ELBO's noise
@@ -74,12 +71,7 @@ TEST(ImportanceWeighted, PyTorchGoldenCaseWithItsNoise) {
 
   auto be = make_cpu_backend();
   Vae vae(*be, spec, B, 0);
-  std::vector<float> p(vae.num_params());
-  for (const TensorView& t : vae.layout().tensors()) {
-    const h5::FloatArray a = f.read_floats(g + "params/" + t.name);
-    ASSERT_EQ(a.data.size(), t.size()) << t.name;
-    std::copy(a.data.begin(), a.data.end(), p.begin() + static_cast<std::ptrdiff_t>(t.offset));
-  }
+  const std::vector<float> p = golden_params(f, g, vae.layout());
   be->upload(vae.params(), p.data(), p.size());
   DeviceArray xd(*be, x.data.size()), eps_k(*be, static_cast<size_t>(B) * spec.latent);
   be->upload(xd.data(), x.data.data(), x.data.size());
@@ -199,6 +191,45 @@ std::vector<double> estimate(const LinearGaussian& m, const std::vector<float>& 
     return static_cast<const float*>(eps.data());
   }, out.data());
   return out;
+}
+
+// resample() skips the encoder: the per-sample figures must be the bits of a full forward() with
+// the same noise, for an MLP and for a conv model (whose encoder has convolutions to skip).
+TEST(ImportanceWeighted, ResampleGivesTheFiguresOfAFullForward) {
+  for (const bool conv : {false, true}) {
+    ModelSpec spec;
+    if (conv) {
+      spec.type = ModelType::Conv;
+      spec.channels = 1, spec.height = 7, spec.width = 6;
+      spec.conv = ConvSpec{{3}, 3, 2, 1};
+    }
+    spec.input_dim = spec.channels * spec.height * spec.width;
+    spec.encoder = {9};
+    spec.latent = 3;
+    spec.decoder = {8};
+    spec.activation = Activation::Tanh;
+    spec.likelihood = conv ? Likelihood::Bernoulli : Likelihood::GaussianLearned;
+    const int B = 5, D = spec.input_dim, L = spec.latent;
+    auto be = make_cpu_backend();
+    Vae vae(*be, spec, B, 11);
+    std::vector<float> x(static_cast<size_t>(B * D)), eps1(static_cast<size_t>(B * L)),
+        eps2(eps1.size());
+    for (size_t i = 0; i < x.size(); ++i) x[i] = static_cast<float>(i * 37 % 11) / 10.0f;
+    for (size_t i = 0; i < eps1.size(); ++i) {
+      eps1[i] = static_cast<float>(std::sin(1.0 + static_cast<double>(i)));
+      eps2[i] = static_cast<float>(std::cos(2.0 * static_cast<double>(i)));
+    }
+    vae.forward(x.data(), eps2.data(), B);
+    const std::vector<float> recon(vae.recon_per_sample(), vae.recon_per_sample() + B),
+        kl(vae.kl_per_sample(), vae.kl_per_sample() + B);
+    vae.forward(x.data(), eps1.data(), B);
+    ASSERT_NE(vae.recon_per_sample()[0], recon[0]) << "the two noises must differ in effect";
+    vae.resample(x.data(), eps2.data(), B);
+    for (int b = 0; b < B; ++b) {
+      EXPECT_EQ(vae.recon_per_sample()[b], recon[static_cast<size_t>(b)]) << conv << " " << b;
+      EXPECT_EQ(vae.kl_per_sample()[b], kl[static_cast<size_t>(b)]) << conv << " " << b;
+    }
+  }
 }
 
 TEST(ImportanceWeighted, LinearGaussianWithTheTruePosteriorIsExactForAnyK) {

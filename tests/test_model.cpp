@@ -10,6 +10,7 @@
 #include "core/model.h"
 #include "core/optimizer.h"
 #include "io/hdf5.h"
+#include "tests/golden.h"
 
 namespace elbo {
 namespace {
@@ -355,34 +356,6 @@ struct GoldenCase {
 
 class Golden : public ::testing::TestWithParam<GoldenCase> {};
 
-ModelSpec golden_spec(const h5::File& f, const std::string& g) {
-  ModelSpec spec;
-  spec.latent = static_cast<int>(f.read_int_attribute(g, "latent"));
-  for (double w : f.read_double_array_attribute(g, "encoder")) spec.encoder.push_back(static_cast<int>(w));
-  for (double w : f.read_double_array_attribute(g, "decoder")) spec.decoder.push_back(static_cast<int>(w));
-  spec.activation = f.read_string_attribute(g, "activation") == "tanh" ? Activation::Tanh : Activation::Relu;
-  const std::string lik = f.read_string_attribute(g, "likelihood");
-  spec.likelihood = lik == "gaussian"           ? Likelihood::Gaussian
-                    : lik == "gaussian_learned" ? Likelihood::GaussianLearned
-                                                : Likelihood::Bernoulli;
-  if (f.has_attribute(g, "model") && f.read_string_attribute(g, "model") == "conv") {
-    spec.type = ModelType::Conv;
-    const std::vector<double> shape = f.read_double_array_attribute(g, "shape");
-    spec.channels = static_cast<int>(shape.at(0));
-    spec.height = static_cast<int>(shape.at(1));
-    spec.width = static_cast<int>(shape.at(2));
-    spec.input_dim = spec.channels * spec.height * spec.width;
-    spec.conv.channels.clear();
-    for (double c : f.read_double_array_attribute(g, "channels"))
-      spec.conv.channels.push_back(static_cast<int>(c));
-    spec.conv.kernel = static_cast<int>(f.read_int_attribute(g, "kernel"));
-    spec.conv.stride = static_cast<int>(f.read_int_attribute(g, "stride"));
-    spec.conv.padding = static_cast<int>(f.read_int_attribute(g, "padding"));
-  } else {
-    spec.input_dim = static_cast<int>(f.read_int_attribute(g, "D"));
-  }
-  return spec;
-}
 
 TEST_P(Golden, LossGradientsAndOptimizerSteps) {
   const std::string g = std::string("/").append(GetParam().name).append("/");
@@ -397,12 +370,7 @@ TEST_P(Golden, LossGradientsAndOptimizerSteps) {
   configure_cpu_thread(GetParam().threads);
   auto be = make_cpu_backend();
   Vae vae(*be, spec, B, 0);
-  std::vector<float> p(vae.num_params());
-  for (const TensorView& t : vae.layout().tensors()) {
-    const h5::FloatArray a = f.read_floats(g + "params/" + t.name);
-    ASSERT_EQ(a.data.size(), t.size()) << t.name;
-    std::copy(a.data.begin(), a.data.end(), p.begin() + static_cast<std::ptrdiff_t>(t.offset));
-  }
+  const std::vector<float> p = golden_params(f, g, vae.layout());
   be->upload(vae.params(), p.data(), p.size());
 
   // Step-0 loss terms and every gradient of the mean loss.

@@ -5,10 +5,12 @@
 #include <atomic>
 #include <cmath>
 #include <cstring>
+#include <strings.h>
 #if defined(__SSE__)
 #include <xmmintrin.h>
 #endif
 #include <new>
+#include <string>
 
 #include "core/backend.h"
 #include "core/cpu/gemm.h"
@@ -16,6 +18,9 @@
 #include "core/error.h"
 
 extern "C" void openblas_set_num_threads(int) __attribute__((weak));
+extern "C" int openblas_get_num_threads() __attribute__((weak));
+extern "C" char* openblas_get_config() __attribute__((weak));
+extern "C" char* openblas_get_corename(void) __attribute__((weak));
 
 namespace elbo {
 namespace {
@@ -47,8 +52,9 @@ ELBO_CPU_CLONES void loss_rows(const float* out, const float* x, float* dout, fl
     float total = 0.0f;
 #pragma omp simd reduction(+ : total)
     for (int j = 0; j < D; ++j) {
-      const ValueGrad vg = lik == Likelihood::Bernoulli ? bce_with_logits(out[row + j], x[row + j])
-                                                        : gaussian_sq_error(out[row + j], x[row + j]);
+      ValueGrad vg;
+      if constexpr (lik == Likelihood::Bernoulli) vg = bce_with_logits(out[row + j], x[row + j]);
+      else vg = gaussian_sq_error(out[row + j], x[row + j]);
       total += vg.value;
       if constexpr (with_grad) dout[row + j] = grad_scale * vg.grad;
     }
@@ -398,6 +404,29 @@ void configure_cpu_thread(int blas_threads) {
   // figures are unaffected (denormals are below 1.2e-38).
   _mm_setcsr(_mm_getcsr() | 0x8040u);  // FTZ (bit 15) and DAZ (bit 6)
 #endif
+}
+
+std::string blas_description() {
+  if (!openblas_get_config) return "cblas";
+  const std::string config = openblas_get_config();  // "OpenBLAS 0.3.21 DYNAMIC_ARCH ..."
+  return config.rfind("OpenBLAS", 0) == 0 ? config : "OpenBLAS " + config;
+}
+
+int blas_threads() { return openblas_get_num_threads ? openblas_get_num_threads() : 0; }
+
+std::string blas_core_to_request() {
+#if defined(__x86_64__) && defined(__GNUC__)
+  // Weak: absent unless the BLAS is OpenBLAS.
+  if (!openblas_get_corename) return "";
+  const char* core = openblas_get_corename();
+  if (core == nullptr || strcasecmp(core, "prescott") != 0) return "";
+  __builtin_cpu_init();
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
+      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+    return "SkylakeX";
+  if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) return "Haswell";
+#endif
+  return "";
 }
 
 }  // namespace elbo

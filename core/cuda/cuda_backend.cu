@@ -135,6 +135,7 @@ class CudaBackend final : public Backend {
   }
 
   std::string name() const override { return "cuda:" + std::to_string(device_); }
+  void synchronize() override { ELBO_CUDA_CHECK(cudaStreamSynchronize(s())); }
 
   // Thread-local capture: only this thread's work on the stream is recorded. Anything that
   // cannot be captured (a synchronisation, a read-back) makes the capture fail; then the capture

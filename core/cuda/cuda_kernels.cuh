@@ -172,48 +172,49 @@ __global__ void reparameterize_backward(const float* head, const float* eps, con
   }
 }
 
-// recon[B] and, when dout is not null, dout[B,D] = grad_scale * d(recon)/d(out), in one pass.
-// One block per row; launch with kThreadsPerBlock threads.
-template <Likelihood lik>
-__global__ void reconstruction_loss(const float* out, const float* x, float* dout, float* recon,
-                                    int B, int D, float grad_scale) {
+// recon[b] = the sum over j < D of term(b, j) + D per_feature, one block per row (launch with
+// kThreadsPerBlock threads); term also writes the row's gradient when one is asked for. Shared by
+// the likelihoods, which differ only in the term.
+template <typename Term>
+__device__ void row_sums(float* recon, int B, int D, float per_feature, Term term) {
   ELBO_SHARED(float, shared, kThreadsPerBlock);
   const size_t d = static_cast<size_t>(D);
   for (int b = static_cast<int>(blockIdx.x); b < B; b += static_cast<int>(gridDim.x)) {
-    const size_t row = static_cast<size_t>(b) * d;
     float total = 0.0f;
-    for (size_t j = threadIdx.x; j < d; j += blockDim.x) {
-      const ValueGrad vg = lik == Likelihood::Bernoulli
-                               ? bce_with_logits(out[row + j], x[row + j])
-                               : gaussian_sq_error(out[row + j], x[row + j]);
-      total += vg.value;
-      if (dout) dout[row + j] = grad_scale * vg.grad;
-    }
+    for (size_t j = threadIdx.x; j < d; j += blockDim.x) total += term(static_cast<size_t>(b), j);
     total = block_sum(total, shared);
-    if (threadIdx.x == 0)
-      recon[b] = lik == Likelihood::Gaussian ? total + static_cast<float>(D) * kHalfLog2Pi : total;
+    if (threadIdx.x == 0) recon[b] = total + static_cast<float>(D) * per_feature;
   }
+}
+
+// recon[B] and, when dout is not null, dout[B,D] = grad_scale * d(recon)/d(out), in one pass.
+template <Likelihood lik>
+__global__ void reconstruction_loss(const float* out, const float* x, float* dout, float* recon,
+                                    int B, int D, float grad_scale) {
+  const size_t d = static_cast<size_t>(D);
+  row_sums(recon, B, D, lik == Likelihood::Gaussian ? kHalfLog2Pi : 0.0f,
+           [=](size_t b, size_t j) {
+             const size_t i = b * d + j;
+             const ValueGrad vg = lik == Likelihood::Bernoulli ? bce_with_logits(out[i], x[i])
+                                                               : gaussian_sq_error(out[i], x[i]);
+             if (dout) dout[i] = grad_scale * vg.grad;
+             return vg.value;
+           });
 }
 
 // The learned-variance Gaussian: rows of out and dout are [means | log-variances], 2D wide.
 __global__ void learned_gaussian_loss(const float* out, const float* x, float* dout, float* recon,
                                       int B, int D, float grad_scale) {
-  ELBO_SHARED(float, shared, kThreadsPerBlock);
   const size_t d = static_cast<size_t>(D);
-  for (int b = static_cast<int>(blockIdx.x); b < B; b += static_cast<int>(gridDim.x)) {
-    const size_t row = static_cast<size_t>(b) * d;
-    float total = 0.0f;
-    for (size_t j = threadIdx.x; j < d; j += blockDim.x) {
-      const ValueGrad2 vg = gaussian_learned(out[2 * row + j], out[2 * row + d + j], x[row + j]);
-      total += vg.value;
-      if (dout) {
-        dout[2 * row + j] = grad_scale * vg.dmean;
-        dout[2 * row + d + j] = grad_scale * vg.dlogvar;
-      }
+  row_sums(recon, B, D, kHalfLog2Pi, [=](size_t b, size_t j) {
+    const size_t mean = 2 * b * d + j;
+    const ValueGrad2 vg = gaussian_learned(out[mean], out[mean + d], x[b * d + j]);
+    if (dout) {
+      dout[mean] = grad_scale * vg.dmean;
+      dout[mean + d] = grad_scale * vg.dlogvar;
     }
-    total = block_sum(total, shared);
-    if (threadIdx.x == 0) recon[b] = total + static_cast<float>(D) * kHalfLog2Pi;
-  }
+    return vg.value;
+  });
 }
 
 // eps[B,L] for the samples ids[B]. One thread per (sample, group of 4 latents): one Philox draw
