@@ -1,8 +1,7 @@
-// The CPU's GEMMs against sums in double precision: packed_sgemm on its own (every transpose
-// case, sizes that cross each blocking boundary and leave ragged tiles, strides wider than the
-// rows, alpha and beta) and the CPU backend's gemm with one thread and with two. The CPU
-// backend's im2col against its definition and col2im against the sum that defines it, on
-// geometries that take the narrow path and on some that are too wide for it.
+// The CPU backend's primitives against independent sums: gemm against double-precision sums
+// (every transpose case, ragged and blocked sizes, strides wider than the rows, alpha and beta,
+// one BLAS thread and two); im2col against its definition and col2im against the sum that defines
+// it, on geometries that take the narrow AVX-512 path and on some too wide for it.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -10,7 +9,6 @@
 #include <vector>
 
 #include "core/backend.h"
-#include "core/cpu/gemm.h"
 #include "core/cpu/im2col.h"
 #include "core/philox.h"
 
@@ -81,23 +79,12 @@ std::vector<Case> cases() {
     for (bool tb : {false, true}) {
       out.push_back({ta, tb, 1, 1, 1, 1.0f, 0.0f});
       out.push_back({ta, tb, 7, 31, 5, 1.0f, 0.0f});      // smaller than one tile
-      out.push_back({ta, tb, 13, 37, 300, 0.5f, 1.0f});   // K crosses a packed block
+      out.push_back({ta, tb, 13, 37, 300, 0.5f, 1.0f});   // deep K
       out.push_back({ta, tb, 200, 70, 9, -1.5f, 0.25f});  // M crosses a row block
       out.push_back({ta, tb, 9, 3100, 20, 1.0f, 0.0f});   // N crosses a column block, shallow
       out.push_back({ta, tb, 17, 3100, 260, 1.0f, 1.0f});
     }
   return out;
-}
-
-TEST(PackedSgemm, MatchesDoublePrecisionSums) {
-  if (!packed_sgemm_available()) GTEST_SKIP() << "this CPU has no AVX-512F";
-  for (const Case& c : cases()) check(c, packed_sgemm);
-}
-
-TEST(PackedSgemm, ZeroDepthScalesC) {
-  if (!packed_sgemm_available()) GTEST_SKIP() << "this CPU has no AVX-512F";
-  check({false, false, 5, 6, 0, 1.0f, 0.5f}, packed_sgemm);
-  check({false, false, 5, 6, 0, 1.0f, 0.0f}, packed_sgemm);
 }
 
 TEST(CpuBackend, GemmWithOneThreadAndWithTwo) {
@@ -157,7 +144,7 @@ TEST(CpuBackend, Im2colAndCol2imByDefinition) {
     for (size_t i = 0; i < image; ++i)
       ASSERT_NEAR(dimg[i], want_dimg[i], 1e-5) << "col2im, pixel " << i;  // float sums of <= 25
   }
-  if (packed_sgemm_available()) {
+  if (__builtin_cpu_supports("avx512f")) {
     EXPECT_EQ(narrow, 6) << "the narrow path was not taken where expected";
   }
 }

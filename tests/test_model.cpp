@@ -157,7 +157,6 @@ TEST_P(FiniteDifferences, EveryParameterGradient) {
   const ModelSpec spec = fd_spec(GetParam());
   const int B = 4;
   const double beta = 0.7;
-  configure_cpu_thread(1);  // the GEMMs that training with train.threads=1 runs
   auto be = make_cpu_backend();
   Vae vae(*be, spec, B, 42);
 
@@ -351,7 +350,6 @@ TEST(Init, ConvSizesThatCannotBeBuilt) {
 struct GoldenCase {
   const char* file;
   const char* name;
-  int threads = 0;  // BLAS threads: 1 takes the CPU backend's own GEMM where the CPU runs it
 };
 
 class Golden : public ::testing::TestWithParam<GoldenCase> {};
@@ -367,7 +365,6 @@ TEST_P(Golden, LossGradientsAndOptimizerSteps) {
   const int B = static_cast<int>(x.shape[0]);
   const size_t eps_step = static_cast<size_t>(B) * spec.latent;
 
-  configure_cpu_thread(GetParam().threads);
   auto be = make_cpu_backend();
   Vae vae(*be, spec, B, 0);
   const std::vector<float> p = golden_params(f, g, vae.layout());
@@ -430,23 +427,16 @@ TEST_P(Golden, LossGradientsAndOptimizerSteps) {
   }
 }
 
-std::vector<GoldenCase> golden_cases(int threads) {
-  std::vector<GoldenCase> v{{"vae_golden.h5", "mlp_relu_bernoulli"},
-                            {"vae_golden.h5", "tiny_tanh_gaussian"},
-                            {"vae_golden_v2.h5", "conv_relu_bernoulli"},
-                            {"vae_golden_v2.h5", "conv_tanh_gaussian_learned_odd"},
-                            {"vae_golden_v2.h5", "mlp_tanh_gaussian_learned"},
-                            {"vae_golden_v2.h5", "mlp_relu_bernoulli_iw"},
-                            {"vae_golden_v2.h5", "conv_relu_bernoulli_iw"}};
-  for (GoldenCase& c : v) c.threads = threads;
-  return v;
-}
-std::string golden_name(const ::testing::TestParamInfo<GoldenCase>& c) {
-  return std::string(c.param.name);
-}
-INSTANTIATE_TEST_SUITE_P(PyTorchFloat64, Golden, ::testing::ValuesIn(golden_cases(0)), golden_name);
-INSTANTIATE_TEST_SUITE_P(PyTorchFloat64OneThread, Golden, ::testing::ValuesIn(golden_cases(1)),
-                         golden_name);
+INSTANTIATE_TEST_SUITE_P(
+    PyTorchFloat64, Golden,
+    ::testing::Values(GoldenCase{"vae_golden.h5", "mlp_relu_bernoulli"},
+                      GoldenCase{"vae_golden.h5", "tiny_tanh_gaussian"},
+                      GoldenCase{"vae_golden_v2.h5", "conv_relu_bernoulli"},
+                      GoldenCase{"vae_golden_v2.h5", "conv_tanh_gaussian_learned_odd"},
+                      GoldenCase{"vae_golden_v2.h5", "mlp_tanh_gaussian_learned"},
+                      GoldenCase{"vae_golden_v2.h5", "mlp_relu_bernoulli_iw"},
+                      GoldenCase{"vae_golden_v2.h5", "conv_relu_bernoulli_iw"}),
+    [](const ::testing::TestParamInfo<GoldenCase>& c) { return std::string(c.param.name); });
 
 }  // namespace
 }  // namespace elbo

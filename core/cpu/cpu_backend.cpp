@@ -2,7 +2,6 @@
 // elementwise functions of core/elementwise.h.
 #include <cblas.h>
 
-#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <strings.h>
@@ -13,7 +12,6 @@
 #include <string>
 
 #include "core/backend.h"
-#include "core/cpu/gemm.h"
 #include "core/cpu/im2col.h"
 #include "core/error.h"
 
@@ -26,15 +24,6 @@ namespace elbo {
 namespace {
 
 CBLAS_TRANSPOSE to_cblas(Trans t) { return t == Trans::Yes ? CblasTrans : CblasNoTrans; }
-
-// The BLAS thread count configure_cpu_thread was last given (0: the library's default).
-std::atomic<int> blas_thread_count{0};
-
-// One thread's GEMMs go to packed_sgemm where the CPU runs it: it is as fast as a BLAS that knows
-// the CPU and does not depend on the BLAS recognising it. More threads stay with the BLAS.
-bool use_packed_sgemm() {
-  return blas_thread_count.load(std::memory_order_relaxed) == 1 && packed_sgemm_available();
-}
 
 // The hot loops are compiled twice, for baseline x86-64 and for AVX2+FMA (x86-64-v3), and the
 // loader picks the one the CPU supports: twice the vector width without giving up portability.
@@ -177,12 +166,8 @@ class CpuBackend final : public Backend {
 
   void gemm(Trans ta, Trans tb, int M, int N, int K, float alpha, const float* A, int lda,
             const float* B, int ldb, float beta, float* C, int ldc) override {
-    if (use_packed_sgemm())
-      packed_sgemm(ta == Trans::Yes, tb == Trans::Yes, M, N, K, alpha, A, lda, B, ldb, beta, C,
-                   ldc);
-    else
-      cblas_sgemm(CblasRowMajor, to_cblas(ta), to_cblas(tb), M, N, K, alpha, A, lda, B, ldb, beta,
-                  C, ldc);
+    cblas_sgemm(CblasRowMajor, to_cblas(ta), to_cblas(tb), M, N, K, alpha, A, lda, B, ldb, beta, C,
+                ldc);
   }
 
   void bias_activation(float* y, const float* bias, int B, int N, Activation act) override {
@@ -397,7 +382,6 @@ std::unique_ptr<Backend> make_cpu_backend(size_t conv_col_floats) {
 void configure_cpu_thread(int blas_threads) {
   // Weak, so that any CBLAS links; OpenBLAS provides it, other vendors read their own variables.
   if (blas_threads > 0 && openblas_set_num_threads) openblas_set_num_threads(blas_threads);
-  blas_thread_count.store(blas_threads, std::memory_order_relaxed);
 #if defined(__SSE__)
   // Flush denormals to zero: Adam's moments of gradients that stay zero decay into the denormal
   // range within a few hundred steps, and denormal arithmetic is many times slower. Training

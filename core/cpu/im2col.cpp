@@ -2,8 +2,6 @@
 
 #include <cstddef>
 
-#include "core/cpu/gemm.h"
-
 #if defined(__x86_64__) && defined(__GNUC__)
 #include <immintrin.h>
 #define ELBO_NARROW_CONV 1
@@ -27,7 +25,8 @@ int image_x(const ConvShape& g, int ox, int j) { return ox * g.stride + j - g.pa
 }  // namespace
 
 bool narrow_conv_available(const ConvShape& g) {
-  return g.width <= 32 && g.out_w <= 16 && g.kernel <= kMaxKernel && packed_sgemm_available();
+  static const bool avx512 = __builtin_cpu_supports("avx512f");
+  return g.width <= 32 && g.out_w <= 16 && g.kernel <= kMaxKernel && avx512;
 }
 
 __attribute__((target("avx512f"))) void narrow_im2col(const float* image, float* col, int B,
