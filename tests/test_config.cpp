@@ -695,4 +695,22 @@ TEST_F(ConfigTest, BooleansAreTrueOrFalse) {
   }
 }
 
+// Every config we ship loads, and the ones documents quote say what the documents say.
+TEST(ShippedConfigs, AllLoad) {
+  int n = 0;
+  for (const auto& entry : std::filesystem::directory_iterator(ELBO_CONFIGS_DIR)) {
+    if (entry.path().extension() != ".yaml") continue;
+    ++n;
+    EXPECT_NO_THROW(elbo::load_config(entry.path().string())) << entry.path();
+  }
+  EXPECT_GE(n, 3);
+  const elbo::Config bin =
+      elbo::load_config(std::string(ELBO_CONFIGS_DIR) + "/fashion_mnist_binarized.yaml");
+  EXPECT_EQ(bin.data.binarize, elbo::Binarize::Dynamic);
+  EXPECT_EQ(bin.model.likelihood, elbo::Likelihood::Bernoulli);
+  EXPECT_EQ(bin.model.encoder, (std::vector<int>{512, 512}));
+  EXPECT_EQ(bin.model.latent, 32);
+  EXPECT_EQ(bin.train.kl_warmup_steps, 4690);  // as docs/LIKELIHOOD.md says
+}
+
 }  // namespace
