@@ -16,7 +16,7 @@ namespace {
 constexpr int kMaxKernel = 16;
 
 __mmask16 low_bits(int n) {
-  return n >= 16 ? __mmask16(0xffff) : n <= 0 ? 0 : __mmask16((1u << n) - 1);
+  return static_cast<__mmask16>(n >= 16 ? 0xffffu : n <= 0 ? 0u : (1u << n) - 1u);
 }
 
 // Column offset j of the window: grid column ox reads image column ox stride + j - padding.
