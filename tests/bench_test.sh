@@ -82,6 +82,25 @@ run_bench two "${mpi[@]}" -np 2 "$elbo" bench "$configs/fashion_mnist.yaml" "${d
   output.dir=runs/existing "${short[@]}"
 check_step two.json 2
 
+# The BLAS kernels elbo ran with (machine.blas), from one.json, with the environment as it was
+# given: a user's OPENBLAS_CORETYPE is what OpenBLAS runs; unset, on a CPU with AVX-512 or AVX2,
+# OpenBLAS must not run its generic Prescott kernels (elbo restarts itself with the CPU's when
+# the library does not know the CPU; core/backend.h, blas_core_to_request).
+if "$PY" - one.json "${OPENBLAS_CORETYPE:-}" <<'PY'; then ok "BLAS kernels: the CPU's, or the user's choice"; else fail "BLAS kernels"; show one.json; fi
+import json, sys
+blas, chosen = json.load(open(sys.argv[1]))["machine"]["blas"], sys.argv[2]
+if not blas.startswith("OpenBLAS") or "DYNAMIC_ARCH" not in blas:
+    print("not an OpenBLAS that picks kernels at run time:", blas); sys.exit(0)
+if chosen:
+    assert chosen.lower() in blas.lower(), (chosen, blas)
+else:
+    flags = set()
+    for line in open("/proc/cpuinfo"):
+        if line.startswith("flags"): flags = set(line.split(":", 1)[1].split()); break
+    able = {"avx512f", "avx512bw", "avx512dq", "avx512vl"} <= flags or {"avx2", "fma"} <= flags
+    assert not able or "prescott" not in blas.lower(), blas
+PY
+
 # check_sweep <json> <ranks>: every size correct; algbw = bytes / time, busbw = algbw 2(n-1)/n.
 check_sweep() {
   if "$PY" - "$@" <<'PY'; then ok "bench --allreduce, $2 rank(s): nccl-tests figures"; else fail "bench --allreduce, $2 rank(s)"; show "$1"; fi
