@@ -136,6 +136,89 @@ class Backend {
                                  float* acc) = 0;
 };
 
+// Passes every call to an inner backend. Wrappers that observe a backend (the roofline's
+// recorder, the tests' counters, a CPU that pretends to capture) derive from it and override only
+// what they watch, so that a primitive added to Backend reaches them all.
+class ForwardingBackend : public Backend {
+ public:
+  explicit ForwardingBackend(Backend& inner) : in_(inner) {}
+  std::string name() const override { return in_.name(); }
+  std::unique_ptr<CapturedWork> capture(const std::function<void()>& work) override {
+    return in_.capture(work);
+  }
+  bool is_host() const override { return in_.is_host(); }
+  size_t conv_col_floats() const override { return in_.conv_col_floats(); }
+  void synchronize() override { in_.synchronize(); }
+  float* allocate(size_t n) override { return in_.allocate(n); }
+  void deallocate(float* p) noexcept override { in_.deallocate(p); }
+  void upload(float* d, const float* s, size_t n) override { in_.upload(d, s, n); }
+  void download(float* d, const float* s, size_t n) override { in_.download(d, s, n); }
+  void upload_input(float* d, const float* s, size_t n) override { in_.upload_input(d, s, n); }
+  void fill_zero(float* p, size_t n) override { in_.fill_zero(p, n); }
+  void gemm(Trans ta, Trans tb, int M, int N, int K, float alpha, const float* A, int lda,
+            const float* B, int ldb, float beta, float* C, int ldc) override {
+    in_.gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+  }
+  void bias_activation(float* y, const float* bias, int B, int N, Activation act) override {
+    in_.bias_activation(y, bias, B, N, act);
+  }
+  void activation_backward(float* dy, const float* y, float* dbias, int B, int N,
+                           Activation act) override {
+    in_.activation_backward(dy, y, dbias, B, N, act);
+  }
+  void im2col(const float* image, float* col, int B, const ConvShape& g) override {
+    in_.im2col(image, col, B, g);
+  }
+  void col2im(const float* col, float* image, int B, const ConvShape& g) override {
+    in_.col2im(col, image, B, g);
+  }
+  void transpose_outer(const float* src, float* dst, int I, int J, int N) override {
+    in_.transpose_outer(src, dst, I, J, N);
+  }
+  void channel_bias_activation(float* y, const float* bias, int B, int C, int N,
+                               Activation act) override {
+    in_.channel_bias_activation(y, bias, B, C, N, act);
+  }
+  void channel_activation_backward(float* dy, const float* y, float* dbias, int B, int C, int N,
+                                   Activation act) override {
+    in_.channel_activation_backward(dy, y, dbias, B, C, N, act);
+  }
+  void reparameterize(const float* head, const float* eps, float* z, float* kl, int B,
+                      int L) override {
+    in_.reparameterize(head, eps, z, kl, B, L);
+  }
+  void reparameterize_backward(const float* head, const float* eps, const float* dz, float* dhead,
+                               int B, int L, float kl_weight) override {
+    in_.reparameterize_backward(head, eps, dz, dhead, B, L, kl_weight);
+  }
+  void reconstruction_loss(const float* out, const float* x, float* dout, float* recon, int B,
+                           int D, Likelihood lik, float grad_scale) override {
+    in_.reconstruction_loss(out, x, dout, recon, B, D, lik, grad_scale);
+  }
+  void fill_noise(float* eps, std::span<const uint32_t> ids, int L, RngKey key, uint32_t c2,
+                  RngStream stream) override {
+    in_.fill_noise(eps, ids, L, key, c2, stream);
+  }
+  double sum(const float* v, size_t n) override { return in_.sum(v, n); }
+  double sum_of_squares(const float* v, size_t n) override { return in_.sum_of_squares(v, n); }
+  bool all_finite(const float* v, size_t n) override { return in_.all_finite(v, n); }
+  void scale(float* v, size_t n, float s) override { in_.scale(v, n, s); }
+  void adam_step(float* params, const float* grads, float* m, float* v, size_t n,
+                 const AdamHyper& h, float* counter, float* nonfinite) override {
+    in_.adam_step(params, grads, m, v, n, h, counter, nonfinite);
+  }
+  void accumulate_losses(const float* recon, const float* kl, int B, float beta,
+                         float* acc) override {
+    in_.accumulate_losses(recon, kl, B, beta, acc);
+  }
+
+ protected:
+  Backend& inner() { return in_; }
+
+ private:
+  Backend& in_;
+};
+
 // Owning array in a backend's memory.
 class DeviceArray {
  public:

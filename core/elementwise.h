@@ -177,16 +177,8 @@ ELBO_HD AdamConstants adam_constants(const AdamHyper& h, int32_t t) {
 }
 
 // The optimizer's step counter lives in backend memory as an int32 in a float's bits.
-ELBO_HD int32_t counter_value(float stored) {
-  int32_t v;
-  memcpy(&v, &stored, sizeof v);
-  return v;
-}
-ELBO_HD float counter_storage(int32_t v) {
-  float f;
-  memcpy(&f, &v, sizeof f);
-  return f;
-}
+ELBO_HD int32_t counter_value(float stored) { return bits_of(stored); }
+ELBO_HD float counter_storage(int32_t v) { return float_of(v); }
 
 // One element of the update, branch-free so that it vectorises.
 ELBO_HD void adam_update(float& p, float g, float& m, float& v, const AdamConstants& c) {

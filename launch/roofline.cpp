@@ -16,111 +16,102 @@ namespace {
 constexpr double kF = sizeof(float);
 
 // Forwards every call to the inner backend; notes each GEMM's shape and each other call's bytes.
-class RecordingBackend final : public Backend {
+class RecordingBackend final : public ForwardingBackend {
  public:
-  explicit RecordingBackend(Backend& inner) : in_(inner) {}
+  explicit RecordingBackend(Backend& inner) : ForwardingBackend(inner) {}
   StepWork work;
   bool optimizer = false;  // the calls that follow belong to the optimizer
 
-  std::string name() const override { return in_.name(); }
-  bool is_host() const override { return in_.is_host(); }
-  void synchronize() override { in_.synchronize(); }
-  float* allocate(size_t n) override { return in_.allocate(n); }
-  void deallocate(float* p) noexcept override { in_.deallocate(p); }
-  void upload(float* d, const float* s, size_t n) override { in_.upload(d, s, n); }
-  void download(float* d, const float* s, size_t n) override { in_.download(d, s, n); }
-  void upload_input(float* d, const float* s, size_t n) override { in_.upload_input(d, s, n); }
   void fill_zero(float* p, size_t n) override {
     note(static_cast<double>(n));
-    in_.fill_zero(p, n);
+    inner().fill_zero(p, n);
   }
   void gemm(Trans ta, Trans tb, int M, int N, int K, float alpha, const float* A, int lda,
             const float* B, int ldb, float beta, float* C, int ldc) override {
     work.gemms.push_back(GemmShape{ta, tb, M, N, K});
-    in_.gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    inner().gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   }
   void bias_activation(float* y, const float* bias, int B, int N, Activation act) override {
     note(2.0 * B * N + N);
-    in_.bias_activation(y, bias, B, N, act);
+    inner().bias_activation(y, bias, B, N, act);
   }
   void activation_backward(float* dy, const float* y, float* dbias, int B, int N,
                            Activation act) override {
     note(3.0 * B * N + N);
-    in_.activation_backward(dy, y, dbias, B, N, act);
+    inner().activation_backward(dy, y, dbias, B, N, act);
   }
   void im2col(const float* image, float* col, int B, const ConvShape& g) override {
     note(double(B) * g.channels * g.image() + double(B) * g.col_rows() * g.grid());
-    in_.im2col(image, col, B, g);
+    inner().im2col(image, col, B, g);
   }
   void col2im(const float* col, float* image, int B, const ConvShape& g) override {
     note(double(B) * g.channels * g.image() + double(B) * g.col_rows() * g.grid());
-    in_.col2im(col, image, B, g);
+    inner().col2im(col, image, B, g);
   }
   void transpose_outer(const float* src, float* dst, int I, int J, int N) override {
     note(2.0 * I * J * N);
-    in_.transpose_outer(src, dst, I, J, N);
+    inner().transpose_outer(src, dst, I, J, N);
   }
   void channel_bias_activation(float* y, const float* bias, int B, int C, int N,
                                Activation act) override {
     note(2.0 * B * C * N + C);
-    in_.channel_bias_activation(y, bias, B, C, N, act);
+    inner().channel_bias_activation(y, bias, B, C, N, act);
   }
   void channel_activation_backward(float* dy, const float* y, float* dbias, int B, int C, int N,
                                    Activation act) override {
     note(3.0 * B * C * N + C);
-    in_.channel_activation_backward(dy, y, dbias, B, C, N, act);
+    inner().channel_activation_backward(dy, y, dbias, B, C, N, act);
   }
   void reparameterize(const float* head, const float* eps, float* z, float* kl, int B,
                       int L) override {
     note(4.0 * B * L + B);  // head [B, 2L] and eps in, z and kl out
-    in_.reparameterize(head, eps, z, kl, B, L);
+    inner().reparameterize(head, eps, z, kl, B, L);
   }
   void reparameterize_backward(const float* head, const float* eps, const float* dz, float* dhead,
                                int B, int L, float kl_weight) override {
     note(6.0 * B * L);  // head, eps and dz in, dhead [B, 2L] out
-    in_.reparameterize_backward(head, eps, dz, dhead, B, L, kl_weight);
+    inner().reparameterize_backward(head, eps, dz, dhead, B, L, kl_weight);
   }
   void reconstruction_loss(const float* out, const float* x, float* dout, float* recon, int B,
                            int D, Likelihood lik, float grad_scale) override {
     const double W = lik == Likelihood::GaussianLearned ? 2.0 * D : D;
     note(double(B) * W + double(B) * D + (dout ? double(B) * W : 0.0) + B);
-    in_.reconstruction_loss(out, x, dout, recon, B, D, lik, grad_scale);
+    inner().reconstruction_loss(out, x, dout, recon, B, D, lik, grad_scale);
   }
   void fill_noise(float* eps, std::span<const uint32_t> ids, int L, RngKey key, uint32_t c2,
                   RngStream stream) override {
     note(double(ids.size()) * L);
-    in_.fill_noise(eps, ids, L, key, c2, stream);
+    inner().fill_noise(eps, ids, L, key, c2, stream);
   }
   double sum(const float* v, size_t n) override {
     note(static_cast<double>(n));
-    return in_.sum(v, n);
+    return inner().sum(v, n);
   }
   double sum_of_squares(const float* v, size_t n) override {
     note(static_cast<double>(n));
-    return in_.sum_of_squares(v, n);
+    return inner().sum_of_squares(v, n);
   }
   bool all_finite(const float* v, size_t n) override {
     note(static_cast<double>(n));
-    return in_.all_finite(v, n);
+    return inner().all_finite(v, n);
   }
   void scale(float* v, size_t n, float s) override {
     note(2.0 * static_cast<double>(n));
-    in_.scale(v, n, s);
+    inner().scale(v, n, s);
   }
   void adam_step(float* params, const float* grads, float* m, float* v, size_t n,
                  const AdamHyper& h, float* counter, float* nonfinite) override {
     note(7.0 * static_cast<double>(n));  // params, grads, m, v in; params, m, v out
-    in_.adam_step(params, grads, m, v, n, h, counter, nonfinite);
+    inner().adam_step(params, grads, m, v, n, h, counter, nonfinite);
   }
   void accumulate_losses(const float* recon, const float* kl, int B, float beta,
                          float* acc) override {
     note(2.0 * B + 8);
-    in_.accumulate_losses(recon, kl, B, beta, acc);
+    inner().accumulate_losses(recon, kl, B, beta, acc);
   }
 
  private:
   void note(double floats) { (optimizer ? work.optimizer_bytes : work.elementwise_bytes) += kF * floats; }
-  Backend& in_;
 };
 
 using Clock = std::chrono::steady_clock;

@@ -18,76 +18,21 @@ namespace elbo {
 namespace {
 
 // Forwards to the CPU backend and keeps the GEMMs' shapes, nothing else.
-class GemmCounter final : public Backend {
+class GemmCounter final : public ForwardingBackend {
  public:
+  using ForwardingBackend::ForwardingBackend;
   std::vector<GemmShape> gemms;
-  std::string name() const override { return "counter"; }
-  bool is_host() const override { return true; }
-  float* allocate(size_t n) override { return cpu_->allocate(n); }
-  void deallocate(float* p) noexcept override { cpu_->deallocate(p); }
-  void upload(float* d, const float* s, size_t n) override { cpu_->upload(d, s, n); }
-  void download(float* d, const float* s, size_t n) override { cpu_->download(d, s, n); }
-  void upload_input(float* d, const float* s, size_t n) override { cpu_->upload_input(d, s, n); }
-  void fill_zero(float* p, size_t n) override { cpu_->fill_zero(p, n); }
   void gemm(Trans ta, Trans tb, int M, int N, int K, float alpha, const float* A, int lda,
             const float* B, int ldb, float beta, float* C, int ldc) override {
     gemms.push_back({ta, tb, M, N, K});
-    cpu_->gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    inner().gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
   }
-  void bias_activation(float* y, const float* b, int B, int N, Activation a) override {
-    cpu_->bias_activation(y, b, B, N, a);
-  }
-  void activation_backward(float* dy, const float* y, float* db, int B, int N,
-                           Activation a) override {
-    cpu_->activation_backward(dy, y, db, B, N, a);
-  }
-  void im2col(const float* i, float* c, int B, const ConvShape& g) override { cpu_->im2col(i, c, B, g); }
-  void col2im(const float* c, float* i, int B, const ConvShape& g) override { cpu_->col2im(c, i, B, g); }
-  void transpose_outer(const float* s, float* d, int I, int J, int N) override {
-    cpu_->transpose_outer(s, d, I, J, N);
-  }
-  void channel_bias_activation(float* y, const float* b, int B, int C, int N,
-                               Activation a) override {
-    cpu_->channel_bias_activation(y, b, B, C, N, a);
-  }
-  void channel_activation_backward(float* dy, const float* y, float* db, int B, int C, int N,
-                                   Activation a) override {
-    cpu_->channel_activation_backward(dy, y, db, B, C, N, a);
-  }
-  void reparameterize(const float* h, const float* e, float* z, float* kl, int B, int L) override {
-    cpu_->reparameterize(h, e, z, kl, B, L);
-  }
-  void reparameterize_backward(const float* h, const float* e, const float* dz, float* dh, int B,
-                               int L, float w) override {
-    cpu_->reparameterize_backward(h, e, dz, dh, B, L, w);
-  }
-  void reconstruction_loss(const float* o, const float* x, float* d, float* r, int B, int D,
-                           Likelihood l, float s) override {
-    cpu_->reconstruction_loss(o, x, d, r, B, D, l, s);
-  }
-  void fill_noise(float* e, std::span<const uint32_t> ids, int L, RngKey k, uint32_t c2,
-                  RngStream s) override {
-    cpu_->fill_noise(e, ids, L, k, c2, s);
-  }
-  double sum(const float* v, size_t n) override { return cpu_->sum(v, n); }
-  double sum_of_squares(const float* v, size_t n) override { return cpu_->sum_of_squares(v, n); }
-  bool all_finite(const float* v, size_t n) override { return cpu_->all_finite(v, n); }
-  void scale(float* v, size_t n, float s) override { cpu_->scale(v, n, s); }
-  void adam_step(float* p, const float* g, float* m, float* v, size_t n, const AdamHyper& h,
-                 float* c, float* nf) override {
-    cpu_->adam_step(p, g, m, v, n, h, c, nf);
-  }
-  void accumulate_losses(const float* r, const float* k, int B, float beta, float* acc) override {
-    cpu_->accumulate_losses(r, k, B, beta, acc);
-  }
-
- private:
-  std::unique_ptr<Backend> cpu_ = make_cpu_backend();
 };
 
 // The GEMMs one forward_backward of the model issues, counted on the CPU backend.
 std::vector<GemmShape> counted_gemms(const ModelSpec& spec, int B) {
-  GemmCounter counter;
+  const auto cpu = make_cpu_backend();
+  GemmCounter counter(*cpu);
   Vae vae(counter, spec, B, 3);
   DeviceArray x(counter, static_cast<size_t>(B) * spec.input_dim), eps(counter, static_cast<size_t>(B) * spec.latent);
   counter.fill_zero(x.data(), x.size());

@@ -284,9 +284,12 @@ class ThreadRank final : public Communicator {
 // A "device" that computes on the CPU: its memory is not host memory as far as the training loop
 // knows (so it reads health at log points only and may capture), and capture records the work
 // without running it, as CUDA does, or fails when told to.
-class CapturingCpu final : public Backend {
+struct OwnsCpu {  // a base, so that the CPU backend exists before ForwardingBackend takes it
+  std::unique_ptr<Backend> cpu = make_cpu_backend();
+};
+class CapturingCpu final : private OwnsCpu, public ForwardingBackend {
  public:
-  explicit CapturingCpu(bool capture_fails) : cpu_(make_cpu_backend()), fails_(capture_fails) {}
+  explicit CapturingCpu(bool capture_fails) : ForwardingBackend(*cpu), fails_(capture_fails) {}
   int captures = 0, replays = 0;
 
   std::string name() const override { return "capturing-cpu"; }
@@ -308,73 +311,7 @@ class CapturingCpu final : public Backend {
     return recorded;
   }
 
-  float* allocate(size_t n) override { return cpu_->allocate(n); }
-  void deallocate(float* p) noexcept override { cpu_->deallocate(p); }
-  void upload(float* dst, const float* src, size_t n) override { cpu_->upload(dst, src, n); }
-  void download(float* dst, const float* src, size_t n) override { cpu_->download(dst, src, n); }
-  void upload_input(float* dst, const float* src, size_t n) override {
-    cpu_->upload_input(dst, src, n);
-  }
-  void fill_zero(float* p, size_t n) override { cpu_->fill_zero(p, n); }
-  void gemm(Trans ta, Trans tb, int M, int N, int K, float alpha, const float* A, int lda,
-            const float* B, int ldb, float beta, float* C, int ldc) override {
-    cpu_->gemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
-  }
-  void bias_activation(float* y, const float* bias, int B, int N, Activation act) override {
-    cpu_->bias_activation(y, bias, B, N, act);
-  }
-  void activation_backward(float* dy, const float* y, float* dbias, int B, int N,
-                           Activation act) override {
-    cpu_->activation_backward(dy, y, dbias, B, N, act);
-  }
-  void im2col(const float* image, float* col, int B, const ConvShape& g) override {
-    cpu_->im2col(image, col, B, g);
-  }
-  void col2im(const float* col, float* image, int B, const ConvShape& g) override {
-    cpu_->col2im(col, image, B, g);
-  }
-  void transpose_outer(const float* src, float* dst, int I, int J, int N) override {
-    cpu_->transpose_outer(src, dst, I, J, N);
-  }
-  void channel_bias_activation(float* y, const float* bias, int B, int C, int N,
-                               Activation act) override {
-    cpu_->channel_bias_activation(y, bias, B, C, N, act);
-  }
-  void channel_activation_backward(float* dy, const float* y, float* dbias, int B, int C, int N,
-                                   Activation act) override {
-    cpu_->channel_activation_backward(dy, y, dbias, B, C, N, act);
-  }
-  void reparameterize(const float* head, const float* eps, float* z, float* kl, int B,
-                      int L) override {
-    cpu_->reparameterize(head, eps, z, kl, B, L);
-  }
-  void reparameterize_backward(const float* head, const float* eps, const float* dz,
-                               float* dhead, int B, int L, float kl_weight) override {
-    cpu_->reparameterize_backward(head, eps, dz, dhead, B, L, kl_weight);
-  }
-  void reconstruction_loss(const float* out, const float* x, float* dout, float* recon, int B,
-                           int D, Likelihood lik, float grad_scale) override {
-    cpu_->reconstruction_loss(out, x, dout, recon, B, D, lik, grad_scale);
-  }
-  void fill_noise(float* eps, std::span<const uint32_t> ids, int L, RngKey key, uint32_t c2,
-                  RngStream stream) override {
-    cpu_->fill_noise(eps, ids, L, key, c2, stream);
-  }
-  double sum(const float* v, size_t n) override { return cpu_->sum(v, n); }
-  double sum_of_squares(const float* v, size_t n) override { return cpu_->sum_of_squares(v, n); }
-  bool all_finite(const float* v, size_t n) override { return cpu_->all_finite(v, n); }
-  void scale(float* v, size_t n, float s) override { cpu_->scale(v, n, s); }
-  void adam_step(float* params, const float* grads, float* m, float* v, size_t n,
-                 const AdamHyper& h, float* counter, float* nonfinite) override {
-    cpu_->adam_step(params, grads, m, v, n, h, counter, nonfinite);
-  }
-  void accumulate_losses(const float* recon, const float* kl, int B, float beta,
-                         float* acc) override {
-    cpu_->accumulate_losses(recon, kl, B, beta, acc);
-  }
-
  private:
-  std::unique_ptr<Backend> cpu_;
   bool fails_;
 };
 
