@@ -2,8 +2,8 @@
 // checkpoints, and the one-line BadInput error each broken user file gives.
 #include <gtest/gtest.h>
 #include <signal.h>
-#include <sys/wait.h>
 #include <sys/stat.h>
+#include <sys/wait.h>
 #include <unistd.h>
 #include <zlib.h>
 
@@ -18,9 +18,9 @@
 #include "core/error.h"
 #include "core/model.h"
 #include "io/checkpoint.h"
+#include "io/config.h"
 #include "io/directory_lock.h"
 #include "io/files.h"
-#include "io/config.h"
 #include "io/hdf5.h"
 #include "io/idx.h"
 #include "io/shards.h"
@@ -499,6 +499,48 @@ TEST_F(IoTest, ShardCorruptChunkNamesTheRow) {
       {"cannot read the dataset: filter returned failure during read", "(" + p + ":/x)"});
 }
 
+// An unfiltered chunk whose stored size in the chunk index (a version-1 B-tree here) is not one
+// chunk's bytes: 16 where 2 x 2 x 2 uint8 take 8, at the address of the superblock, found by the
+// fuzzer. HDF5 1.10.8 reads it into a buffer of one chunk and copies past its end. Refused when
+// the dataset is opened, by every reader.
+TEST_F(IoTest, ShardUnfilteredChunkOfTheWrongSizeIsRefused) {
+  const std::string p = path("s.h5");
+  std::filesystem::copy_file(
+      std::string(ELBO_TEST_DATA_DIR) +
+          "/../fuzz/regressions/shard/hdf5-unfiltered-chunk-larger-than-chunk",
+      p);
+  const std::vector<std::string> why{"the dataset's 3 chunks are stored in 16 bytes, not 8 each",
+                                     "is the file corrupt? (" + p + ":/x)"};
+  expect_bad_input([&] { ShardedDataset::open(dir_.string()); }, why);
+  expect_bad_input([&] { h5::File::open_read(p).read_floats("/x"); }, why);
+}
+
+// Valid unfiltered chunked shards pass the same check: a partial edge chunk (100 rows in chunks
+// of 16) and a sparse one (no chunk written).
+TEST_F(IoTest, ShardUnfilteredChunksOfTheRightSizePass) {
+  using namespace elbo_test;
+  for (const Storage s : {Storage::Sparse, Storage::Contiguous}) {
+    const std::string p = path(s == Storage::Sparse ? "sparse.h5" : "plain.h5");
+    write_fixture_shard(p, true, 100, 16, s);
+    EXPECT_EQ(h5::File::open_read(p).read_floats("/x").data.size(), 1600u) << p;
+  }
+  const std::string p = path("edge.h5");
+  {
+    h5::File f = h5::File::create(p);
+    const hsize_t dims[2] = {100, 3}, chunk[2] = {16, 2};  // edge chunks along both dimensions
+    h5::Handle dcpl(H5Pcreate(H5P_DATASET_CREATE), h5::Handle::Type::PropList);
+    ASSERT_GE(H5Pset_chunk(dcpl.get(), 2, chunk), 0);
+    h5::Handle space(H5Screate_simple(2, dims, nullptr), h5::Handle::Type::Dataspace);
+    h5::Handle ds(
+        H5Dcreate2(f.id(), "x", H5T_IEEE_F32LE, space.get(), H5P_DEFAULT, dcpl.get(), H5P_DEFAULT),
+        h5::Handle::Type::Dataset);
+    std::vector<float> v(300);
+    for (size_t i = 0; i < v.size(); ++i) v[i] = static_cast<float>(i) / 300.0f;
+    ASSERT_GE(H5Dwrite(ds.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, v.data()), 0);
+  }
+  EXPECT_EQ(h5::File::open_read(p).read_floats("/x").data[299], 299.0f / 300.0f);
+}
+
 // ---- IDX ----------------------------------------------------------------------------------------
 
 namespace {
@@ -649,12 +691,14 @@ TEST_F(IoTest, PrepareFromIdxClearsStaleTemporaries) {
   std::vector<std::string> names;
   for (const auto& e : fs::directory_iterator(out)) names.push_back(e.path().filename().string());
   std::sort(names.begin(), names.end());
-  EXPECT_EQ(names, (std::vector<std::string>{".elbo.lock", "notes.h5.tmp", "shard-00000-of-00002.h5",
-                                             "shard-00001-of-00002.h5"}));
+  EXPECT_EQ(names,
+            (std::vector<std::string>{".elbo.lock", "notes.h5.tmp", "shard-00000-of-00002.h5",
+                                      "shard-00001-of-00002.h5"}));
   EXPECT_EQ(ShardedDataset::open(out).size(), 4);
 }
 
-// ---- whole-file writes and directory locks --------------------------------------------------------
+// ---- whole-file writes and directory locks
+// --------------------------------------------------------
 
 TEST_F(IoTest, WriteFileAtomicallyReplacesTheFileAndLeavesNoTemporary) {
   write_file_atomically(path("f"), "one", "the file");
@@ -692,7 +736,8 @@ TEST_F(IoTest, FileErrorsNameTheTargetAndTheCause) {
     throw_file_error("write", "the checkpoint", "/runs/a/step.h5", ENOSPC);
   } catch (const Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::Internal);  // the machine's fault: exit 1
-    EXPECT_STREQ(e.what(), "cannot write the checkpoint: No space left on device (/runs/a/step.h5)");
+    EXPECT_STREQ(e.what(),
+                 "cannot write the checkpoint: No space left on device (/runs/a/step.h5)");
   }
 }
 
@@ -889,7 +934,8 @@ TEST_F(IoTest, CheckpointCreateFailureIsInternal) {
   } catch (const Error& e) {
     std::string msg = e.what();
     EXPECT_EQ(e.kind(), ErrorKind::Internal) << msg;
-    EXPECT_EQ(msg, "cannot create the checkpoint: " + std::string(std::strerror(ENOENT)) + " (" + p + ")");
+    EXPECT_EQ(msg, "cannot create the checkpoint: " + std::string(std::strerror(ENOENT)) + " (" +
+                       p + ")");
   }
 }
 
