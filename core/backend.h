@@ -121,6 +121,10 @@ class Backend {
   // False when any element is NaN or infinite.
   virtual bool all_finite(const float* v, size_t n) = 0;
   virtual void scale(float* v, size_t n, float s) = 0;
+  // Gradient compression (distributed.grad_compression: bf16): x[n] to bfloat16 bits in y[n]
+  // (backend memory, e.g. a DeviceArray of (n + 1) / 2 floats) and back (bfloat16_bits).
+  virtual void to_bfloat16(const float* x, uint16_t* y, size_t n) = 0;
+  virtual void from_bfloat16(const uint16_t* y, float* x, size_t n) = 0;
 
   // One Adam/AdamW update over n elements: advances the step counter (*counter, an int32 in a
   // float's bits, see counter_value), computes that step's constants (adam_constants) and updates
@@ -203,6 +207,10 @@ class ForwardingBackend : public Backend {
   double sum_of_squares(const float* v, size_t n) override { return in_.sum_of_squares(v, n); }
   bool all_finite(const float* v, size_t n) override { return in_.all_finite(v, n); }
   void scale(float* v, size_t n, float s) override { in_.scale(v, n, s); }
+  void to_bfloat16(const float* x, uint16_t* y, size_t n) override { in_.to_bfloat16(x, y, n); }
+  void from_bfloat16(const uint16_t* y, float* x, size_t n) override {
+    in_.from_bfloat16(y, x, n);
+  }
   void adam_step(float* params, const float* grads, float* m, float* v, size_t n,
                  const AdamHyper& h, float* counter, float* nonfinite) override {
     in_.adam_step(params, grads, m, v, n, h, counter, nonfinite);

@@ -47,6 +47,22 @@ ELBO_HD float float_of(int32_t i) {
   memcpy(&f, &i, sizeof f);
   return f;
 }
+// bfloat16 (the upper half of a float's bits) for compressed gradients: rounded to nearest, ties
+// to even, as PyTorch and CUDA's __float2bfloat16_rn round; a NaN stays a (quiet) NaN and
+// infinities stay infinite; a value beyond bfloat16's largest finite one rounds to infinity.
+ELBO_HD uint16_t bfloat16_bits(float f) {
+  const uint32_t u = static_cast<uint32_t>(bits_of(f));
+  if ((u & 0x7fffffffu) > 0x7f800000u) return static_cast<uint16_t>((u >> 16) | 0x40u);
+  return static_cast<uint16_t>((u + 0x7fffu + ((u >> 16) & 1u)) >> 16);
+}
+ELBO_HD float from_bfloat16_bits(uint16_t b) {
+  return float_of(static_cast<int32_t>(static_cast<uint32_t>(b) << 16));
+}
+// The sum of two bfloat16 values, computed in float and rounded once (a reduction's step).
+ELBO_HD uint16_t bfloat16_sum(uint16_t a, uint16_t b) {
+  return bfloat16_bits(from_bfloat16_bits(a) + from_bfloat16_bits(b));
+}
+
 // mask: all ones (-1) or all zeros; the bits of `yes` where set, of `no` elsewhere.
 ELBO_HD int32_t select_bits(int32_t mask, int32_t yes, int32_t no) {
   return (yes & mask) | (no & ~mask);

@@ -36,9 +36,13 @@ int64_t Adam::steps_taken() const {
 
 double clip_grad_norm(Backend& backend, float* grads, size_t n, double max_norm) {
   const double norm = std::sqrt(backend.sum_of_squares(grads, n));
+  clip_to_norm(backend, grads, n, norm, max_norm);
+  return norm;
+}
+
+void clip_to_norm(Backend& backend, float* grads, size_t n, double norm, double max_norm) {
   const double coef = max_norm / (norm + 1e-6);  // as PyTorch: the 1e-6 guards a zero norm
   if (max_norm > 0.0 && coef < 1.0) backend.scale(grads, n, static_cast<float>(coef));
-  return norm;
 }
 
 }  // namespace elbo

@@ -33,5 +33,7 @@ class Adam {
 // PyTorch's clip_grad_norm_: when the global L2 norm exceeds max_norm, scale every gradient by
 // max_norm / (norm + 1e-6). Returns the norm before clipping.
 double clip_grad_norm(Backend& backend, float* grads, size_t n, double max_norm);
+// The same scaling, given the norm (ZeRO-1: a rank's slice, with the norm summed over ranks).
+void clip_to_norm(Backend& backend, float* grads, size_t n, double norm, double max_norm);
 
 }  // namespace elbo

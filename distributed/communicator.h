@@ -3,6 +3,7 @@
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <string>
 
@@ -20,6 +21,19 @@ class Communicator {
   // for the NCCL communicator, host memory otherwise).
   virtual void allreduce_sum(float* data, size_t n) = 0;
   virtual void broadcast(float* data, size_t n, int root) = 0;
+  // ZeRO-1's pair (optimizer sharding), over the partition of n floats that slice_of gives. Sum
+  // the ranks' buffers, leaving this rank's slice of the sum in place (the rest of `data` is then
+  // unspecified). Gather: every rank's slice from that rank, into every rank's buffer. Together
+  // they move the bytes of one all-reduce. The defaults build them from allreduce_sum and
+  // broadcast (correct for any communicator); MPI and NCCL have their own.
+  virtual void reduce_scatter_sum(float* data, size_t n);
+  virtual void allgather(float* data, size_t n);
+  // Compressed gradients (distributed.grad_compression: bf16): the all-reduce and reduce-scatter
+  // over n bfloat16 values (bit patterns, in the backend's memory), every addition made in float
+  // and rounded to bfloat16 (bfloat16_sum), as NCCL's bfloat16 sum does. Half the bytes on the
+  // wire. The defaults refuse (a communicator without them cannot compress).
+  virtual void allreduce_sum_bf16(uint16_t* data, size_t n);
+  virtual void reduce_scatter_sum_bf16(uint16_t* data, size_t n);
   // Control plane, always host memory: sums of doubles (metrics, agreement tables) and raw bytes
   // from root (e.g. an ncclUniqueId).
   virtual void allreduce_sum(double* data, size_t n) = 0;
@@ -31,6 +45,14 @@ class Communicator {
   // Ends every rank of the job; never returns.
   [[noreturn]] virtual void abort(int exit_code) = 0;
 };
+
+// A rank's share of n floats under ZeRO-1: ranks 0..size-2 take n / size each, in rank order,
+// and the last rank the rest (at most size - 1 more), so that NCCL's equal-count collectives move
+// all but a tail of under `size` floats.
+struct Slice {
+  size_t offset = 0, count = 0;
+};
+Slice slice_of(size_t n, int rank, int size);
 
 // One process: every collective is the identity.
 std::unique_ptr<Communicator> make_single_process_communicator();

@@ -4,7 +4,10 @@
 
 #include <cstdio>
 #include <cstdlib>
+#include <cstring>
+#include <vector>
 
+#include "core/elementwise.h"
 #include "core/error.h"
 #include "distributed/communicator.h"
 
@@ -40,8 +43,10 @@ class MpiCommunicator final : public Communicator {
                                        &node_));
     ELBO_MPI_CHECK(MPI_Comm_rank(node_, &local_rank_));
     ELBO_MPI_CHECK(MPI_Comm_size(node_, &local_size_));
+    ELBO_MPI_CHECK(MPI_Op_create(&bf16_sum, 1, &bf16_sum_));
   }
   ~MpiCommunicator() override {
+    if (bf16_sum_ != MPI_OP_NULL) MPI_Op_free(&bf16_sum_);
     if (node_ != MPI_COMM_NULL) MPI_Comm_free(&node_);
     if (owns_init_) MPI_Finalize();
   }
@@ -60,6 +65,31 @@ class MpiCommunicator final : public Communicator {
   void broadcast(float* data, size_t n, int root) override {
     ELBO_MPI_CHECK(MPI_Bcast(data, count(n), MPI_FLOAT, root, MPI_COMM_WORLD));
   }
+  // In place, MPI leaves this rank's slice of the sum at the start of the buffer; it moves to the
+  // slice's own place (rank 0's is there already).
+  void reduce_scatter_sum(float* data, size_t n) override {
+    const Partition& p = partition(n);
+    ELBO_MPI_CHECK(MPI_Reduce_scatter(MPI_IN_PLACE, data, p.counts.data(), MPI_FLOAT, MPI_SUM,
+                                      MPI_COMM_WORLD));
+    const Slice mine = slice_of(n, rank_, size_);
+    if (mine.offset > 0) std::memmove(data + mine.offset, data, mine.count * sizeof(float));
+  }
+  void allreduce_sum_bf16(uint16_t* data, size_t n) override {
+    ELBO_MPI_CHECK(
+        MPI_Allreduce(MPI_IN_PLACE, data, count(n), MPI_UINT16_T, bf16_sum_, MPI_COMM_WORLD));
+  }
+  void reduce_scatter_sum_bf16(uint16_t* data, size_t n) override {
+    const Partition& p = partition(n);
+    ELBO_MPI_CHECK(MPI_Reduce_scatter(MPI_IN_PLACE, data, p.counts.data(), MPI_UINT16_T,
+                                      bf16_sum_, MPI_COMM_WORLD));
+    const Slice mine = slice_of(n, rank_, size_);
+    if (mine.offset > 0) std::memmove(data + mine.offset, data, mine.count * sizeof(uint16_t));
+  }
+  void allgather(float* data, size_t n) override {
+    const Partition& p = partition(n);
+    ELBO_MPI_CHECK(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, data, p.counts.data(),
+                                  p.offsets.data(), MPI_FLOAT, MPI_COMM_WORLD));
+  }
   void broadcast_bytes(void* data, size_t n, int root) override {
     ELBO_MPI_CHECK(MPI_Bcast(data, count(n), MPI_BYTE, root, MPI_COMM_WORLD));
   }
@@ -76,6 +106,34 @@ class MpiCommunicator final : public Communicator {
     ELBO_CHECK(n <= static_cast<size_t>(INT32_MAX), "collective larger than 2^31 elements");
     return static_cast<int>(n);
   }
+  // slice_of's partition of n floats as MPI's count and displacement arrays, kept for the last n.
+  struct Partition {
+    size_t n = 0;
+    std::vector<int> counts, offsets;
+  };
+  const Partition& partition(size_t n) {
+    if (partition_.counts.empty() || partition_.n != n) {
+      count(n);
+      partition_.n = n;
+      partition_.counts.resize(static_cast<size_t>(size_));
+      partition_.offsets.resize(static_cast<size_t>(size_));
+      for (int r = 0; r < size_; ++r) {
+        const Slice s = slice_of(n, r, size_);
+        partition_.counts[static_cast<size_t>(r)] = static_cast<int>(s.count);
+        partition_.offsets[static_cast<size_t>(r)] = static_cast<int>(s.offset);
+      }
+    }
+    return partition_;
+  }
+  Partition partition_;
+  // bfloat16_sum elementwise, as an MPI reduction over MPI_UINT16_T (commutative: float addition
+  // is, and the rounding depends on the sum alone).
+  static void bf16_sum(void* in, void* inout, int* len, MPI_Datatype*) {
+    const auto* a = static_cast<const uint16_t*>(in);
+    auto* b = static_cast<uint16_t*>(inout);
+    for (int i = 0; i < *len; ++i) b[i] = bfloat16_sum(a[i], b[i]);
+  }
+  MPI_Op bf16_sum_ = MPI_OP_NULL;
   int rank_ = 0, size_ = 1, local_rank_ = 0, local_size_ = 1;
   MPI_Comm node_ = MPI_COMM_NULL;
   bool owns_init_ = false;

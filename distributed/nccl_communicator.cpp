@@ -148,6 +148,57 @@ class NcclCommunicator final : public Communicator {
     issued("broadcast", n);
   }
 
+  // NCCL's reduce-scatter and all-gather take equal counts: they move size() x (n / size())
+  // floats, and the last rank's tail of under size() floats goes by all-reduce and broadcast.
+  void reduce_scatter_sum(float* data, size_t n) override {
+    wait_on_host("reduce-scatter (enqueue)");
+    const size_t each = n / static_cast<size_t>(size()), tail = n - each * size();
+    ELBO_NCCL_CHECK(ncclGroupStart());
+    if (each > 0)
+      ELBO_NCCL_CHECK(ncclReduceScatter(data, data + each * static_cast<size_t>(rank_), each,
+                                        ncclFloat, ncclSum, comm(), stream_));
+    if (tail > 0) {
+      float* t = data + each * static_cast<size_t>(size());
+      ELBO_NCCL_CHECK(ncclAllReduce(t, t, tail, ncclFloat, ncclSum, comm(), stream_));
+    }
+    ELBO_NCCL_CHECK(ncclGroupEnd());
+    issued("reduce-scatter", n);
+  }
+  void allgather(float* data, size_t n) override {
+    wait_on_host("all-gather (enqueue)");
+    const size_t each = n / static_cast<size_t>(size()), tail = n - each * size();
+    ELBO_NCCL_CHECK(ncclGroupStart());
+    if (each > 0)
+      ELBO_NCCL_CHECK(ncclAllGather(data + each * static_cast<size_t>(rank_), data, each, ncclFloat,
+                                    comm(), stream_));
+    if (tail > 0) {
+      float* t = data + each * static_cast<size_t>(size());
+      ELBO_NCCL_CHECK(ncclBroadcast(t, t, tail, ncclFloat, size() - 1, comm(), stream_));
+    }
+    ELBO_NCCL_CHECK(ncclGroupEnd());
+    issued("all-gather", n);
+  }
+
+  void allreduce_sum_bf16(uint16_t* data, size_t n) override {
+    wait_on_host("all-reduce (enqueue)");
+    ELBO_NCCL_CHECK(ncclAllReduce(data, data, n, ncclBfloat16, ncclSum, comm(), stream_));
+    issued("all-reduce (bfloat16)", n);
+  }
+  void reduce_scatter_sum_bf16(uint16_t* data, size_t n) override {
+    wait_on_host("reduce-scatter (enqueue)");
+    const size_t each = n / static_cast<size_t>(size()), tail = n - each * size();
+    ELBO_NCCL_CHECK(ncclGroupStart());
+    if (each > 0)
+      ELBO_NCCL_CHECK(ncclReduceScatter(data, data + each * static_cast<size_t>(rank_), each,
+                                        ncclBfloat16, ncclSum, comm(), stream_));
+    if (tail > 0) {
+      uint16_t* t = data + each * static_cast<size_t>(size());
+      ELBO_NCCL_CHECK(ncclAllReduce(t, t, tail, ncclBfloat16, ncclSum, comm(), stream_));
+    }
+    ELBO_NCCL_CHECK(ncclGroupEnd());
+    issued("reduce-scatter (bfloat16)", n);
+  }
+
   void allreduce_sum(double* data, size_t n) override { control_.allreduce_sum(data, n); }
   void broadcast_bytes(void* data, size_t n, int root) override {
     control_.broadcast_bytes(data, n, root);

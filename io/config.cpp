@@ -49,6 +49,8 @@ constexpr std::pair<const char*, CommBackend> kBackend[] = {{"auto", CommBackend
                                                             {"nccl", CommBackend::Nccl},
                                                             {"mpi", CommBackend::Mpi},
                                                             {"none", CommBackend::None}};
+constexpr std::pair<const char*, GradCompression> kCompression[] = {
+    {"none", GradCompression::None}, {"bf16", GradCompression::Bf16}};
 constexpr std::pair<const char*, int> kOptimizer[] = {{"adam", 0}, {"adamw", 1}};
 
 template <class E>
@@ -398,6 +400,9 @@ DistributedConfig read_distributed(MapReader m) {
   DistributedConfig d;
   if (auto f = m.take("backend")) d.backend = choice<CommBackend>(*f, kBackend);
   if (auto f = m.take("timeout_s")) d.timeout_s = positive(*f);
+  if (auto f = m.take("shard_optimizer")) d.shard_optimizer = boolean(*f);
+  if (auto f = m.take("grad_compression"))
+    d.grad_compression = choice<GradCompression>(*f, kCompression);
   m.finish();
   return d;
 }
@@ -651,6 +656,9 @@ std::string to_yaml(const Config& c) {
   out << Key << "distributed" << Value << BeginMap;
   out << Key << "backend" << Value << name_of<CommBackend>(kBackend, c.distributed.backend);
   out << Key << "timeout_s" << Value << number_text(c.distributed.timeout_s);
+  out << Key << "shard_optimizer" << Value << (c.distributed.shard_optimizer ? "true" : "false");
+  out << Key << "grad_compression" << Value
+      << name_of<GradCompression>(kCompression, c.distributed.grad_compression);
   out << EndMap;
   out << Key << "checkpoint" << Value << BeginMap;
   out << Key << "every_steps" << Value << c.checkpoint.every_steps;

@@ -17,6 +17,7 @@ enum class Binarize { None, Dynamic };
 enum class DataCache { Auto, Always, Never };
 enum class DeviceChoice { Auto, Cpu, Cuda };
 enum class CommBackend { Auto, Nccl, Mpi, None };
+enum class GradCompression { None, Bf16 };
 
 struct DataConfig {
   std::string train;  // required: a directory or glob of HDF5 shards
@@ -59,6 +60,12 @@ struct TrainConfig {
 struct DistributedConfig {
   CommBackend backend = CommBackend::Auto;
   double timeout_s = 300;
+  // ZeRO stage 1: each rank keeps Adam's moments for its slice of the parameters only
+  // (slice_of), reduce-scatters the gradients, updates its slice and all-gathers the parameters.
+  bool shard_optimizer = false;
+  // bf16: gradients cross the network as bfloat16 (half the bytes), summed in float and rounded
+  // at each addition, then widened to float for clipping and Adam (as DDP's bf16 compress hook).
+  GradCompression grad_compression = GradCompression::None;
 };
 
 struct CheckpointConfig {

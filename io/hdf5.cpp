@@ -420,7 +420,7 @@ void check_global_heaps(const std::string& path) {
     const uint64_t size = u64(heap + 8);
     if (size < 16 || size > b.size() - heap) continue;  // nothing to walk, or past the end
     const size_t end = heap + static_cast<size_t>(size);
-    for (size_t p = heap + 16; p + 16 <= end;) {           // a shorter tail is free space
+    for (size_t p = heap + 16; p + 16 <= end;) {  // a shorter tail is free space
       const bool free_space = b[p] == 0 && b[p + 1] == 0;  // heap object index 0
       const uint64_t object = u64(p + 8);
       const uint64_t need = free_space ? object : 16 + ((object + 7) & ~uint64_t{7});

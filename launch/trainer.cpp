@@ -81,7 +81,13 @@ class StepLoop final : public Trainer {
         batch_(share(global_batch_, comm.rank(), comm.size()).count),
         batch_offset_(share(global_batch_, comm.rank(), comm.size()).offset),
         vae_(backend, model_spec(cfg, train.sample_shape(), cfg.data.train), batch_, cfg.seed),
-        adam_(backend, vae_.num_params(), adam_config(cfg)), key_(rng_key(cfg.seed)),
+        sharded_(cfg.distributed.shard_optimizer && comm.size() > 1),
+        slice_(sharded_ ? slice_of(vae_.num_params(), comm.rank(), comm.size())
+                        : Slice{0, vae_.num_params()}),
+        adam_(backend, slice_.count, adam_config(cfg)),
+        compressed_(cfg.distributed.grad_compression == GradCompression::Bf16 && comm.size() > 1),
+        grads_bf16_(backend, compressed_ ? (vae_.num_params() + 1) / 2 : 0),
+        key_(rng_key(cfg.seed)),
         x_{DeviceArray(backend, static_cast<size_t>(batch_) * static_cast<size_t>(D_)),
            DeviceArray(backend, static_cast<size_t>(batch_) * static_cast<size_t>(D_))},
         x_eval_(backend, static_cast<size_t>(batch_) * static_cast<size_t>(D_)),
@@ -95,23 +101,28 @@ class StepLoop final : public Trainer {
   // Continues from a checkpoint that rank 0 read (others pass nothing): rank 0 sends the training
   // position, the parameters and the Adam moments to every rank.
   void restore(const CheckpointData* ck) override {
-    double position[4] = {0, 0, 0, 0};  // step, samples seen, completed epochs, Adam steps
+    // step, samples seen, completed epochs, Adam steps, and 1 when rank 0 has a checkpoint
+    double position[5] = {0, 0, 0, 0, 0};
     if (ck) {
+      position[4] = 1;
       position[0] = static_cast<double>(ck->state.step);
       position[1] = static_cast<double>(ck->state.samples_seen);
       position[2] = static_cast<double>(ck->state.epoch);
       position[3] = static_cast<double>(ck->optimizer_steps);
       be_.upload(vae_.params(), ck->params.data(), ck->params.size());
-      be_.upload(adam_.exp_avg(), ck->exp_avg.data(), ck->exp_avg.size());
-      be_.upload(adam_.exp_avg_sq(), ck->exp_avg_sq.data(), ck->exp_avg_sq.size());
     }
-    comm_.allreduce_sum(position, 4);  // only rank 0 contributes
+    comm_.allreduce_sum(position, 5);  // only rank 0 contributes
     step_ = static_cast<int64_t>(position[0]);
     samples_seen_ = static_cast<int64_t>(position[1]);
     epochs_done_ = static_cast<int64_t>(position[2]);
     adam_.set_steps_taken(static_cast<int64_t>(position[3]));
-    comm_.broadcast(adam_.exp_avg(), vae_.num_params(), 0);
-    comm_.broadcast(adam_.exp_avg_sq(), vae_.num_params(), 0);
+    // Every rank takes its slice of the moments (all of them without ZeRO-1), whatever the world
+    // size that wrote the checkpoint: checkpoints hold the whole vectors. A fresh run keeps the
+    // zeros Adam starts from.
+    if (position[4] > 0) {
+      scatter_moments(adam_.exp_avg(), ck ? ck->exp_avg.data() : nullptr);
+      scatter_moments(adam_.exp_avg_sq(), ck ? ck->exp_avg_sq.data() : nullptr);
+    }
     last_saved_step_ = step_;
     health_since_ = step_;
   }
@@ -372,8 +383,12 @@ class StepLoop final : public Trainer {
       phase_end(Phase::Backward);
       be_.accumulate_losses(vae_.recon_per_sample(), vae_.kl_per_sample(), batch_,
                             static_cast<float>(beta), health_.data());
+      if (sharded_) {
+        sharded_update();
+        return;
+      }
       phase_begin(Phase::AllReduce);
-      comm_.allreduce_sum(vae_.grads(), vae_.num_params());
+      sum_gradients();
       phase_end(Phase::AllReduce);
       phase_begin(Phase::Optimizer);
       if (cfg_.train.grad_clip > 0)
@@ -411,6 +426,81 @@ class StepLoop final : public Trainer {
     }
     graph->replay();
     comm_.replayed();
+  }
+
+  // The gradients summed over ranks: all of them, or under ZeRO-1 this rank's slice. Compressed,
+  // they cross as bfloat16 and come back as floats (the slice only, under ZeRO-1).
+  void sum_gradients() {
+    const size_t n = vae_.num_params();
+    float* g = vae_.grads();
+    if (!compressed_) {
+      if (sharded_) comm_.reduce_scatter_sum(g, n);
+      else comm_.allreduce_sum(g, n);
+      return;
+    }
+    auto* h = reinterpret_cast<uint16_t*>(grads_bf16_.data());
+    be_.to_bfloat16(g, h, n);
+    if (sharded_) {
+      comm_.reduce_scatter_sum_bf16(h, n);
+      be_.from_bfloat16(h + slice_.offset, g + slice_.offset, slice_.count);
+    } else {
+      comm_.allreduce_sum_bf16(h, n);
+      be_.from_bfloat16(h, g, n);
+    }
+  }
+
+  // ZeRO-1: this rank sums only its slice of the gradients, clips it by the norm of the whole
+  // (its square summed over ranks), updates its slice with its own Adam moments, and gathers
+  // everyone's slices of the parameters. A non-finite gradient is seen by the rank whose slice
+  // holds it; its error ends the job, and the parameters it gathered are not finite everywhere.
+  void sharded_update() {
+    const size_t n = vae_.num_params();
+    float* g = vae_.grads() + slice_.offset;
+    phase_begin(Phase::AllReduce);
+    sum_gradients();
+    phase_end(Phase::AllReduce);
+    phase_begin(Phase::Optimizer);
+    if (cfg_.train.grad_clip > 0) {
+      double squares = be_.sum_of_squares(g, slice_.count);
+      comm_.allreduce_sum(&squares, 1);
+      clip_to_norm(be_, g, slice_.count, std::sqrt(squares), cfg_.train.grad_clip);
+    }
+    adam_.step(vae_.params() + slice_.offset, g, health_.data() + 4);
+    phase_end(Phase::Optimizer);
+    phase_begin(Phase::AllReduce);
+    comm_.allgather(vae_.params(), n);
+    phase_end(Phase::AllReduce);
+  }
+
+  // Rank 0's whole moment vector `all` (nullptr elsewhere) to every rank's `mine`: its slice.
+  void scatter_moments(float* mine, const float* all) {
+    const size_t n = vae_.num_params();
+    if (!sharded_) {
+      if (all) be_.upload(mine, all, n);
+      comm_.broadcast(mine, n, 0);
+      return;
+    }
+    DeviceArray whole(be_, n);
+    if (all) be_.upload(whole.data(), all, n);
+    comm_.broadcast(whole.data(), n, 0);
+    std::vector<float> host(slice_.count);
+    be_.download(host.data(), whole.data() + slice_.offset, slice_.count);
+    be_.upload(mine, host.data(), slice_.count);
+  }
+
+  // Every rank's slice of a moment vector, whole on rank 0 (into `all`, n floats); a collective.
+  void gather_moments(const float* mine, std::vector<float>& all) {
+    const size_t n = vae_.num_params();
+    if (!sharded_) {
+      if (comm_.rank() == 0) be_.download(all.data(), mine, n);
+      return;
+    }
+    DeviceArray whole(be_, n);
+    std::vector<float> host(slice_.count);
+    be_.download(host.data(), mine, slice_.count);
+    be_.upload(whole.data() + slice_.offset, host.data(), slice_.count);
+    comm_.allgather(whole.data(), n);
+    if (comm_.rank() == 0) be_.download(all.data(), whole.data(), n);
   }
 
   // A graph bakes in its arguments, so only the steady state is captured: after the KL warm-up
@@ -500,8 +590,11 @@ class StepLoop final : public Trainer {
   void save_checkpoint(const CheckpointDirectory& checkpoints) {
     if (step_ == last_saved_step_) return;
     last_saved_step_ = step_;
-    if (comm_.rank() != 0) return;
     const size_t n = vae_.num_params();
+    std::vector<float> exp_avg(comm_.rank() == 0 ? n : 0), exp_avg_sq(exp_avg.size());
+    gather_moments(adam_.exp_avg(), exp_avg);  // collectives under ZeRO-1: every rank takes part
+    gather_moments(adam_.exp_avg_sq(), exp_avg_sq);
+    if (comm_.rank() != 0) return;
     if (!be_.all_finite(vae_.params(), n))
       throw_internal("parameters are not finite at step " + std::to_string(step_) +
                          "; checkpoint not written", __FILE__, __LINE__);
@@ -511,11 +604,9 @@ class StepLoop final : public Trainer {
     ck.optimizer_name = cfg_.train.optimizer.name;
     ck.optimizer_steps = adam_.steps_taken();
     ck.params.resize(n);
-    ck.exp_avg.resize(n);
-    ck.exp_avg_sq.resize(n);
     be_.download(ck.params.data(), vae_.params(), n);
-    be_.download(ck.exp_avg.data(), adam_.exp_avg(), n);
-    be_.download(ck.exp_avg_sq.data(), adam_.exp_avg_sq(), n);
+    ck.exp_avg = std::move(exp_avg);
+    ck.exp_avg_sq = std::move(exp_avg_sq);
     checkpoints.save(vae_.layout(), std::move(ck));
   }
 
@@ -529,7 +620,13 @@ class StepLoop final : public Trainer {
   int batch_;             // this rank's rows per step
   int64_t batch_offset_;  // where they start within the global batch
   Vae vae_;
+  const bool sharded_;  // ZeRO-1 (distributed.shard_optimizer, with more than one rank)
+  const Slice slice_;   // the parameters this rank's Adam updates: all of them unless sharded_
   Adam adam_;
+  // distributed.grad_compression: bf16, with more than one rank: the bfloat16 gradients, two to
+  // a float of backend memory.
+  const bool compressed_;
+  DeviceArray grads_bf16_;
   RngKey key_;
   HostBatch eval_batch_;       // staging for evaluation reads
   DeviceArray x_[2];           // [batch, D] each: training batches alternate between them

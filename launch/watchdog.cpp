@@ -25,9 +25,27 @@ class WatchedCommunicator final : public Communicator {
   int size() const override { return inner_->size(); }
   int local_rank() const override { return inner_->local_rank(); }
   int local_size() const override { return inner_->local_size(); }
-  void allreduce_sum(float* d, size_t n) override { guard("an all-reduce", [&] { inner_->allreduce_sum(d, n); }); }
-  void broadcast(float* d, size_t n, int root) override { guard("a broadcast", [&] { inner_->broadcast(d, n, root); }); }
-  void allreduce_sum(double* d, size_t n) override { guard("an all-reduce", [&] { inner_->allreduce_sum(d, n); }); }
+  void allreduce_sum(float* d, size_t n) override {
+    guard("an all-reduce", [&] { inner_->allreduce_sum(d, n); });
+  }
+  void broadcast(float* d, size_t n, int root) override {
+    guard("a broadcast", [&] { inner_->broadcast(d, n, root); });
+  }
+  void reduce_scatter_sum(float* d, size_t n) override {
+    guard("a reduce-scatter", [&] { inner_->reduce_scatter_sum(d, n); });
+  }
+  void allreduce_sum_bf16(uint16_t* d, size_t n) override {
+    guard("an all-reduce", [&] { inner_->allreduce_sum_bf16(d, n); });
+  }
+  void reduce_scatter_sum_bf16(uint16_t* d, size_t n) override {
+    guard("a reduce-scatter", [&] { inner_->reduce_scatter_sum_bf16(d, n); });
+  }
+  void allgather(float* d, size_t n) override {
+    guard("an all-gather", [&] { inner_->allgather(d, n); });
+  }
+  void allreduce_sum(double* d, size_t n) override {
+    guard("an all-reduce", [&] { inner_->allreduce_sum(d, n); });
+  }
   void broadcast_bytes(void* d, size_t n, int root) override {
     guard("a broadcast", [&] { inner_->broadcast_bytes(d, n, root); });
   }

@@ -363,6 +363,27 @@ TEST_F(CudaVsCpu, Reductions) {
   }
 }
 
+// Gradient compression's conversions: the same bfloat16 bits on both backends (an odd count, so
+// the last float of the packed buffer is half used), and the same floats back.
+TEST_F(CudaVsCpu, Bfloat16ConversionsAgree) {
+  for (size_t n : {size_t{1}, size_t{1001}, size_t{300007}}) {
+    std::vector<float> host = uniform(n, -3, 3, 17);
+    host[0] = std::numeric_limits<float>::infinity();
+    host[n / 2] *= 1e-30f;
+    Pair v = both(host);
+    DeviceArray cpu_bits(*cpu_, (n + 1) / 2), gpu_bits(*gpu_, (n + 1) / 2);
+    cpu_->to_bfloat16(v.cpu.data(), reinterpret_cast<uint16_t*>(cpu_bits.data()), n);
+    gpu_->to_bfloat16(v.gpu.data(), reinterpret_cast<uint16_t*>(gpu_bits.data()), n);
+    const std::vector<float> c = cpu_values(cpu_bits), g = gpu_values(gpu_bits);
+    EXPECT_EQ(std::memcmp(c.data(), g.data(), n * sizeof(uint16_t)), 0) << n;
+    gpu_->fill_zero(v.gpu.data(), n);
+    gpu_->from_bfloat16(reinterpret_cast<const uint16_t*>(gpu_bits.data()), v.gpu.data(), n);
+    const std::vector<float> back = gpu_values(v.gpu);
+    for (size_t i = 0; i < n; ++i)
+      ASSERT_EQ(back[i], from_bfloat16_bits(bfloat16_bits(host[i]))) << i;
+  }
+}
+
 TEST_F(CudaVsCpu, AdamStepOnIdenticalInputs) {
   const size_t n = 100003;
   for (bool decoupled : {false, true}) {

@@ -691,14 +691,12 @@ TEST_F(IoTest, PrepareFromIdxClearsStaleTemporaries) {
   std::vector<std::string> names;
   for (const auto& e : fs::directory_iterator(out)) names.push_back(e.path().filename().string());
   std::sort(names.begin(), names.end());
-  EXPECT_EQ(names,
-            (std::vector<std::string>{".elbo.lock", "notes.h5.tmp", "shard-00000-of-00002.h5",
-                                      "shard-00001-of-00002.h5"}));
+  EXPECT_EQ(names, (std::vector<std::string>{".elbo.lock", "notes.h5.tmp", "shard-00000-of-00002.h5",
+                                             "shard-00001-of-00002.h5"}));
   EXPECT_EQ(ShardedDataset::open(out).size(), 4);
 }
 
-// ---- whole-file writes and directory locks
-// --------------------------------------------------------
+// ---- whole-file writes and directory locks --------------------------------------------------------
 
 TEST_F(IoTest, WriteFileAtomicallyReplacesTheFileAndLeavesNoTemporary) {
   write_file_atomically(path("f"), "one", "the file");
@@ -736,8 +734,7 @@ TEST_F(IoTest, FileErrorsNameTheTargetAndTheCause) {
     throw_file_error("write", "the checkpoint", "/runs/a/step.h5", ENOSPC);
   } catch (const Error& e) {
     EXPECT_EQ(e.kind(), ErrorKind::Internal);  // the machine's fault: exit 1
-    EXPECT_STREQ(e.what(),
-                 "cannot write the checkpoint: No space left on device (/runs/a/step.h5)");
+    EXPECT_STREQ(e.what(), "cannot write the checkpoint: No space left on device (/runs/a/step.h5)");
   }
 }
 
@@ -934,8 +931,7 @@ TEST_F(IoTest, CheckpointCreateFailureIsInternal) {
   } catch (const Error& e) {
     std::string msg = e.what();
     EXPECT_EQ(e.kind(), ErrorKind::Internal) << msg;
-    EXPECT_EQ(msg, "cannot create the checkpoint: " + std::string(std::strerror(ENOENT)) + " (" +
-                       p + ")");
+    EXPECT_EQ(msg, "cannot create the checkpoint: " + std::string(std::strerror(ENOENT)) + " (" + p + ")");
   }
 }
 

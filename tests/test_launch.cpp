@@ -281,6 +281,61 @@ class ThreadRank final : public Communicator {
   const int rank_;
 };
 
+// ZeRO-1's partition: the ranks' slices cover the buffer in rank order without gaps, the first
+// size - 1 are equal, and the last is at most size - 1 larger.
+TEST(ZeroOne, SlicesCoverTheBufferInRankOrder) {
+  for (size_t n : {0, 1, 2, 7, 11, 652824})
+    for (int size : {1, 2, 3, 4, 8}) {
+      size_t next = 0;
+      for (int r = 0; r < size; ++r) {
+        const Slice s = slice_of(n, r, size);
+        EXPECT_EQ(s.offset, next) << n << " over " << size << ", rank " << r;
+        if (r + 1 < size)
+          EXPECT_EQ(s.count, n / static_cast<size_t>(size));
+        else
+          EXPECT_LT(s.count - n / static_cast<size_t>(size), static_cast<size_t>(size));
+        next = s.offset + s.count;
+      }
+      EXPECT_EQ(next, n) << n << " over " << size;
+    }
+}
+
+// The Communicator's own reduce-scatter and all-gather (made of all-reduce and broadcast, for
+// communicators without their own), on 3 ranks and a buffer that does not split evenly.
+TEST(ZeroOne, DefaultReduceScatterAndAllGather) {
+  constexpr int kRanks = 3;
+  constexpr size_t n = 11;  // slices of 3, 3 and 5
+  ThreadWorld world(kRanks);
+  std::vector<std::vector<float>> summed(kRanks), gathered(kRanks);
+  std::vector<std::thread> ranks;
+  for (int r = 0; r < kRanks; ++r)
+    ranks.emplace_back([&, r] {
+      ThreadRank comm(world, r);
+      std::vector<float> data(n);
+      for (size_t i = 0; i < n; ++i) data[i] = static_cast<float>(100 * (r + 1) + i);
+      comm.Communicator::reduce_scatter_sum(data.data(), n);
+      summed[static_cast<size_t>(r)] = data;
+      const Slice mine = slice_of(n, r, kRanks);
+      std::fill(data.begin(), data.end(), -1.0f);  // what other ranks own must come from them
+      for (size_t i = mine.offset; i < mine.offset + mine.count; ++i)
+        data[i] = static_cast<float>(1000 * r + i);
+      comm.Communicator::allgather(data.data(), n);
+      gathered[static_cast<size_t>(r)] = data;
+    });
+  for (std::thread& t : ranks) t.join();
+  for (int r = 0; r < kRanks; ++r) {
+    const Slice mine = slice_of(n, r, kRanks);
+    for (size_t i = mine.offset; i < mine.offset + mine.count; ++i)
+      EXPECT_EQ(summed[static_cast<size_t>(r)][i], static_cast<float>(600 + 3 * i));
+    for (int owner = 0; owner < kRanks; ++owner) {
+      const Slice s = slice_of(n, owner, kRanks);
+      for (size_t i = s.offset; i < s.offset + s.count; ++i)
+        EXPECT_EQ(gathered[static_cast<size_t>(r)][i], static_cast<float>(1000 * owner + i))
+            << "rank " << r << ", element " << i;
+    }
+  }
+}
+
 // A "device" that computes on the CPU: its memory is not host memory as far as the training loop
 // knows (so it reads health at log points only and may capture), and capture records the work
 // without running it, as CUDA does, or fails when told to.

@@ -3,6 +3,9 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <random>
+#include <limits>
+#include <cstring>
 #include <vector>
 
 #include "core/backend.h"
@@ -132,6 +135,55 @@ TEST(Activation, DerivativeFromOutputMatchesFiniteDifferences) {
       EXPECT_NEAR(activation_grad_from_output(y, act), fd, 1e-3);
     }
   }
+}
+
+// bfloat16 rounding against its definition: the nearest of the bfloat16 values around x (found by
+// stepping the bfloat16 bit pattern, compared in double), the even one on a tie, infinity past the
+// largest finite value by at least half a step; NaN stays NaN, infinities stay infinite, and a
+// bfloat16 value converts back exactly. Random bit patterns cover every exponent.
+TEST(Bfloat16, RoundsToNearestEvenAndWidensExactly) {
+  const auto nearest = [](float x) -> double {
+    uint32_t u;
+    std::memcpy(&u, &x, sizeof u);
+    const uint32_t lo = u & 0xffff0000u;  // toward zero
+    float flo;
+    std::memcpy(&flo, &lo, sizeof flo);
+    const double step = std::ldexp(1.0, std::ilogb(x == 0.0f ? 1.0f : x) - 7);  // one ulp (normal)
+    const double a = flo, b = flo + std::copysign(step, static_cast<double>(x));
+    const double da = std::fabs(x - a), db = std::fabs(b - x);
+    if (da != db) return da < db ? a : b;
+    return ((lo >> 16) & 1u) ? b : a;  // a tie: the even pattern
+  };
+  std::mt19937 gen(5);
+  std::vector<float> xs{0.0f, -0.0f, 1.0f, -1.0f, 1.00390625f /* 1 + 2^-8: a tie, to 1 */,
+                        1.01171875f /* 1 + 3 * 2^-8: a tie, to 1 + 2^-6 */, 3.14159265f,
+                        1e-30f, -7.5e20f, 65504.0f};
+  for (int i = 0; i < 200000; ++i) {
+    const uint32_t u = static_cast<uint32_t>(gen());
+    float x;
+    std::memcpy(&x, &u, sizeof x);
+    if (std::isfinite(x) && std::fpclassify(x) == FP_NORMAL && std::fabs(x) < 3e38f)
+      xs.push_back(x);
+  }
+  for (float x : xs) {
+    const float y = from_bfloat16_bits(bfloat16_bits(x));
+    ASSERT_EQ(static_cast<double>(y), x == 0.0f ? 0.0 : nearest(x)) << x;
+    ASSERT_EQ(std::signbit(y), std::signbit(x)) << x;
+    ASSERT_EQ(bfloat16_bits(y), bfloat16_bits(x)) << x;  // bfloat16 values are fixed points
+  }
+  EXPECT_EQ(from_bfloat16_bits(bfloat16_bits(1.00390625f)), 1.0f);
+  EXPECT_EQ(from_bfloat16_bits(bfloat16_bits(1.01171875f)), 1.015625f);
+  const float inf = std::numeric_limits<float>::infinity();
+  EXPECT_EQ(from_bfloat16_bits(bfloat16_bits(inf)), inf);
+  EXPECT_EQ(from_bfloat16_bits(bfloat16_bits(-inf)), -inf);
+  EXPECT_EQ(from_bfloat16_bits(bfloat16_bits(std::numeric_limits<float>::max())), inf);
+  EXPECT_TRUE(std::isnan(from_bfloat16_bits(bfloat16_bits(std::nanf("")))));
+  EXPECT_TRUE(std::isnan(from_bfloat16_bits(bfloat16_bits(-std::nanf("0x1")))));
+  // A sum is made in float and rounded once: 1 + 2^-9 rounds back to 1, 1 + 2^-7 is exact.
+  EXPECT_EQ(from_bfloat16_bits(bfloat16_sum(bfloat16_bits(1.0f), bfloat16_bits(0.001953125f))),
+            1.0f);
+  EXPECT_EQ(from_bfloat16_bits(bfloat16_sum(bfloat16_bits(1.0f), bfloat16_bits(0.0078125f))),
+            1.0078125f);
 }
 
 TEST(Backend, AccumulateLossesAddsBatchSums) {

@@ -342,6 +342,12 @@ class CpuBackend final : public Backend {
   void scale(float* v, size_t n, float s) override {
     for (size_t i = 0; i < n; ++i) v[i] *= s;
   }
+  void to_bfloat16(const float* x, uint16_t* y, size_t n) override {
+    for (size_t i = 0; i < n; ++i) y[i] = bfloat16_bits(x[i]);
+  }
+  void from_bfloat16(const uint16_t* y, float* x, size_t n) override {
+    for (size_t i = 0; i < n; ++i) x[i] = from_bfloat16_bits(y[i]);
+  }
 
   void adam_step(float* params, const float* grads, float* m, float* v, size_t n,
                  const AdamHyper& h, float* counter, float* nonfinite) override {

@@ -344,6 +344,17 @@ class CudaBackend final : public Backend {
     ELBO_CUDA_CHECK_LAUNCH();
   }
 
+  void to_bfloat16(const float* x, uint16_t* y, size_t n) override {
+    if (n == 0) return;
+    ELBO_LAUNCH(kernels::to_bfloat16, blocks(n), kThreadsPerBlock, 0, s())(x, y, n);
+    ELBO_CUDA_CHECK_LAUNCH();
+  }
+  void from_bfloat16(const uint16_t* y, float* x, size_t n) override {
+    if (n == 0) return;
+    ELBO_LAUNCH(kernels::from_bfloat16, blocks(n), kThreadsPerBlock, 0, s())(y, x, n);
+    ELBO_CUDA_CHECK_LAUNCH();
+  }
+
   // Reading the flag back is a host synchronisation once per step; it goes when the finiteness
   // check (and the step count) move to the device.
   void adam_step(float* params, const float* grads, float* m, float* v, size_t n,

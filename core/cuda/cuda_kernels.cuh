@@ -264,6 +264,14 @@ __global__ void scale(float* v, size_t n, float s) {
   for (size_t i = grid_start(); i < n; i += grid_step()) v[i] *= s;
 }
 
+__global__ void to_bfloat16(const float* x, uint16_t* y, size_t n) {
+  for (size_t i = grid_start(); i < n; i += grid_step()) y[i] = bfloat16_bits(x[i]);
+}
+
+__global__ void from_bfloat16(const uint16_t* y, float* x, size_t n) {
+  for (size_t i = grid_start(); i < n; i += grid_step()) x[i] = from_bfloat16_bits(y[i]);
+}
+
 // One Adam/AdamW update over the flat buffers; *nonfinite = 1 when a gradient is NaN or infinite.
 // Advances the step counter and computes that step's constants, once, for adam_step to read.
 __global__ void adam_advance(AdamHyper h, float* counter, AdamConstants* constants) {

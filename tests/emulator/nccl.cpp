@@ -10,6 +10,7 @@
 #include <atomic>
 #include <cerrno>
 #include <chrono>
+#include <cmath>
 #include <condition_variable>
 #include <cstdint>
 #include <cstdio>
@@ -51,7 +52,10 @@ struct Header {
   uint64_t aborted;  // 1 + the first rank that called ncclCommAbort, 0 while healthy
 };
 
-enum Kind : uint64_t { kAllReduce = 1, kBroadcast = 2 };
+// Reduce-scatter's count is each rank's share of the reduced buffer, all-gather's each rank's part
+// of the gathered one, as in NCCL.
+enum Kind : uint64_t { kAllReduce = 1, kBroadcast = 2, kReduceScatter = 3, kAllGather = 4 };
+bool reduces(uint64_t kind) { return kind == kAllReduce || kind == kReduceScatter; }
 
 // One rank's collective, compared with its peers' in every round.
 struct Call {
@@ -75,10 +79,16 @@ size_t segment_bytes(int nranks) { return kPage + size_t(nranks) * (kPage + kSta
 
 // 0: not in the emulator's subset.
 size_t type_size(uint64_t type) {
-  return type == ncclDouble ? 8 : type == ncclInt32 || type == ncclFloat ? 4 : 0;
+  return type == ncclDouble                         ? 8
+         : type == ncclInt32 || type == ncclFloat   ? 4
+         : type == ncclBfloat16                     ? 2
+                                                    : 0;
 }
 const char* type_name(uint64_t type) {
-  return type == ncclInt32 ? "ncclInt32" : type == ncclFloat ? "ncclFloat" : "ncclDouble";
+  return type == ncclInt32      ? "ncclInt32"
+         : type == ncclFloat    ? "ncclFloat"
+         : type == ncclBfloat16 ? "ncclBfloat16"
+                                : "ncclDouble";
 }
 bool op_supported(ncclRedOp_t op) {
   return op == ncclSum || op == ncclProd || op == ncclMax || op == ncclMin;
@@ -91,9 +101,13 @@ const char* op_name(uint64_t op) {
 }
 
 std::string describe(const Call& c) {
-  std::string s = c.kind == kAllReduce ? "ncclAllReduce(count " : "ncclBroadcast(count ";
-  s += std::to_string(c.count) + ", " + type_name(c.type) + ", ";
-  s += c.kind == kAllReduce ? op_name(c.op) : "root " + std::to_string(c.root);
+  std::string s = c.kind == kAllReduce       ? "ncclAllReduce"
+                  : c.kind == kBroadcast     ? "ncclBroadcast"
+                  : c.kind == kReduceScatter ? "ncclReduceScatter"
+                                             : "ncclAllGather";
+  s += "(count " + std::to_string(c.count) + ", " + type_name(c.type);
+  if (reduces(c.kind)) s += std::string(", ") + op_name(c.op);
+  if (c.kind == kBroadcast) s += ", root " + std::to_string(c.root);
   return s + ") as collective #" + std::to_string(c.seq);
 }
 
@@ -113,6 +127,43 @@ void reduce(void* out_bytes, const std::vector<const char*>& in, size_t n, uint6
   for (size_t j = 1; j < in.size(); ++j) {
     const T* x = reinterpret_cast<const T*>(in[j]);
     for (size_t i = 0; i < n; ++i) out[i] = combine(out[i], x[i], op);
+  }
+}
+
+// bfloat16, as NCCL reduces it: each step widened to float, combined, and rounded back to the
+// nearest bfloat16, ties to the even one. Written from the definition (the two bfloat16 values
+// that bracket the float, compared in double) rather than with the bit trick elbo's own code uses,
+// so that the emulator checks that code instead of repeating it.
+float widen_bf16(uint16_t b) {
+  const uint32_t u = uint32_t(b) << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+uint16_t narrow_bf16(float f) {
+  uint32_t u;
+  std::memcpy(&u, &f, sizeof u);
+  if (std::isnan(f)) return uint16_t((u >> 16) | 0x40);
+  if (std::isinf(f)) return uint16_t(u >> 16);
+  const uint16_t toward_zero = uint16_t(u >> 16);
+  const uint16_t away = uint16_t(toward_zero + 1);  // the next magnitude up (may be infinity)
+  const double below = std::fabs(double(f) - double(widen_bf16(toward_zero)));
+  // Past the largest finite bfloat16 the next value up is 2^128 (then rounded to infinity).
+  const double away_value = std::isinf(widen_bf16(away)) ? std::copysign(std::ldexp(1.0, 128), f)
+                                                         : double(widen_bf16(away));
+  const double above = std::fabs(away_value - double(f));
+  const bool exact_half = (u & 0xffffu) == 0x8000u;
+  if (below < above && !exact_half) return toward_zero;
+  if (exact_half) return (toward_zero & 1u) ? away : toward_zero;
+  return below < above ? toward_zero : away;
+}
+void reduce_bf16(void* out_bytes, const std::vector<const char*>& in, size_t n, uint64_t op) {
+  uint16_t* out = static_cast<uint16_t*>(out_bytes);
+  std::memcpy(out, in[0], n * sizeof(uint16_t));
+  for (size_t j = 1; j < in.size(); ++j) {
+    const uint16_t* x = reinterpret_cast<const uint16_t*>(in[j]);
+    for (size_t i = 0; i < n; ++i)
+      out[i] = narrow_bf16(combine(widen_bf16(out[i]), widen_bf16(x[i]), op));
   }
 }
 
@@ -220,11 +271,15 @@ cudaError_t State::run(Call call, const void* send, void* recv) {
   const size_t elem = type_size(call.type);
   const size_t per_round = kStagingBytes / elem;
   Slot& mine = slot(rank);
-  for (size_t done = 0; done < call.count; done += per_round) {
-    const size_t n = std::min(per_round, size_t(call.count) - done);
+  // The rounds run over what each rank sends: the whole buffer for a reduce-scatter.
+  const size_t total =
+      call.kind == kReduceScatter ? size_t(call.count) * size_t(nranks) : size_t(call.count);
+  std::vector<char> sum;  // a reduce-scatter's round, reduced, before its own share is kept
+  for (size_t done = 0; done < total; done += per_round) {
+    const size_t n = std::min(per_round, total - done);
     const uint64_t r = ++round;
     if (!wait(r, [&] { return all_reached(&Slot::consumed, r - 1); })) return cudaSuccess;
-    if (call.kind == kAllReduce || call.root == uint64_t(rank))
+    if (call.kind != kBroadcast || call.root == uint64_t(rank))
       std::memcpy(staging(rank), static_cast<const char*>(send) + done * elem, n * elem);
     mine.call = call;
     store(mine.deposited, r);
@@ -242,12 +297,31 @@ cudaError_t State::run(Call call, const void* send, void* recv) {
     char* out = static_cast<char*>(recv) + done * elem;
     if (call.kind == kBroadcast) {
       std::memcpy(out, staging(int(call.root)), n * elem);
+    } else if (call.kind == kAllGather) {
+      for (int j = 0; j < nranks; ++j)
+        std::memcpy(static_cast<char*>(recv) + (size_t(j) * call.count + done) * elem, staging(j),
+                    n * elem);
+    } else if (call.kind == kReduceScatter) {
+      // In place, recv is send's own share: the part of it in this round was deposited above.
+      sum.resize(n * elem);
+      std::vector<const char*> in;
+      for (int j = 0; j < nranks; ++j) in.push_back(staging(j));
+      if (call.type == ncclInt32) reduce<int32_t>(sum.data(), in, n, call.op);
+      if (call.type == ncclFloat) reduce<float>(sum.data(), in, n, call.op);
+      if (call.type == ncclDouble) reduce<double>(sum.data(), in, n, call.op);
+      if (call.type == ncclBfloat16) reduce_bf16(sum.data(), in, n, call.op);
+      const size_t own_first = size_t(rank) * call.count, own_last = own_first + call.count;
+      const size_t first = std::max(done, own_first), last = std::min(done + n, own_last);
+      if (first < last)
+        std::memcpy(static_cast<char*>(recv) + (first - own_first) * elem,
+                    sum.data() + (first - done) * elem, (last - first) * elem);
     } else {
       std::vector<const char*> in;
       for (int j = 0; j < nranks; ++j) in.push_back(staging(j));
       if (call.type == ncclInt32) reduce<int32_t>(out, in, n, call.op);
       if (call.type == ncclFloat) reduce<float>(out, in, n, call.op);
       if (call.type == ncclDouble) reduce<double>(out, in, n, call.op);
+      if (call.type == ncclBfloat16) reduce_bf16(out, in, n, call.op);
     }
     store(mine.consumed, r);
   }
@@ -411,21 +485,23 @@ ncclResult_t collective(const char* fn, Call call, const void* send, void* recv,
   const size_t elem = type_size(call.type);
   if (elem == 0)
     return bad("datatype " + std::to_string(call.type) +
-               " is not emulated (ncclInt32, ncclFloat, ncclDouble are)");
-  if (call.kind == kAllReduce && !op_supported(ncclRedOp_t(call.op)))
+               " is not emulated (ncclInt32, ncclFloat, ncclDouble, ncclBfloat16 are)");
+  if (reduces(call.kind) && !op_supported(ncclRedOp_t(call.op)))
     return bad("reduction op " + std::to_string(call.op) +
                " is not emulated (sum, prod, max, min are)");
   if (call.kind == kBroadcast && call.root >= uint64_t(state->nranks))  // -1 wraps around
     return bad("root " + std::to_string(int64_t(call.root)) + " is not in 0.." +
                std::to_string(state->nranks - 1));
-  if (call.count > SIZE_MAX / elem) return bad("count is too large");
+  if (call.count > SIZE_MAX / elem / size_t(kMaxRanks)) return bad("count is too large");
   if (call.count == 0) return ncclSuccess;
-  const size_t bytes = size_t(call.count) * elem;
-  const bool needs_send = call.kind == kAllReduce || call.root == uint64_t(state->rank);
-  if (needs_send && !elbo_emu::is_device_range(send, bytes))
-    return bad("sendbuff is not device memory of " + std::to_string(bytes) + " bytes");
-  if (!elbo_emu::is_device_range(recv, bytes))
-    return bad("recvbuff is not device memory of " + std::to_string(bytes) + " bytes");
+  const size_t bytes = size_t(call.count) * elem, all = bytes * size_t(state->nranks);
+  const size_t send_bytes = call.kind == kReduceScatter ? all : bytes;
+  const size_t recv_bytes = call.kind == kAllGather ? all : bytes;
+  const bool needs_send = call.kind != kBroadcast || call.root == uint64_t(state->rank);
+  if (needs_send && !elbo_emu::is_device_range(send, send_bytes))
+    return bad("sendbuff is not device memory of " + std::to_string(send_bytes) + " bytes");
+  if (!elbo_emu::is_device_range(recv, recv_bytes))
+    return bad("recvbuff is not device memory of " + std::to_string(recv_bytes) + " bytes");
   elbo_emu::Op op;
   op.name = fn;
   op.run = [state, call, send, recv] { return state->run(call, send, recv); };
@@ -578,6 +654,20 @@ ncclResult_t ncclBroadcast(const void* sendbuff, void* recvbuff, size_t count,
                            ncclDataType_t datatype, int root, ncclComm_t comm,
                            cudaStream_t stream) {
   return collective("ncclBroadcast", Call{kBroadcast, count, uint64_t(datatype), 0, uint64_t(root)},
+                    sendbuff, recvbuff, comm, stream);
+}
+
+ncclResult_t ncclReduceScatter(const void* sendbuff, void* recvbuff, size_t recvcount,
+                               ncclDataType_t datatype, ncclRedOp_t op, ncclComm_t comm,
+                               cudaStream_t stream) {
+  return collective("ncclReduceScatter",
+                    Call{kReduceScatter, recvcount, uint64_t(datatype), uint64_t(op), 0}, sendbuff,
+                    recvbuff, comm, stream);
+}
+
+ncclResult_t ncclAllGather(const void* sendbuff, void* recvbuff, size_t sendcount,
+                           ncclDataType_t datatype, ncclComm_t comm, cudaStream_t stream) {
+  return collective("ncclAllGather", Call{kAllGather, sendcount, uint64_t(datatype), 0, 0},
                     sendbuff, recvbuff, comm, stream);
 }
 

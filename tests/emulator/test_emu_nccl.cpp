@@ -9,6 +9,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <cmath>
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
@@ -19,6 +20,7 @@
 #include <thread>
 #include <vector>
 
+#include "core/elementwise.h"
 #include "elbo_emu/emulator.h"
 
 namespace {
@@ -149,6 +151,85 @@ TEST(EmuNccl, AllReduceOtherTypesAndOps) {
     REQUIRE(ncclAllReduce(d, d, 2, ncclDouble, ncclMax, p.comm, p.stream) == ncclSuccess);
     REQUIRE(p.to_host(i, 2) == (std::vector<int32_t>{-7, 3}));
     REQUIRE(p.to_host(d, 2) == (std::vector<double>{0.5, -1.0}));
+    REQUIRE(ncclCommDestroy(p.comm) == ncclSuccess);
+  });
+}
+
+// ZeRO-1's pair, out of place and in place, with a count that spans rounds of the staging area
+// (a reduce-scatter's rounds run over the whole buffer: 3 x kLarge / 3 floats).
+void reduce_scatter_and_all_gather(int nranks) {
+  const ncclUniqueId id = new_id();
+  run_ranks(nranks, id, [&](int rank) {
+    Peer p(nranks, id, rank);
+    for (size_t each : {size_t{1}, size_t{333}, kLarge / 3}) {
+      const size_t n = each * size_t(nranks), own = each * size_t(rank);
+      std::vector<float> mine(n), sum(n, 0.0f), part(each);
+      for (size_t i = 0; i < n; ++i) {
+        mine[i] = value(rank, i);
+        for (int r = 0; r < nranks; ++r) sum[i] += value(r, i);
+      }
+      const std::vector<float> want_part(sum.begin() + long(own), sum.begin() + long(own + each));
+      float* send = p.to_device(mine);
+      float* recv = p.to_device(std::vector<float>(each, -1.0f));
+      REQUIRE(ncclReduceScatter(send, recv, each, ncclFloat, ncclSum, p.comm, p.stream) ==
+              ncclSuccess);
+      REQUIRE(p.to_host(recv, each) == want_part);
+      REQUIRE(p.to_host(send, n) == mine);  // out of place: the input stays
+      REQUIRE(ncclReduceScatter(send, send + own, each, ncclFloat, ncclSum, p.comm, p.stream) ==
+              ncclSuccess);
+      REQUIRE(p.to_host(send + own, each) == want_part);  // in place: this rank's share
+
+      // All-gather: rank r's part is value(r, i) for i in its share.
+      std::vector<float> gathered(n);
+      for (size_t i = 0; i < n; ++i) gathered[i] = value(int(i / each), i);
+      for (size_t i = 0; i < each; ++i) part[i] = value(rank, own + i);
+      float* small = p.to_device(part);
+      float* all = p.to_device(std::vector<float>(n, -1.0f));
+      REQUIRE(ncclAllGather(small, all, each, ncclFloat, p.comm, p.stream) == ncclSuccess);
+      REQUIRE(p.to_host(all, n) == gathered);
+      std::vector<float> in_place(n, -1.0f);
+      std::copy(part.begin(), part.end(), in_place.begin() + long(own));
+      float* buf = p.to_device(in_place);
+      REQUIRE(ncclAllGather(buf + own, buf, each, ncclFloat, p.comm, p.stream) == ncclSuccess);
+      REQUIRE(p.to_host(buf, n) == gathered);
+      for (float* d : {send, recv, small, all, buf}) REQUIRE(cudaFree(d) == cudaSuccess);
+    }
+    REQUIRE(p.async_error() == ncclSuccess);
+    REQUIRE(ncclCommDestroy(p.comm) == ncclSuccess);
+  });
+}
+
+TEST(EmuNccl, ReduceScatterAndAllGatherTwoRanks) { reduce_scatter_and_all_gather(2); }
+TEST(EmuNccl, ReduceScatterAndAllGatherThreeRanks) { reduce_scatter_and_all_gather(3); }
+
+// bfloat16 sums (gradient compression): each rank's values rounded to bfloat16, summed in rank
+// order with one rounding per addition; the emulator's rounding is written independently of
+// elbo's bfloat16_sum, which gives the expected values here.
+TEST(EmuNccl, Bfloat16AllReduceAndReduceScatterRoundEachAddition) {
+  constexpr int kRanks = 3;
+  constexpr size_t each = 700'001, n = each * kRanks;  // a reduce-scatter of several rounds
+  const ncclUniqueId id = new_id();
+  const auto mine_of = [](int rank, size_t i) {
+    return elbo::bfloat16_bits(std::sin(0.001f * float(i) + float(rank)) * float(1 + rank));
+  };
+  run_ranks(kRanks, id, [&](int rank) {
+    Peer p(kRanks, id, rank);
+    std::vector<uint16_t> mine(n), want(n);
+    for (size_t i = 0; i < n; ++i) {
+      mine[i] = mine_of(rank, i);
+      want[i] = mine_of(0, i);
+      for (int r = 1; r < kRanks; ++r) want[i] = elbo::bfloat16_sum(want[i], mine_of(r, i));
+    }
+    uint16_t* buf = p.to_device(mine);
+    REQUIRE(ncclAllReduce(buf, buf, n, ncclBfloat16, ncclSum, p.comm, p.stream) == ncclSuccess);
+    REQUIRE(p.to_host(buf, n) == want);
+    uint16_t* rs = p.to_device(mine);
+    const size_t own = each * size_t(rank);
+    REQUIRE(ncclReduceScatter(rs, rs + own, each, ncclBfloat16, ncclSum, p.comm, p.stream) ==
+            ncclSuccess);
+    REQUIRE(p.to_host(rs + own, each) ==
+            std::vector<uint16_t>(want.begin() + long(own), want.begin() + long(own + each)));
+    REQUIRE(cudaFree(buf) == cudaSuccess && cudaFree(rs) == cudaSuccess);
     REQUIRE(ncclCommDestroy(p.comm) == ncclSuccess);
   });
 }
