@@ -9,7 +9,8 @@
 #   - training (configs/fashion_mnist.yaml, 200 steps, 1 thread per rank): 2 hosts x 1 rank and
 #     2 hosts x 2 ranks, against 1 process in one host (run twice; no network in it).
 # Per rate also: the same all-reduces and 2x1 training with --mca btl_tcp_links 2 (two TCP
-# connections per pair of ranks instead of one). At full speed it also measures
+# connections per pair of ranks instead of one), and 2x1 training with ZeRO-1, with bfloat16
+# gradients, and with both. At full speed it also measures
 # mpi_yield_when_idle 1 against 0 (4 KB all-reduce, 2x1 and 2x2, 4 ranks in one host over shared
 # memory as a control, and 2x2 training).
 # Prints a markdown table and the fit of T = 2(n-1)a + 2(n-1)/n S/B to the all-reduce points;
@@ -239,6 +240,15 @@ for rate in $rates; do
   training "$rate" 2x1 2 "${mpi[@]}" --map-by ppr:1:node
   training "$rate" 2x2 4 "${mpi[@]}" --map-by ppr:2:node
   training "$rate" 2x1-links2 2 "${links2[@]}" --map-by ppr:1:node
+  # The levers of distributed: (ZeRO-1, bfloat16 gradients) on the same 2x1 run.
+  plain=("${train[@]}")
+  train=("${plain[@]}" distributed.shard_optimizer=true)
+  training "$rate" 2x1-zero1 2 "${mpi[@]}" --map-by ppr:1:node
+  train=("${plain[@]}" distributed.grad_compression=bf16)
+  training "$rate" 2x1-bf16 2 "${mpi[@]}" --map-by ppr:1:node
+  train=("${plain[@]}" distributed.shard_optimizer=true distributed.grad_compression=bf16)
+  training "$rate" 2x1-zero1-bf16 2 "${mpi[@]}" --map-by ppr:1:node
+  train=("${plain[@]}")
   [ "$rate" = full ] && training full 2x2-spin 4 "${spin[@]}" --map-by ppr:2:node
 done
 record "{\"kind\": \"drops\", \"packets\": $(drops)}"
@@ -296,6 +306,14 @@ print("|---|---|---|---|")
 for rate in rates:
     print("| %s | %s | %s | %s |" % (names[rate], cell_ar(rate, "4k-links2", 4096),
                                    cell_ar(rate, "grad-links2", G, True), cell_train(rate, "2x1-links2", 2)))
+print()
+print("2x1 training with distributed.shard_optimizer (ZeRO-1) and distributed.grad_compression: bf16:")
+print()
+print("| link rate | plain | shard_optimizer | grad_compression bf16 | both |")
+print("|---|---|---|---|---|")
+for rate in rates:
+    print("| %s | %s | %s | %s | %s |" % (names[rate], cell_train(rate, "2x1", 2), cell_train(rate, "2x1-zero1", 2),
+                                        cell_train(rate, "2x1-bf16", 2), cell_train(rate, "2x1-zero1-bf16", 2)))
 print()
 print("Fit of T = 2(n-1)a + 2(n-1)/n S/B through the 4 KB and 2.6 MB points (n = 2: T = 2a + S/B):")
 print()

@@ -65,25 +65,19 @@ class MpiCommunicator final : public Communicator {
   void broadcast(float* data, size_t n, int root) override {
     ELBO_MPI_CHECK(MPI_Bcast(data, count(n), MPI_FLOAT, root, MPI_COMM_WORLD));
   }
-  // In place, MPI leaves this rank's slice of the sum at the start of the buffer; it moves to the
-  // slice's own place (rank 0's is there already).
+  // Ring reduce-scatters of our own, not MPI_Reduce_scatter: Open MPI's, in place, allocates a
+  // scratch buffer as large as the whole gradient, which gave back all that ZeRO-1 saves on the
+  // moments at 2 ranks (peak RSS of a 3.8 M-parameter MLP: 150.6 MB sharded or not). The ring
+  // needs one slice of scratch and moves the bytes of a ring.
   void reduce_scatter_sum(float* data, size_t n) override {
-    const Partition& p = partition(n);
-    ELBO_MPI_CHECK(MPI_Reduce_scatter(MPI_IN_PLACE, data, p.counts.data(), MPI_FLOAT, MPI_SUM,
-                                      MPI_COMM_WORLD));
-    const Slice mine = slice_of(n, rank_, size_);
-    if (mine.offset > 0) std::memmove(data + mine.offset, data, mine.count * sizeof(float));
+    ring_reduce_scatter(data, n, MPI_FLOAT, [](float a, float b) { return a + b; });
   }
   void allreduce_sum_bf16(uint16_t* data, size_t n) override {
     ELBO_MPI_CHECK(
         MPI_Allreduce(MPI_IN_PLACE, data, count(n), MPI_UINT16_T, bf16_sum_, MPI_COMM_WORLD));
   }
   void reduce_scatter_sum_bf16(uint16_t* data, size_t n) override {
-    const Partition& p = partition(n);
-    ELBO_MPI_CHECK(MPI_Reduce_scatter(MPI_IN_PLACE, data, p.counts.data(), MPI_UINT16_T,
-                                      bf16_sum_, MPI_COMM_WORLD));
-    const Slice mine = slice_of(n, rank_, size_);
-    if (mine.offset > 0) std::memmove(data + mine.offset, data, mine.count * sizeof(uint16_t));
+    ring_reduce_scatter(data, n, MPI_UINT16_T, &bfloat16_sum);
   }
   void allgather(float* data, size_t n) override {
     const Partition& p = partition(n);
@@ -126,6 +120,30 @@ class MpiCommunicator final : public Communicator {
     return partition_;
   }
   Partition partition_;
+
+  // Size - 1 steps around the ring of ranks: at step s this rank sends its running sum of slice
+  // (rank - s - 1) mod size to the next rank, and adds the previous rank's running sum of slice
+  // (rank - s - 2) mod size into its own. After the last step its own slice holds everyone's sum
+  // (each addition made in the order the ring brings the terms).
+  template <typename T, typename Add>
+  void ring_reduce_scatter(T* data, size_t n, MPI_Datatype type, Add add) {
+    count(n);
+    if (size_ == 1) return;
+    const int next = (rank_ + 1) % size_, prev = (rank_ + size_ - 1) % size_;
+    const Slice largest = slice_of(n, size_ - 1, size_);
+    scratch_.resize(largest.count * sizeof(T));
+    T* in = reinterpret_cast<T*>(scratch_.data());
+    for (int s = 0; s < size_ - 1; ++s) {
+      const Slice send = slice_of(n, (rank_ - s - 1 + 2 * size_) % size_, size_);
+      const Slice recv = slice_of(n, (rank_ - s - 2 + 2 * size_) % size_, size_);
+      ELBO_MPI_CHECK(MPI_Sendrecv(data + send.offset, static_cast<int>(send.count), type, next, s,
+                                  in, static_cast<int>(recv.count), type, prev, s, MPI_COMM_WORLD,
+                                  MPI_STATUS_IGNORE));
+      T* own = data + recv.offset;
+      for (size_t i = 0; i < recv.count; ++i) own[i] = add(own[i], in[i]);
+    }
+  }
+  std::vector<unsigned char> scratch_;
   // bfloat16_sum elementwise, as an MPI reduction over MPI_UINT16_T (commutative: float addition
   // is, and the rounding depends on the sum alone).
   static void bf16_sum(void* in, void* inout, int* len, MPI_Datatype*) {
