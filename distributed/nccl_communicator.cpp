@@ -149,20 +149,9 @@ class NcclCommunicator final : public Communicator {
   }
 
   // NCCL's reduce-scatter and all-gather take equal counts: they move size() x (n / size())
-  // floats, and the last rank's tail of under size() floats goes by all-reduce and broadcast.
+  // values, and the last rank's tail of under size() values goes by all-reduce and broadcast.
   void reduce_scatter_sum(float* data, size_t n) override {
-    wait_on_host("reduce-scatter (enqueue)");
-    const size_t each = n / static_cast<size_t>(size()), tail = n - each * size();
-    ELBO_NCCL_CHECK(ncclGroupStart());
-    if (each > 0)
-      ELBO_NCCL_CHECK(ncclReduceScatter(data, data + each * static_cast<size_t>(rank_), each,
-                                        ncclFloat, ncclSum, comm(), stream_));
-    if (tail > 0) {
-      float* t = data + each * static_cast<size_t>(size());
-      ELBO_NCCL_CHECK(ncclAllReduce(t, t, tail, ncclFloat, ncclSum, comm(), stream_));
-    }
-    ELBO_NCCL_CHECK(ncclGroupEnd());
-    issued("reduce-scatter", n);
+    reduce_scatter(data, n, ncclFloat, "reduce-scatter");
   }
   void allgather(float* data, size_t n) override {
     wait_on_host("all-gather (enqueue)");
@@ -185,18 +174,7 @@ class NcclCommunicator final : public Communicator {
     issued("all-reduce (bfloat16)", n);
   }
   void reduce_scatter_sum_bf16(uint16_t* data, size_t n) override {
-    wait_on_host("reduce-scatter (enqueue)");
-    const size_t each = n / static_cast<size_t>(size()), tail = n - each * size();
-    ELBO_NCCL_CHECK(ncclGroupStart());
-    if (each > 0)
-      ELBO_NCCL_CHECK(ncclReduceScatter(data, data + each * static_cast<size_t>(rank_), each,
-                                        ncclBfloat16, ncclSum, comm(), stream_));
-    if (tail > 0) {
-      uint16_t* t = data + each * static_cast<size_t>(size());
-      ELBO_NCCL_CHECK(ncclAllReduce(t, t, tail, ncclBfloat16, ncclSum, comm(), stream_));
-    }
-    ELBO_NCCL_CHECK(ncclGroupEnd());
-    issued("reduce-scatter (bfloat16)", n);
+    reduce_scatter(data, n, ncclBfloat16, "reduce-scatter (bfloat16)");
   }
 
   void allreduce_sum(double* data, size_t n) override { control_.allreduce_sum(data, n); }
@@ -219,6 +197,22 @@ class NcclCommunicator final : public Communicator {
   }
 
   void replayed() override { issued("a replayed step (CUDA graph)", 0); }
+
+  template <typename T>
+  void reduce_scatter(T* data, size_t n, ncclDataType_t type, const char* what) {
+    wait_on_host("reduce-scatter (enqueue)");
+    const size_t each = n / static_cast<size_t>(size()), tail = n - each * size();
+    ELBO_NCCL_CHECK(ncclGroupStart());
+    if (each > 0)
+      ELBO_NCCL_CHECK(ncclReduceScatter(data, data + each * static_cast<size_t>(rank_), each, type,
+                                        ncclSum, comm(), stream_));
+    if (tail > 0) {
+      T* t = data + each * static_cast<size_t>(size());
+      ELBO_NCCL_CHECK(ncclAllReduce(t, t, tail, type, ncclSum, comm(), stream_));
+    }
+    ELBO_NCCL_CHECK(ncclGroupEnd());
+    issued(what, n);
+  }
 
   void issued(const char* what, size_t n) {
     // While the stream is being captured nothing runs; the replays are timed instead.
