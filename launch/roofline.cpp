@@ -183,10 +183,11 @@ std::string trans(Trans t) { return t == Trans::Yes ? "T" : "N"; }
 }  // namespace
 
 StepWork record_step_work(Backend& inner, const ModelSpec& spec, int rows, const AdamConfig& adam,
-                          double grad_clip) {
+                          double grad_clip, std::optional<Slice> optimizer_share) {
   RecordingBackend rec(inner);
   Vae vae(rec, spec, rows, 1);
-  Adam opt(rec, vae.num_params(), adam);
+  const Slice s = optimizer_share.value_or(Slice{0, vae.num_params()});
+  Adam opt(rec, s.count, adam);
   const size_t B = static_cast<size_t>(rows);
   DeviceArray x(rec, B * static_cast<size_t>(spec.input_dim)), eps(rec, B * spec.latent),
       health(rec, 5);
@@ -199,8 +200,8 @@ StepWork record_step_work(Backend& inner, const ModelSpec& spec, int rows, const
   vae.forward_backward(x.data(), eps.data(), rows, 1.0f, 1.0f / static_cast<float>(rows));
   rec.accumulate_losses(vae.recon_per_sample(), vae.kl_per_sample(), rows, 1.0f, health.data());
   rec.optimizer = true;
-  if (grad_clip > 0) clip_grad_norm(rec, vae.grads(), vae.num_params(), grad_clip);
-  opt.step(vae.params(), vae.grads(), health.data() + 4);
+  if (grad_clip > 0) clip_grad_norm(rec, vae.grads() + s.offset, s.count, grad_clip);
+  opt.step(vae.params() + s.offset, vae.grads() + s.offset, health.data() + 4);
   return rec.work;
 }
 

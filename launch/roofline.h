@@ -3,12 +3,14 @@
 // elementwise passes move, at the measured memory bandwidth.
 #pragma once
 
+#include <optional>
 #include <string>
 #include <vector>
 
 #include "core/backend.h"
 #include "core/model.h"
 #include "core/optimizer.h"
+#include "distributed/communicator.h"
 
 namespace elbo {
 
@@ -29,8 +31,10 @@ struct StepWork {
 // Records the work of one step (noise, forward_backward, loss sums, clipping, Adam) of a model
 // with `rows` rows, by running it once through a wrapper over `inner` that notes each GEMM's
 // shape and each other call's bytes (its inputs read and outputs written once, in float32).
+// `optimizer_share` is this rank's slice of the parameters under ZeRO-1 (slice_of), which it
+// clips and updates; all of them otherwise.
 StepWork record_step_work(Backend& inner, const ModelSpec& spec, int rows, const AdamConfig& adam,
-                          double grad_clip);
+                          double grad_clip, std::optional<Slice> optimizer_share = std::nullopt);
 
 struct GemmRate {
   GemmShape shape;

@@ -102,6 +102,11 @@ TEST(Roofline, OptimizerBytes) {
   // A threshold that the gradient's norm exceeds (every step scales): 28 + 4 + 8 bytes.
   EXPECT_DOUBLE_EQ(record_step_work(*cpu, spec, 4, AdamConfig{}, 1e-12).optimizer_bytes, 40 * P);
   EXPECT_GT(record_step_work(*cpu, spec, 4, AdamConfig{}, 0.0).elementwise_bytes, 0.0);
+  // ZeRO-1: a rank clips and updates its slice only (the last of 3 ranks: the largest).
+  const Slice last = slice_of(ParameterLayout(spec).total_size(), 2, 3);
+  const double S = static_cast<double>(last.count);
+  EXPECT_DOUBLE_EQ(record_step_work(*cpu, spec, 4, AdamConfig{}, 1e-12, last).optimizer_bytes,
+                   40 * S);
 }
 
 // A scripted clock: each call returns the next time.
