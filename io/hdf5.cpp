@@ -105,6 +105,26 @@ std::vector<int64_t> space_shape(hid_t space) {
   return std::vector<int64_t>(dims.begin(), dims.end());
 }
 
+// A number type as HDF5 writes one: an integer's bits within its element, a float in IEEE 754
+// single or double precision (either byte order). HDF5 1.10.8 decodes malformed ones from a
+// corrupt file and its conversion then reads past the value (H5T__bit_find, from H5Aread or
+// H5Dread).
+bool well_formed_number(hid_t t) {
+  switch (H5Tget_class(t)) {
+    case H5T_INTEGER: {
+      const int offset = H5Tget_offset(t);
+      const size_t precision = H5Tget_precision(t);
+      return offset >= 0 && precision > 0 &&
+             static_cast<size_t>(offset) + precision <= 8 * H5Tget_size(t);
+    }
+    case H5T_FLOAT:
+      for (hid_t ieee : {H5T_IEEE_F32LE, H5T_IEEE_F32BE, H5T_IEEE_F64LE, H5T_IEEE_F64BE})
+        if (H5Tequal(t, ieee) > 0) return true;
+      return false;
+    default: return false;
+  }
+}
+
 }  // namespace
 
 Handle& Handle::operator=(Handle&& o) noexcept {
@@ -329,6 +349,10 @@ FloatArray File::read_floats(const std::string& dataset) const {
   hssize_t n = H5Sget_simple_extent_npoints(space.get());
   ELBO_H5_CHECK(n, where(path_, dataset));
   a.data.resize(static_cast<size_t>(n));
+  Handle type(H5Dget_type(ds.get()), Handle::Type::Datatype);
+  if (!type.valid() || !well_formed_number(type.get()))
+    throw_bad_input("the dataset's element type is not a well-formed number; is the file corrupt?" +
+                    at(path_, dataset));
   // HDF5 converts any numeric type to float
   if (n > 0 &&
       H5Dread(ds.get(), H5T_NATIVE_FLOAT, H5S_ALL, H5S_ALL, H5P_DEFAULT, a.data.data()) < 0)
@@ -402,6 +426,10 @@ std::vector<T> read_numeric(const File& f, const std::string& object, const std:
   if (!ok || (n >= 0 && points != n))
     throw_bad_input("attribute '" + name + "' is not " + (n == 1 ? "a scalar " : "an array of ") +
                     (integer_only ? "integer" : "number") + at(f.path(), object));
+  Handle t(H5Aget_type(a.get()), Handle::Type::Datatype);
+  if (!t.valid() || !well_formed_number(t.get()))
+    throw_bad_input("attribute '" + name + "' has a malformed number type; is the file corrupt?" +
+                    at(f.path(), object));
   std::vector<T> v(static_cast<size_t>(points));
   if (points > 0) check_read(H5Aread(a.get(), mem_type, v.data()), f.path() + ":" + object);
   return v;

@@ -515,6 +515,17 @@ TEST_F(IoTest, ShardUnfilteredChunkOfTheWrongSizeIsRefused) {
   expect_bad_input([&] { h5::File::open_read(p).read_floats("/x"); }, why);
 }
 
+// A checkpoint whose integer attribute's type has bits past its element (found by the fuzzer):
+// HDF5 1.10.8's conversion reads past the value, so the type is refused before the read.
+TEST_F(IoTest, MalformedNumberTypeOfAnAttributeIsRefused) {
+  const std::string p = path("c.h5");
+  std::filesystem::copy_file(std::string(ELBO_TEST_DATA_DIR) +
+                                 "/../fuzz/regressions/checkpoint/hdf5-int-attribute-bits-past-element",
+                             p);
+  expect_bad_input([&] { h5::File::open_read(p).read_int_attribute("/", "format_version"); },
+                   {"attribute 'format_version' has a malformed number type", "(" + p + ":/)"});
+}
+
 // Valid unfiltered chunked shards pass the same check: a partial edge chunk (100 rows in chunks
 // of 16) and a sparse one (no chunk written).
 TEST_F(IoTest, ShardUnfilteredChunksOfTheRightSizePass) {
