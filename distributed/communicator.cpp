@@ -78,9 +78,7 @@ bool mpi_available() {
 
 #if !defined(ELBO_HAVE_MPI)
 std::unique_ptr<Communicator> make_mpi_communicator() {
-  throw_bad_input(
-      "distributed.backend: mpi requested, but this build has no MPI (configure with "
-      "-DELBO_MPI=ON)");
+  throw_bad_input("distributed.backend: mpi requested, but this build has no MPI (configure with -DELBO_MPI=ON)");
 }
 #endif
 

@@ -105,10 +105,8 @@ std::vector<int64_t> space_shape(hid_t space) {
   return std::vector<int64_t>(dims.begin(), dims.end());
 }
 
-// A number type as HDF5 writes one: an integer's bits within its element, a float in IEEE 754
-// single or double precision (either byte order). HDF5 1.10.8 decodes malformed ones from a
-// corrupt file and its conversion then reads past the value (H5T__bit_find, from H5Aread or
-// H5Dread).
+}  // namespace
+
 bool well_formed_number(hid_t t) {
   switch (H5Tget_class(t)) {
     case H5T_INTEGER: {
@@ -124,8 +122,6 @@ bool well_formed_number(hid_t t) {
     default: return false;
   }
 }
-
-}  // namespace
 
 Handle& Handle::operator=(Handle&& o) noexcept {
   if (this != &o) {
@@ -285,8 +281,8 @@ void check_storage(hid_t ds, const std::string& path, const std::string& dataset
   std::vector<hsize_t> dims(static_cast<size_t>(rank)), maxdims(dims.size());
   if (rank > 0 && H5Sget_simple_extent_dims(space.get(), dims.data(), maxdims.data()) != rank)
     corrupt();
-  // A dimension past its maximum (HDF5 never writes one): 4e11 rows where at most 6 may be sent
-  // one row read into a walk over the chunks that lasted beyond libFuzzer's 10 s.
+  // A dimension past its maximum (HDF5 never writes one): 4e11 rows where at most 6 are allowed
+  // made a read of three rows outlast libFuzzer's 10 s.
   for (size_t i = 0; i < dims.size(); ++i)
     if (maxdims[i] != H5S_UNLIMITED && dims[i] > maxdims[i]) corrupt();
   const H5D_layout_t layout = H5Pget_layout(dcpl.get());

@@ -23,6 +23,12 @@ void check_read(herr_t status, const std::string& where);
 // during read: inflate() failed"); for messages about a file that cannot be read.
 std::string last_error_reason();
 
+// A number type as HDF5 writes one: an integer's bits within its element, a float in IEEE 754
+// single or double precision (either byte order). HDF5 1.10.8 decodes malformed ones from a
+// corrupt file, and its conversion then reads past the value (H5T__bit_find, from H5Aread or
+// H5Dread), or converts it differently from one read to the next.
+bool well_formed_number(hid_t type);
+
 // Owns one hid_t and closes it with the right H5*close.
 class Handle {
  public:

@@ -94,11 +94,8 @@ struct ShardMeta {
 void check_well_formed(hid_t t, const std::string& path, const std::string& object) {
   bool ok = true;
   if (H5Tget_class(t) == H5T_INTEGER) {
-    const int offset = H5Tget_offset(t);
-    const size_t precision = H5Tget_precision(t);
-    ok = offset >= 0 && precision > 0 &&
-         static_cast<size_t>(offset) + precision <= 8 * H5Tget_size(t);
-  } else if (H5Tget_class(t) == H5T_FLOAT) {
+    ok = h5::well_formed_number(t);
+  } else if (H5Tget_class(t) == H5T_FLOAT) {  // samples are float32 only
     ok = H5Tequal(t, H5T_IEEE_F32LE) > 0 || H5Tequal(t, H5T_IEEE_F32BE) > 0;
   }
   if (!ok)
