@@ -364,14 +364,22 @@ void Vae::run_forward(const float* x, const float* eps, int B, bool with_grad, f
 }
 
 void Vae::forward_backward(const float* x, const float* eps, int B, float beta, float grad_scale,
-                           const std::function<void()>& after_forward) {
+                           const std::function<void()>& after_forward,
+                           const std::function<void(size_t)>& grads_ready) {
   run_forward(x, eps, B, true, grad_scale);
   if (after_forward) after_forward();
+  // The layout runs from the encoder to the decoder and the backward pass the other way, so once a
+  // layer's gradients are written everything from its lowest offset to the end is final.
+  const auto ready = [&grads_ready](size_t w_offset, size_t b_offset) {
+    if (grads_ready) grads_ready(std::min(w_offset, b_offset));
+  };
   const auto& deconvs = layout_.decoder_convs();
-  for (size_t i = deconvs.size(); i-- > 0;)
+  for (size_t i = deconvs.size(); i-- > 0;) {
     conv_backward(deconvs[i], i == 0 ? acts_.back().data() : dec_acts_[i - 1].data(),
                   dec_acts_[i].data(), dec_dacts_[i].data(),
                   i == 0 ? dacts_.back().data() : dec_dacts_[i - 1].data(), B);
+    ready(deconvs[i].w_offset, deconvs[i].b_offset);
+  }
   const auto& layers = layout_.layers();
   const size_t head = layout_.num_encoder_layers() - 1;
   const float* p = params_.data();
@@ -384,6 +392,7 @@ void Vae::forward_backward(const float* x, const float* eps, int B, float beta, 
     // dW[out, in] = dy^T[out, B] in[B, in]
     backend_.gemm(Trans::Yes, Trans::No, l.out, l.in, B, 1.0f, dy, l.out, layer_input(i, x), l.in,
                   0.0f, g + l.w_offset, l.in);
+    ready(l.w_offset, l.b_offset);
     if (i == 0 && enc_dacts_.empty()) break;  // no gradient with respect to the data
     // d(in)[B, in] = dy[B, out] W[out, in]
     float* din = i == 0          ? enc_dacts_.back().data()
@@ -396,9 +405,11 @@ void Vae::forward_backward(const float* x, const float* eps, int B, float beta, 
                                        beta * grad_scale);
   }
   const auto& convs = layout_.encoder_convs();
-  for (size_t i = convs.size(); i-- > 0;)
+  for (size_t i = convs.size(); i-- > 0;) {
     conv_backward(convs[i], i == 0 ? x : enc_acts_[i - 1].data(), enc_acts_[i].data(),
                   enc_dacts_[i].data(), i == 0 ? nullptr : enc_dacts_[i - 1].data(), B);
+    ready(convs[i].w_offset, convs[i].b_offset);
+  }
 }
 
 void Vae::decode(const float* z, int B) {

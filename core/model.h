@@ -135,9 +135,13 @@ class Vae {
   void resample(const float* x, const float* eps, int B);
   // forward(), then the gradient of grad_scale * sum_b (recon_b + beta KL_b) into grads()
   // (every element overwritten; nothing accumulates across calls). after_forward, when given,
-  // runs between the two passes (`elbo bench` times them apart).
+  // runs between the two passes (`elbo bench` times them apart). grads_ready, when given, is
+  // called after each layer's gradients are written (enqueued, on a device) with an offset from
+  // which every gradient to the end of grads() is final; the offsets fall to 0 at the last call
+  // (the trainer starts the all-reduce of each finished bucket under the rest of the pass).
   void forward_backward(const float* x, const float* eps, int B, float beta, float grad_scale,
-                        const std::function<void()>& after_forward = {});
+                        const std::function<void()>& after_forward = {},
+                        const std::function<void(size_t)>& grads_ready = {});
   // Sums of the per-sample terms of the last forward (a host synchronisation on devices).
   LossSums loss_sums(int B);
 

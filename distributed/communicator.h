@@ -34,6 +34,16 @@ class Communicator {
   // wire. The defaults refuse (a communicator without them cannot compress).
   virtual void allreduce_sum_bf16(uint16_t* data, size_t n);
   virtual void reduce_scatter_sum_bf16(uint16_t* data, size_t n);
+  // Bucketed all-reduce under the backward pass (distributed.bucket_mb): start_allreduce_sum
+  // starts an in-place sum of n floats that may still be running when it returns, progress() lets
+  // the started sums advance (MPI moves data only inside MPI calls), and finish_allreduces()
+  // returns once every started sum is complete: on the host, or on a device for the work the
+  // caller enqueues next. The buffers must stay untouched until then. Every rank starts the same
+  // sums in the same order. The defaults run each sum at once (correct for any communicator).
+  virtual void start_allreduce_sum(float* data, size_t n) { allreduce_sum(data, n); }
+  virtual void start_allreduce_sum_bf16(uint16_t* data, size_t n) { allreduce_sum_bf16(data, n); }
+  virtual void progress() {}
+  virtual void finish_allreduces() {}
   // Control plane, always host memory: sums of doubles (metrics, agreement tables) and raw bytes
   // from root (e.g. an ncclUniqueId).
   virtual void allreduce_sum(double* data, size_t n) = 0;

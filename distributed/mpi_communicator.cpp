@@ -79,6 +79,31 @@ class MpiCommunicator final : public Communicator {
   void reduce_scatter_sum_bf16(uint16_t* data, size_t n) override {
     ring_reduce_scatter(data, n, MPI_UINT16_T, &bfloat16_sum);
   }
+  // Nonblocking all-reduces (MPI_Iallreduce): Open MPI advances them only inside MPI calls, so
+  // the trainer calls progress() after each layer of the backward pass.
+  void start_allreduce_sum(float* data, size_t n) override {
+    requests_.push_back(MPI_REQUEST_NULL);
+    ELBO_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, data, count(n), MPI_FLOAT, MPI_SUM, MPI_COMM_WORLD,
+                                  &requests_.back()));
+  }
+  void start_allreduce_sum_bf16(uint16_t* data, size_t n) override {
+    requests_.push_back(MPI_REQUEST_NULL);
+    ELBO_MPI_CHECK(MPI_Iallreduce(MPI_IN_PLACE, data, count(n), MPI_UINT16_T, bf16_sum_,
+                                  MPI_COMM_WORLD, &requests_.back()));
+  }
+  void progress() override {
+    if (requests_.empty()) return;
+    int done = 0;
+    ELBO_MPI_CHECK(MPI_Testall(static_cast<int>(requests_.size()), requests_.data(), &done,
+                               MPI_STATUSES_IGNORE));
+    if (done) requests_.clear();
+  }
+  void finish_allreduces() override {
+    if (requests_.empty()) return;
+    ELBO_MPI_CHECK(MPI_Waitall(static_cast<int>(requests_.size()), requests_.data(),
+                               MPI_STATUSES_IGNORE));
+    requests_.clear();
+  }
   void allgather(float* data, size_t n) override {
     const Partition& p = partition(n);
     ELBO_MPI_CHECK(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, data, p.counts.data(),
@@ -144,6 +169,7 @@ class MpiCommunicator final : public Communicator {
     }
   }
   std::vector<unsigned char> scratch_;
+  std::vector<MPI_Request> requests_;  // started and not yet finished all-reduces
   // bfloat16_sum elementwise, as an MPI reduction over MPI_UINT16_T (commutative: float addition
   // is, and the rounding depends on the sum alone).
   static void bf16_sum(void* in, void* inout, int* len, MPI_Datatype*) {

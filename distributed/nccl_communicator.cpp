@@ -177,6 +177,29 @@ class NcclCommunicator final : public Communicator {
     reduce_scatter(data, n, ncclBfloat16, "reduce-scatter (bfloat16)");
   }
 
+  // Bucketed all-reduce: each bucket waits, through an event, for the work enqueued so far on the
+  // compute stream (the bucket's gradients), then runs on a second stream under the rest of the
+  // backward pass; finish_allreduces() makes the compute stream wait for all of them. Under CUDA
+  // graph capture the fork and the join become the graph's edges.
+  void start_allreduce_sum(float* data, size_t n) override {
+    fork();
+    wait_on_host("all-reduce (enqueue)");
+    ELBO_NCCL_CHECK(ncclAllReduce(data, data, n, ncclFloat, ncclSum, comm(), side_.get()));
+    issued("all-reduce", n, side_.get());
+  }
+  void start_allreduce_sum_bf16(uint16_t* data, size_t n) override {
+    fork();
+    wait_on_host("all-reduce (enqueue)");
+    ELBO_NCCL_CHECK(ncclAllReduce(data, data, n, ncclBfloat16, ncclSum, comm(), side_.get()));
+    issued("all-reduce (bfloat16)", n, side_.get());
+  }
+  void finish_allreduces() override {
+    if (!forked_) return;
+    ELBO_CUDA_CHECK(cudaEventRecord(joined_.get(), side_.get()));
+    ELBO_CUDA_CHECK(cudaStreamWaitEvent(stream_, joined_.get(), 0));
+    forked_ = false;
+  }
+
   void allreduce_sum(double* data, size_t n) override { control_.allreduce_sum(data, n); }
   void broadcast_bytes(void* data, size_t n, int root) override {
     control_.broadcast_bytes(data, n, root);
@@ -214,7 +237,14 @@ class NcclCommunicator final : public Communicator {
     issued(what, n);
   }
 
-  void issued(const char* what, size_t n) {
+  void fork() {
+    ELBO_CUDA_CHECK(cudaEventRecord(ready_.get(), stream_));
+    ELBO_CUDA_CHECK(cudaStreamWaitEvent(side_.get(), ready_.get(), 0));
+    forked_ = true;
+  }
+
+  void issued(const char* what, size_t n) { issued(what, n, stream_); }
+  void issued(const char* what, size_t n, cudaStream_t stream) {
     // While the stream is being captured nothing runs; the replays are timed instead.
     cudaStreamCaptureStatus capture = cudaStreamCaptureStatusNone;
     ELBO_CUDA_CHECK(cudaStreamIsCapturing(stream_, &capture));
@@ -223,7 +253,7 @@ class NcclCommunicator final : public Communicator {
       pending_ = Pending{};
       return;
     }
-    ELBO_CUDA_CHECK(cudaEventRecord(done_.get(), stream_));
+    ELBO_CUDA_CHECK(cudaEventRecord(done_.get(), stream));
     pending_ = Pending{what, n, now_ns(), true};
   }
 
@@ -294,6 +324,9 @@ class NcclCommunicator final : public Communicator {
   const int rank_;
   const int device_;
   Event done_;  // recorded after each collective
+  Stream side_;  // the bucketed all-reduces' stream
+  Event ready_, joined_;  // fork to side_, join back to stream_
+  bool forked_ = false;   // side_ has work the compute stream has not joined
   std::mutex mu_;   // guards pending_ and the record/query of done_
   std::condition_variable_any wake_;
   Pending pending_;

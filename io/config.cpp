@@ -403,6 +403,7 @@ DistributedConfig read_distributed(MapReader m) {
   if (auto f = m.take("shard_optimizer")) d.shard_optimizer = boolean(*f);
   if (auto f = m.take("grad_compression"))
     d.grad_compression = choice<GradCompression>(*f, kCompression);
+  if (auto f = m.take("bucket_mb")) d.bucket_mb = non_negative(*f);
   m.finish();
   return d;
 }
@@ -659,6 +660,7 @@ std::string to_yaml(const Config& c) {
   out << Key << "shard_optimizer" << Value << (c.distributed.shard_optimizer ? "true" : "false");
   out << Key << "grad_compression" << Value
       << name_of<GradCompression>(kCompression, c.distributed.grad_compression);
+  out << Key << "bucket_mb" << Value << number_text(c.distributed.bucket_mb);
   out << EndMap;
   out << Key << "checkpoint" << Value << BeginMap;
   out << Key << "every_steps" << Value << c.checkpoint.every_steps;

@@ -66,6 +66,10 @@ struct DistributedConfig {
   // bf16: gradients cross the network as bfloat16 (half the bytes), summed in float and rounded
   // at each addition, then widened to float for clipping and Adam (as DDP's bf16 compress hook).
   GradCompression grad_compression = GradCompression::None;
+  // Gradients are all-reduced in buckets of about this many megabytes, each started as soon as the
+  // backward pass has finished it (the decoder's first), under the rest of the pass; 0: one
+  // all-reduce after the pass. Not with shard_optimizer, whose reduce-scatter follows the pass.
+  double bucket_mb = 0;
 };
 
 struct CheckpointConfig {

@@ -87,6 +87,9 @@ class StepLoop final : public Trainer {
         adam_(backend, slice_.count, adam_config(cfg)),
         compressed_(cfg.distributed.grad_compression == GradCompression::Bf16 && comm.size() > 1),
         grads_bf16_(backend, compressed_ ? (vae_.num_params() + 1) / 2 : 0),
+        buckets_(comm.size() > 1 && !sharded_
+                     ? gradient_buckets(vae_.layout(), cfg.distributed.bucket_mb)
+                     : std::vector<Slice>{}),
         key_(rng_key(cfg.seed)),
         x_{DeviceArray(backend, static_cast<size_t>(batch_) * static_cast<size_t>(D_)),
            DeviceArray(backend, static_cast<size_t>(batch_) * static_cast<size_t>(D_))},
@@ -378,8 +381,10 @@ class StepLoop final : public Trainer {
   void run_step(const float* x, double beta) {
     const auto work = [this, x, beta] {
       phase_begin(Phase::Forward);
+      next_bucket_ = 0;
       vae_.forward_backward(x, eps_.data(), batch_, static_cast<float>(beta),
-                            1.0f / static_cast<float>(global_batch_), between_passes_);
+                            1.0f / static_cast<float>(global_batch_), between_passes_,
+                            buckets_.empty() ? grads_ready_none_ : grads_ready_);
       phase_end(Phase::Backward);
       be_.accumulate_losses(vae_.recon_per_sample(), vae_.kl_per_sample(), batch_,
                             static_cast<float>(beta), health_.data());
@@ -387,8 +392,12 @@ class StepLoop final : public Trainer {
         sharded_update();
         return;
       }
-      phase_begin(Phase::AllReduce);
-      sum_gradients();
+      if (buckets_.empty()) {
+        phase_begin(Phase::AllReduce);
+        sum_gradients();
+      } else {
+        finish_buckets();
+      }
       phase_end(Phase::AllReduce);
       phase_begin(Phase::Optimizer);
       if (cfg_.train.grad_clip > 0)
@@ -446,6 +455,32 @@ class StepLoop final : public Trainer {
     } else {
       comm_.allreduce_sum_bf16(h, n);
       be_.from_bfloat16(h, g, n);
+    }
+  }
+
+  // Called by the backward pass as layers finish: starts the all-reduce of every bucket whose
+  // gradients are all final, then lets the started ones advance.
+  void start_buckets(size_t ready_from) {
+    while (next_bucket_ < buckets_.size() && buckets_[next_bucket_].offset >= ready_from) {
+      const Slice& b = buckets_[next_bucket_++];
+      if (next_bucket_ == 1) phase_begin(Phase::AllReduce);
+      if (compressed_) {
+        auto* h = reinterpret_cast<uint16_t*>(grads_bf16_.data()) + b.offset;
+        be_.to_bfloat16(vae_.grads() + b.offset, h, b.count);
+        comm_.start_allreduce_sum_bf16(h, b.count);
+      } else {
+        comm_.start_allreduce_sum(vae_.grads() + b.offset, b.count);
+      }
+    }
+    comm_.progress();
+  }
+  // After the backward pass, every bucket has started (the last layer reports offset 0).
+  void finish_buckets() {
+    ELBO_CHECK(next_bucket_ == buckets_.size(), "a gradient bucket was never started");
+    comm_.finish_allreduces();
+    if (compressed_) {
+      const auto* h = reinterpret_cast<const uint16_t*>(grads_bf16_.data());
+      be_.from_bfloat16(h, vae_.grads(), vae_.num_params());
     }
   }
 
@@ -627,6 +662,13 @@ class StepLoop final : public Trainer {
   // a float of backend memory.
   const bool compressed_;
   DeviceArray grads_bf16_;
+  // distributed.bucket_mb, with more than one rank and no ZeRO-1: the gradient buffer's buckets,
+  // last first (gradient_buckets), each all-reduced as soon as the backward pass has finished it;
+  // empty: one all-reduce after the pass.
+  const std::vector<Slice> buckets_;
+  size_t next_bucket_ = 0;  // the next bucket to start in this step
+  const std::function<void(size_t)> grads_ready_ = [this](size_t from) { start_buckets(from); };
+  const std::function<void(size_t)> grads_ready_none_;
   RngKey key_;
   HostBatch eval_batch_;       // staging for evaluation reads
   DeviceArray x_[2];           // [batch, D] each: training batches alternate between them
@@ -658,6 +700,23 @@ class StepLoop final : public Trainer {
 };
 
 }  // namespace
+
+std::vector<Slice> gradient_buckets(const ParameterLayout& layout, double bucket_mb) {
+  std::vector<Slice> buckets;
+  if (bucket_mb <= 0) return buckets;
+  std::vector<size_t> starts;
+  for (const TensorView& t : layout.tensors()) starts.push_back(t.offset);
+  std::sort(starts.begin(), starts.end(), std::greater<>());
+  const double cap_floats = bucket_mb * 1e6 / sizeof(float);
+  size_t end = layout.total_size();
+  for (size_t start : starts) {
+    if (start == 0 || static_cast<double>(end - start) >= cap_floats) {
+      buckets.push_back(Slice{start, end - start});
+      end = start;
+    }
+  }
+  return buckets;
+}
 
 bool stop_check_due(bool host_backend, int64_t steps_done, int log_every) {
   return host_backend || steps_done % kStopCheckEvery == 0 ||

@@ -4,6 +4,7 @@
 
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "core/backend.h"
 #include "core/model.h"
@@ -47,6 +48,12 @@ bool stop_check_due(bool host_backend, int64_t steps_done, int log_every);
 // how many ranks failed, through one control-plane sum (over MPI even when the data plane is
 // NCCL, whose collectives must then be made the same way on every rank).
 int ranks_that_failed_capture(Communicator& comm, bool captured);
+
+// The buckets of the gradient buffer for an all-reduce under the backward pass, in the order the
+// pass finishes them: from the end of the buffer (the decoder's output layer) towards offset 0,
+// each cut at a tensor's start once it holds at least bucket_mb megabytes (10^6 bytes), the
+// last one whatever is left. Together they cover [0, num_params) once. bucket_mb <= 0: none.
+std::vector<Slice> gradient_buckets(const ParameterLayout& layout, double bucket_mb);
 
 // `comm` carries the gradients (device memory for NCCL) and the control messages.
 std::unique_ptr<Trainer> make_trainer(const Config& cfg, Communicator& comm, Backend& backend,

@@ -1,8 +1,10 @@
 #!/usr/bin/env bash
 # NCCL between GPUs (real ones, or the CUDA emulator's): 2 and 3 ranks with device=cuda, CUDA
-# graphs off and on, and ZeRO-1 (distributed.shard_optimizer) with graphs, give the step losses of 1 CPU rank within the tolerance of mpi_test.sh; a
-# stalled NCCL peer ends the job within distributed.timeout_s + 30 s with the rank named, graphs
-# off and on. Skips (77) without a CUDA device, fails when nvidia-smi lists one that is unusable.
+# graphs off and on, ZeRO-1 (distributed.shard_optimizer) with graphs, and the bucketed all-reduce
+# (distributed.bucket_mb) with graphs, give the step losses of 1 CPU rank within the tolerance of
+# mpi_test.sh; a stalled NCCL peer ends the job within distributed.timeout_s + 30 s with the rank
+# named, graphs off and on. Skips (77) without a CUDA device, fails when nvidia-smi lists one that
+# is unusable.
 # Usage: cuda_mpi_test.sh <elbo> <work-dir>
 set -u
 # shellcheck source=tests/lib.sh
@@ -43,12 +45,21 @@ for np in 2 3; do
   grep -q "cannot be captured" "gpu${np}_zero.log" &&
     { echo "FAIL - gpu${np}_zero fell back to plain steps"; failed=1; }
   compare_runs "gpu${np}_zero" cpu1 30
+  # The bucketed all-reduce (5 buckets) on NCCL's second stream, forked from and joined to the
+  # compute stream inside the captured graph.
+  run "gpu${np}_buckets" "$np" cuda train.cuda_graphs=true distributed.bucket_mb=0.001
+  grep -q "cannot be captured" "gpu${np}_buckets.log" &&
+    { echo "FAIL - gpu${np}_buckets fell back to plain steps"; failed=1; }
+  compare_runs "gpu${np}_buckets" cpu1 30
 done
-# bfloat16 gradients over NCCL (ncclBfloat16), with ZeRO-1 and graphs: within 2e-3 of the float32
-# run, and not equal to it.
+# bfloat16 gradients over NCCL (ncclBfloat16), with ZeRO-1 and graphs, and in buckets with graphs:
+# within 2e-3 of the float32 run, and not equal to it.
 run gpu2_bf16 2 cuda train.cuda_graphs=true distributed.shard_optimizer=true \
   distributed.grad_compression=bf16
-if "$PY" - runs/gpu2_bf16/metrics.jsonl runs/gpu2/metrics.jsonl <<'PY'; then echo "ok - gpu2_bf16 vs gpu2"; else echo "FAIL - gpu2_bf16 vs gpu2"; failed=1; fi
+run gpu2_bf16_buckets 2 cuda train.cuda_graphs=true distributed.grad_compression=bf16 \
+  distributed.bucket_mb=0.001
+for name in gpu2_bf16 gpu2_bf16_buckets; do
+  if "$PY" - "runs/$name/metrics.jsonl" runs/gpu2/metrics.jsonl <<'PY'; then echo "ok - $name vs gpu2"; else echo "FAIL - $name vs gpu2"; failed=1; fi
 import json, sys
 a, b = ([r["loss"] for r in map(json.loads, open(p)) if r["type"] == "step"] for p in sys.argv[1:])
 assert len(a) == len(b) == 30, (len(a), len(b))
@@ -56,6 +67,7 @@ worst = max(abs(x - y) / abs(y) for x, y in zip(a, b))
 print(f"  worst step-loss relative difference {worst:.2e} (bfloat16 against float32 gradients)")
 sys.exit(0 if 1e-7 < worst <= 2e-3 else 1)
 PY
+done
 
 # Ranks may not share a GPU; a launcher that gives each rank its own (one visible GPU each, as
 # srun --gpus-per-task=1 does) is fine. Under the emulator only, where the devices are made up.

@@ -19,6 +19,7 @@
 #include <optional>
 #include <regex>
 #include <stdexcept>
+#include <set>
 #include <string>
 #include <thread>
 #include <utility>
@@ -298,6 +299,53 @@ TEST(ZeroOne, SlicesCoverTheBufferInRankOrder) {
       }
       EXPECT_EQ(next, n) << n << " over " << size;
     }
+}
+
+// distributed.bucket_mb's buckets: from the end of the buffer down to offset 0 without gaps, each
+// cut at a tensor's start, the first tensor start at which it reaches the cap (so a bucket less
+// its lowest tensor is under the cap), and only the last may be under the cap.
+TEST(GradientBuckets, CoverTheBufferFromTheEndCutAtTensors) {
+  ModelSpec mlp;
+  mlp.input_dim = 784, mlp.encoder = {400}, mlp.latent = 20, mlp.decoder = {400};
+  ModelSpec conv = mlp;
+  conv.type = ModelType::Conv, conv.channels = 1, conv.height = 28, conv.width = 28;
+  conv.encoder = {256}, conv.decoder = {256};
+  for (const ModelSpec& spec : {mlp, conv}) {
+    const ParameterLayout layout(spec);
+    const size_t P = layout.total_size();
+    std::set<size_t> starts;
+    for (const TensorView& t : layout.tensors()) starts.insert(t.offset);
+    EXPECT_TRUE(gradient_buckets(layout, 0).empty());
+    for (const double mb : {1e-4, 0.001, 0.25, 1.0, 1e9}) {
+      const std::vector<Slice> buckets = gradient_buckets(layout, mb);
+      const double cap = mb * 1e6 / sizeof(float);
+      ASSERT_FALSE(buckets.empty());
+      size_t end = P;
+      for (size_t k = 0; k < buckets.size(); ++k) {
+        const Slice& b = buckets[k];
+        EXPECT_EQ(b.offset + b.count, end) << mb << " MB, bucket " << k;
+        EXPECT_GT(b.count, 0u);
+        EXPECT_TRUE(starts.count(b.offset)) << "bucket " << k << " starts inside a tensor";
+        if (k + 1 < buckets.size()) {
+          EXPECT_GE(static_cast<double>(b.count), cap);
+        }
+        const auto above = starts.upper_bound(b.offset);
+        if (above != starts.end() && *above < end) {
+          EXPECT_LT(static_cast<double>(end - *above), cap) << "bucket " << k << " is too large";
+        }
+        end = b.offset;
+      }
+      EXPECT_EQ(end, 0u) << mb << " MB";
+      if (mb == 1e9) {
+        EXPECT_EQ(buckets.size(), 1u);
+      }
+      size_t smallest = P;
+      for (const TensorView& t : layout.tensors()) smallest = std::min(smallest, t.size());
+      if (static_cast<double>(smallest) >= cap) {
+        EXPECT_EQ(buckets.size(), starts.size()) << mb << " MB: a tensor per bucket";
+      }
+    }
+  }
 }
 
 // The Communicator's own reduce-scatter and all-gather (made of all-reduce and broadcast, for

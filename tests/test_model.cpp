@@ -242,6 +242,50 @@ TEST(ConvGroups, SameLossAndGradientsAsTheWholeBatch) {
   }
 }
 
+// grads_ready (the bucketed all-reduce's signal): after each layer of the backward pass it names
+// an offset from which the gradients already hold their final values. A copy of that range taken
+// in the callback must equal the gradients at the end; the offsets fall, every layer reports, and
+// the last call covers the whole buffer.
+TEST(GradsReady, EveryReportedRangeIsFinal) {
+  for (const ModelType type : {ModelType::Mlp, ModelType::Conv}) {
+    const ModelSpec spec = fd_spec(FdCase{Activation::Relu, Likelihood::Bernoulli, type});
+    const int B = 3;
+    auto be = make_cpu_backend();
+    Vae vae(*be, spec, B, 7);
+    std::vector<float> x(B * spec.input_dim), eps(B * spec.latent);
+    const RngKey key = rng_key(5);
+    for (size_t i = 0; i < x.size(); ++i)
+      x[i] = uniform_open01(philox_draw(key, static_cast<uint32_t>(i), 0, 0, RngStream::Init).v[0]);
+    for (size_t i = 0; i < eps.size(); ++i)
+      eps[i] = philox_normal(key, static_cast<uint32_t>(i), 0, RngStream::Noise, 0);
+    const size_t P = vae.num_params();
+    // Poison the buffer first: a range reported before it was written shows up as a mismatch.
+    std::vector<float> poison(P, 1234.5f);
+    be->upload(vae.grads(), poison.data(), P);
+    std::vector<std::pair<size_t, std::vector<float>>> seen;
+    vae.forward_backward(x.data(), eps.data(), B, 1.0f, 1.0f / B, {}, [&](size_t from) {
+      ASSERT_LE(from, P);
+      std::vector<float> copy(P - from);
+      be->download(copy.data(), vae.grads() + from, P - from);
+      seen.emplace_back(from, std::move(copy));
+    });
+    const std::vector<float> grads = download(*be, vae.grads(), P);
+    const size_t layers =
+        vae.layout().layers().size() + vae.layout().encoder_convs().size() +
+        vae.layout().decoder_convs().size();
+    ASSERT_EQ(seen.size(), layers) << "one report per layer";
+    EXPECT_EQ(seen.back().first, 0u);
+    for (size_t k = 0; k < seen.size(); ++k) {
+      if (k > 0) {
+        EXPECT_LT(seen[k].first, seen[k - 1].first) << "report " << k;
+      }
+      const auto& [from, copy] = seen[k];
+      for (size_t i = from; i < P; ++i)
+        ASSERT_EQ(copy[i - from], grads[i]) << "report " << k << " (from " << from << "), index " << i;
+    }
+  }
+}
+
 TEST(Init, UniformInPlusMinusOneOverSqrtFanIn) {
   ModelSpec spec;
   spec.input_dim = 784;

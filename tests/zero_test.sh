@@ -10,6 +10,10 @@
 # And bfloat16 gradient compression (distributed.grad_compression: bf16), alone and with ZeRO-1:
 #   - the step losses stay within 2e-3 relative of the uncompressed run, yet differ from it (the
 #     compression acted); one rank compresses nothing; an unknown choice is a config error.
+# And the bucketed all-reduce under the backward pass (distributed.bucket_mb; 5 buckets of the
+# smoke model at 0.001 MB): 2 ranks give the plain all-reduce's parameters bit for bit, in float32
+# and in bfloat16; 3 ranks with clipping give the step losses of 1 rank; a negative size is a
+# config error.
 # Usage: zero_test.sh <elbo> <work-dir>; exits 77 (skip) without mpirun or Fashion-MNIST.
 set -u
 # shellcheck source=tests/lib.sh
@@ -125,6 +129,29 @@ PY
 else
   fail "one rank with grad_compression=bf16 differs from the uncompressed run"
 fi
+# Buckets: a sum of two is the same whichever way the buffer is cut.
+buckets=(distributed.bucket_mb=0.001)
+same_params() {  # same_params <run> <reference run> <what>
+  local h1 h2
+  h1=$(hash_of "$2") h2=$(hash_of "$1")
+  if [ -n "$h1" ] && [ "$h1" = "$h2" ]; then ok "$3 (parameters $h2)"; else fail "$3: '$h2' against '$h1'"; fi
+}
+run buckets2 2 train.max_steps=50 "${buckets[@]}"
+same_params buckets2 plain2 "2 ranks, bucketed all-reduce, equal the single all-reduce bit for bit"
+grep -q "bucket_mb: 0.001" runs/buckets2/config.yaml 2>/dev/null ||
+  fail "runs/buckets2/config.yaml does not record bucket_mb: 0.001"
+run bf16_buckets2 2 train.max_steps=50 distributed.grad_compression=bf16 "${buckets[@]}"
+same_params bf16_buckets2 bf16_2 "2 ranks, bfloat16 gradients in buckets, equal them unbucketed bit for bit"
+run buckets3_clip 3 train.max_steps=50 train.grad_clip=5 "${buckets[@]}"
+compare_runs buckets3_clip one_clip 50 test
+timeout 60 "$elbo" "${common[@]}" output.dir=runs/bad distributed.bucket_mb=-1 >bad.log 2>&1
+rc=$?
+if [ "$rc" -eq 2 ] && grep -q "bucket_mb" bad.log && [ "$(wc -l <bad.log)" -eq 1 ] && [ ! -e runs/bad ]; then
+  ok "bucket_mb=-1 refused: $(cat bad.log)"
+else
+  fail "bucket_mb=-1 (exit $rc)"; show bad.log
+fi
+
 timeout 60 "$elbo" "${common[@]}" output.dir=runs/bad distributed.grad_compression=fp8 >bad.log 2>&1
 rc=$?
 if [ "$rc" -eq 2 ] && grep -q "grad_compression" bad.log && [ "$(wc -l <bad.log)" -eq 1 ] && [ ! -e runs/bad ]; then
