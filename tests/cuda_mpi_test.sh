@@ -118,4 +118,5 @@ stall() {  # stall <name> [overrides...]
 }
 stall stall
 stall stall_graphs train.cuda_graphs=true
+stall stall_buckets distributed.bucket_mb=0.001  # collectives on the second stream
 exit $failed
