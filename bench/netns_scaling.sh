@@ -10,7 +10,7 @@
 #     2 hosts x 2 ranks, against 1 process in one host (run twice; no network in it).
 # Per rate also: the same all-reduces and 2x1 training with --mca btl_tcp_links 2 (two TCP
 # connections per pair of ranks instead of one), and 2x1 training with ZeRO-1, with bfloat16
-# gradients, and with both. At full speed it also measures
+# gradients, with both, and with the bucketed all-reduce (alone and with bfloat16). At full speed it also measures
 # mpi_yield_when_idle 1 against 0 (4 KB all-reduce, 2x1 and 2x2, 4 ranks in one host over shared
 # memory as a control, and 2x2 training).
 # Prints a markdown table and the fit of T = 2(n-1)a + 2(n-1)/n S/B to the all-reduce points;
@@ -248,6 +248,10 @@ for rate in $rates; do
   training "$rate" 2x1-bf16 2 "${mpi[@]}" --map-by ppr:1:node
   train=("${plain[@]}" distributed.shard_optimizer=true distributed.grad_compression=bf16)
   training "$rate" 2x1-zero1-bf16 2 "${mpi[@]}" --map-by ppr:1:node
+  train=("${plain[@]}" distributed.bucket_mb=0.5)
+  training "$rate" 2x1-buckets 2 "${mpi[@]}" --map-by ppr:1:node
+  train=("${plain[@]}" distributed.bucket_mb=0.5 distributed.grad_compression=bf16)
+  training "$rate" 2x1-buckets-bf16 2 "${mpi[@]}" --map-by ppr:1:node
   train=("${plain[@]}")
   [ "$rate" = full ] && training full 2x2-spin 4 "${spin[@]}" --map-by ppr:2:node
 done
@@ -307,13 +311,14 @@ for rate in rates:
     print("| %s | %s | %s | %s |" % (names[rate], cell_ar(rate, "4k-links2", 4096),
                                    cell_ar(rate, "grad-links2", G, True), cell_train(rate, "2x1-links2", 2)))
 print()
-print("2x1 training with distributed.shard_optimizer (ZeRO-1) and distributed.grad_compression: bf16:")
+print("2x1 training with distributed.shard_optimizer (ZeRO-1), distributed.grad_compression: bf16 and distributed.bucket_mb:")
 print()
-print("| link rate | plain | shard_optimizer | grad_compression bf16 | both |")
-print("|---|---|---|---|---|")
+print("| link rate | plain | shard_optimizer | grad_compression bf16 | both | bucket_mb 0.5 | bucket_mb 0.5 + bf16 |")
+print("|---|---|---|---|---|---|---|")
 for rate in rates:
-    print("| %s | %s | %s | %s | %s |" % (names[rate], cell_train(rate, "2x1", 2), cell_train(rate, "2x1-zero1", 2),
-                                        cell_train(rate, "2x1-bf16", 2), cell_train(rate, "2x1-zero1-bf16", 2)))
+    print("| %s | %s | %s | %s | %s | %s | %s |" % (names[rate], cell_train(rate, "2x1", 2), cell_train(rate, "2x1-zero1", 2),
+                                        cell_train(rate, "2x1-bf16", 2), cell_train(rate, "2x1-zero1-bf16", 2),
+                                        cell_train(rate, "2x1-buckets", 2), cell_train(rate, "2x1-buckets-bf16", 2)))
 print()
 print("Fit of T = 2(n-1)a + 2(n-1)/n S/B through the 4 KB and 2.6 MB points (n = 2: T = 2a + S/B):")
 print()
