@@ -4,6 +4,7 @@
 // change to a primitive can be judged in seconds rather than by a full epoch.
 //
 //   conv_step_bench [--config configs/fashion_mnist_conv.yaml] [--steps 40] [--threads 1]
+//                   [--col-kib N]   (the conv groups' col size; default: the backend's)
 #include <CLI/CLI.hpp>
 #include <chrono>
 #include <cstdio>
@@ -19,10 +20,12 @@ int main(int argc, char** argv) {
   CLI::App app{"conv_step_bench: CPU training steps per second of one config's model"};
   std::string config_path = "configs/fashion_mnist_conv.yaml";
   int steps = 40, threads = 1, warmup = 3;
+  size_t col_kib = 0;
   app.add_option("--config", config_path, "config whose model and batch size are timed");
   app.add_option("--steps", steps, "timed steps")->check(CLI::PositiveNumber);
   app.add_option("--warmup", warmup, "untimed steps first")->check(CLI::NonNegativeNumber);
   app.add_option("--threads", threads, "BLAS threads")->check(CLI::PositiveNumber);
+  app.add_option("--col-kib", col_kib, "KiB of col per conv group (Backend::conv_col_floats)");
   CLI11_PARSE(app, argc, argv);
 
   const elbo::Config cfg = elbo::load_config(config_path);
@@ -34,7 +37,8 @@ int main(int argc, char** argv) {
   const int B = static_cast<int>(cfg.train.batch_size);
 
   elbo::configure_cpu_thread(threads);
-  auto be = elbo::make_cpu_backend();
+  auto be = col_kib > 0 ? elbo::make_cpu_backend(col_kib * 1024 / sizeof(float))
+                        : elbo::make_cpu_backend();
   elbo::Vae vae(*be, spec, B, cfg.seed);
   std::vector<float> x(static_cast<size_t>(B) * spec.input_dim),
       eps(static_cast<size_t>(B) * spec.latent);
