@@ -138,6 +138,12 @@ class StepLoop final : public Trainer {
                   vae_.num_params(), static_cast<long long>(train_.size()),
                   static_cast<long long>(steps_per_epoch));
       if (step_ > 0) std::printf("elbo: resuming at step %lld\n", static_cast<long long>(step_));
+      if (!buckets_.empty())
+        std::printf("elbo: gradients all-reduced in %zu buckets under the backward pass\n",
+                    buckets_.size());
+      else if (cfg_.distributed.bucket_mb > 0 && sharded_)
+        std::printf("elbo: note: distributed.bucket_mb has no effect with "
+                    "distributed.shard_optimizer, whose reduce-scatter follows the backward pass\n");
       start_pictures();
     }
     run_t0_ = Clock::now();

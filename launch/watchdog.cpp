@@ -43,6 +43,19 @@ class WatchedCommunicator final : public Communicator {
   void allgather(float* d, size_t n) override {
     guard("an all-gather", [&] { inner_->allgather(d, n); });
   }
+  // The bucketed all-reduce: each call is watched; a started one may still run when it returns,
+  // and finish_allreduces() is where a dead peer keeps this rank waiting.
+  void start_allreduce_sum(float* d, size_t n) override {
+    guard("an all-reduce", [&] { inner_->start_allreduce_sum(d, n); });
+  }
+  void start_allreduce_sum_bf16(uint16_t* d, size_t n) override {
+    guard("an all-reduce", [&] { inner_->start_allreduce_sum_bf16(d, n); });
+  }
+  void progress() override { guard("an all-reduce", [&] { inner_->progress(); }); }
+  void finish_allreduces() override {
+    guard("an all-reduce", [&] { inner_->finish_allreduces(); });
+  }
+  void replayed() override { inner_->replayed(); }
   void allreduce_sum(double* d, size_t n) override {
     guard("an all-reduce", [&] { inner_->allreduce_sum(d, n); });
   }

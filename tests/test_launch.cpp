@@ -37,6 +37,7 @@
 #include "launch/error_report.h"
 #include "launch/run_directory.h"
 #include "launch/trainer.h"
+#include "launch/watchdog.h"
 
 namespace elbo {
 namespace {
@@ -281,6 +282,72 @@ class ThreadRank final : public Communicator {
   ThreadWorld& world_;
   const int rank_;
 };
+
+// Records which of its collectives were called, with the count (or root) they were given.
+class RecordingCommunicator final : public Communicator {
+ public:
+  explicit RecordingCommunicator(std::vector<std::string>& log) : log_(log) {}
+  std::string name() const override { return "recording"; }
+  int rank() const override { return 0; }
+  int size() const override { return 2; }
+  int local_rank() const override { return 0; }
+  int local_size() const override { return 2; }
+  void allreduce_sum(float*, size_t n) override { note("allreduce_sum(float)", n); }
+  void broadcast(float*, size_t n, int) override { note("broadcast", n); }
+  void reduce_scatter_sum(float*, size_t n) override { note("reduce_scatter_sum", n); }
+  void allgather(float*, size_t n) override { note("allgather", n); }
+  void allreduce_sum_bf16(uint16_t*, size_t n) override { note("allreduce_sum_bf16", n); }
+  void reduce_scatter_sum_bf16(uint16_t*, size_t n) override { note("reduce_scatter_sum_bf16", n); }
+  void start_allreduce_sum(float*, size_t n) override { note("start_allreduce_sum", n); }
+  void start_allreduce_sum_bf16(uint16_t*, size_t n) override {
+    note("start_allreduce_sum_bf16", n);
+  }
+  void progress() override { note("progress", 0); }
+  void finish_allreduces() override { note("finish_allreduces", 0); }
+  void allreduce_sum(double*, size_t n) override { note("allreduce_sum(double)", n); }
+  void broadcast_bytes(void*, size_t n, int) override { note("broadcast_bytes", n); }
+  void barrier() override { note("barrier", 0); }
+  void replayed() override { note("replayed", 0); }
+  [[noreturn]] void abort(int exit_code) override { std::_Exit(exit_code); }
+
+ private:
+  void note(const char* what, size_t n) { log_.push_back(std::string(what) + " " + std::to_string(n)); }
+  std::vector<std::string>& log_;
+};
+
+// The watchdog's decorator must hand every collective to the communicator it wraps. One it does
+// not override falls back to Communicator's default (a nonblocking all-reduce would become a
+// blocking one), which this catches by name.
+TEST(WatchedCommunicator, ForwardsEveryCollective) {
+  std::vector<std::string> log;
+  const std::unique_ptr<Communicator> comm =
+      watched(std::make_unique<RecordingCommunicator>(log), 60.0);
+  float f[8] = {};
+  double d[8] = {};
+  uint16_t h[8] = {};
+  comm->allreduce_sum(f, 1);
+  comm->broadcast(f, 2, 1);
+  comm->reduce_scatter_sum(f, 3);
+  comm->allgather(f, 4);
+  comm->allreduce_sum_bf16(h, 5);
+  comm->reduce_scatter_sum_bf16(h, 6);
+  comm->start_allreduce_sum(f, 7);
+  comm->start_allreduce_sum_bf16(h, 8);
+  comm->progress();
+  comm->finish_allreduces();
+  comm->allreduce_sum(d, 2);
+  comm->broadcast_bytes(d, 3, 0);
+  comm->barrier();
+  comm->replayed();
+  const std::vector<std::string> want{
+      "allreduce_sum(float) 1", "broadcast 2",  "reduce_scatter_sum 3", "allgather 4",
+      "allreduce_sum_bf16 5",   "reduce_scatter_sum_bf16 6", "start_allreduce_sum 7",
+      "start_allreduce_sum_bf16 8", "progress 0", "finish_allreduces 0",
+      "allreduce_sum(double) 2", "broadcast_bytes 3", "barrier 0", "replayed 0"};
+  EXPECT_EQ(log, want);
+  EXPECT_EQ(comm->size(), 2);
+  EXPECT_EQ(comm->name(), "recording");
+}
 
 // ZeRO-1's partition: the ranks' slices cover the buffer in rank order without gaps, the first
 // size - 1 are equal, and the last is at most size - 1 larger.

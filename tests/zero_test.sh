@@ -137,6 +137,7 @@ same_params() {  # same_params <run> <reference run> <what>
   if [ -n "$h1" ] && [ "$h1" = "$h2" ]; then ok "$3 (parameters $h2)"; else fail "$3: '$h2' against '$h1'"; fi
 }
 run buckets2 2 train.max_steps=50 "${buckets[@]}"
+grep -q "all-reduced in 5 buckets" buckets2.log || fail "buckets2 does not report its 5 buckets"
 same_params buckets2 plain2 "2 ranks, bucketed all-reduce, equal the single all-reduce bit for bit"
 grep -q "bucket_mb: 0.001" runs/buckets2/config.yaml 2>/dev/null ||
   fail "runs/buckets2/config.yaml does not record bucket_mb: 0.001"
