@@ -116,6 +116,22 @@ double reference_loss(const ModelSpec& spec, const ParameterLayout& layout,
   return total / B;
 }
 
+// A batch of B samples for `spec`: pixels uniform in (0, 1) and standard normal noise, from
+// Philox under `seed`.
+struct Batch {
+  std::vector<float> x, eps;
+};
+Batch random_batch(const ModelSpec& spec, int B, uint64_t seed) {
+  Batch b{std::vector<float>(static_cast<size_t>(B) * spec.input_dim),
+          std::vector<float>(static_cast<size_t>(B) * spec.latent)};
+  const RngKey key = rng_key(seed);
+  for (size_t i = 0; i < b.x.size(); ++i)
+    b.x[i] = uniform_open01(philox_draw(key, static_cast<uint32_t>(i), 0, 0, RngStream::Init).v[0]);
+  for (size_t i = 0; i < b.eps.size(); ++i)
+    b.eps[i] = philox_normal(key, static_cast<uint32_t>(i), 0, RngStream::Noise, 0);
+  return b;
+}
+
 std::vector<float> download(Backend& be, const float* p, size_t n) {
   std::vector<float> v(n);
   be.download(v.data(), p, n);
@@ -160,12 +176,7 @@ TEST_P(FiniteDifferences, EveryParameterGradient) {
   auto be = make_cpu_backend();
   Vae vae(*be, spec, B, 42);
 
-  std::vector<float> x(B * spec.input_dim), eps(B * spec.latent);
-  const RngKey key = rng_key(99);
-  for (size_t i = 0; i < x.size(); ++i)
-    x[i] = uniform_open01(philox_draw(key, static_cast<uint32_t>(i), 0, 0, RngStream::Init).v[0]);
-  for (size_t i = 0; i < eps.size(); ++i)
-    eps[i] = philox_normal(key, static_cast<uint32_t>(i), 0, RngStream::Noise, 0);
+  const auto [x, eps] = random_batch(spec, B, 99);
 
   vae.forward_backward(x.data(), eps.data(), B, static_cast<float>(beta), 1.0f / B);
   const std::vector<float> params = download(*be, vae.params(), vae.num_params());
@@ -216,12 +227,7 @@ TEST(ConvGroups, SameLossAndGradientsAsTheWholeBatch) {
   auto grouped = make_cpu_backend(2 * 18 * 12);
   auto whole = make_cpu_backend(0);
   Vae a(*grouped, spec, B, 42), b(*whole, spec, B, 42);
-  std::vector<float> x(B * spec.input_dim), eps(B * spec.latent);
-  const RngKey key = rng_key(98);
-  for (size_t i = 0; i < x.size(); ++i)
-    x[i] = uniform_open01(philox_draw(key, static_cast<uint32_t>(i), 0, 0, RngStream::Init).v[0]);
-  for (size_t i = 0; i < eps.size(); ++i)
-    eps[i] = philox_normal(key, static_cast<uint32_t>(i), 0, RngStream::Noise, 0);
+  const auto [x, eps] = random_batch(spec, B, 98);
   a.forward_backward(x.data(), eps.data(), B, 1.0f, 1.0f / B);
   b.forward_backward(x.data(), eps.data(), B, 1.0f, 1.0f / B);
   for (int s = 0; s < B; ++s) {
@@ -252,12 +258,7 @@ TEST(GradsReady, EveryReportedRangeIsFinal) {
     const int B = 3;
     auto be = make_cpu_backend();
     Vae vae(*be, spec, B, 7);
-    std::vector<float> x(B * spec.input_dim), eps(B * spec.latent);
-    const RngKey key = rng_key(5);
-    for (size_t i = 0; i < x.size(); ++i)
-      x[i] = uniform_open01(philox_draw(key, static_cast<uint32_t>(i), 0, 0, RngStream::Init).v[0]);
-    for (size_t i = 0; i < eps.size(); ++i)
-      eps[i] = philox_normal(key, static_cast<uint32_t>(i), 0, RngStream::Noise, 0);
+    const auto [x, eps] = random_batch(spec, B, 5);
     const size_t P = vae.num_params();
     // Poison the buffer first: a range reported before it was written shows up as a mismatch.
     std::vector<float> poison(P, 1234.5f);
