@@ -32,6 +32,11 @@ run() {  # run <name> <ranks> <args...>
   fi
 }
 hash_of() { info "runs/$1/checkpoints/last.h5" params_fnv1a64; }
+same_params() {  # same_params <run> <reference run> <what>
+  local h1 h2
+  h1=$(hash_of "$2") h2=$(hash_of "$1")
+  if [ -n "$h1" ] && [ "$h1" = "$h2" ]; then ok "$3 (parameters $h2)"; else fail "$3: '$h2' against '$h1'"; fi
+}
 
 # The resolved config records the choice, so a resume sees it.
 run plain2 2 train.max_steps=50
@@ -41,12 +46,7 @@ if grep -q "shard_optimizer: true" runs/zero2/config.yaml 2>/dev/null; then
 else
   fail "runs/zero2/config.yaml does not record shard_optimizer: true"
 fi
-h1=$(hash_of plain2) h2=$(hash_of zero2)
-if [ -n "$h1" ] && [ "$h1" = "$h2" ]; then
-  ok "2 ranks sharded equal 2 ranks unsharded bit for bit (parameters $h2)"
-else
-  fail "2 ranks: sharded parameters '$h2', unsharded '$h1'"
-fi
+same_params zero2 plain2 "2 ranks sharded equal 2 ranks unsharded bit for bit"
 
 run one 1 train.max_steps=50 train.batch_size=100
 run zero3 3 train.max_steps=50 train.batch_size=100 "${zero[@]}"
@@ -73,12 +73,8 @@ run ref1 1 train.max_steps=120 "${ck[@]}"
 run zero2_ref 2 train.max_steps=120 "${ck[@]}" "${zero[@]}"
 run zero2_resumed 2 train.max_steps=50 "${ck[@]}" "${zero[@]}"
 run zero2_resumed 2 train.max_steps=120 "${ck[@]}" "${zero[@]}" --resume auto
-h1=$(hash_of zero2_ref) h2=$(hash_of zero2_resumed)
-if [ -n "$h1" ] && [ "$h1" = "$h2" ]; then
-  ok "sharded, stop at 50 + resume to 120 equals the uninterrupted sharded run bit for bit"
-else
-  fail "sharded resume: parameters '$h2', uninterrupted '$h1'"
-fi
+same_params zero2_resumed zero2_ref \
+  "sharded, stop at 50 + resume to 120 equals the uninterrupted sharded run bit for bit"
 timeout 30 "$elbo" info runs/ref1/checkpoints/last.h5 --params >ref1.params 2>/dev/null
 params_close() {  # params_close <run>: its last checkpoint's parameters within 1e-4 of ref1's
   timeout 30 "$elbo" info "runs/$1/checkpoints/last.h5" --params >"$1.params" 2>/dev/null &&
@@ -131,11 +127,6 @@ else
 fi
 # Buckets: a sum of two is the same whichever way the buffer is cut.
 buckets=(distributed.bucket_mb=0.001)
-same_params() {  # same_params <run> <reference run> <what>
-  local h1 h2
-  h1=$(hash_of "$2") h2=$(hash_of "$1")
-  if [ -n "$h1" ] && [ "$h1" = "$h2" ]; then ok "$3 (parameters $h2)"; else fail "$3: '$h2' against '$h1'"; fi
-}
 run buckets2 2 train.max_steps=50 "${buckets[@]}"
 grep -q "all-reduced in 5 buckets" buckets2.log || fail "buckets2 does not report its 5 buckets"
 same_params buckets2 plain2 "2 ranks, bucketed all-reduce, equal the single all-reduce bit for bit"
