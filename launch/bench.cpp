@@ -134,11 +134,8 @@ void bench_steps(const Config& cfg, const BenchOptions& o, Communicator& comm,
     const int rows = cfg.train.batch_size / comm.size() +
                      (comm.rank() < cfg.train.batch_size % comm.size() ? 1 : 0);
     const ModelSpec spec = model_spec(cfg, setup->train->sample_shape(), cfg.data.train);
-    std::optional<Slice> share;  // ZeRO-1: this rank's Adam updates its slice only
-    if (cfg.distributed.shard_optimizer && comm.size() > 1)
-      share = slice_of(trainer.num_params(), comm.rank(), comm.size());
-    const StepWork work =
-        record_step_work(backend, spec, rows, adam_config(cfg), cfg.train.grad_clip, share);
+    const StepWork work = record_step_work(backend, spec, rows, adam_config(cfg),
+                                           cfg.train.grad_clip, trainer.optimizer_slice());
     const Roofline r = measure_roofline(backend, !setup->compute.device.cuda, work);
     roofline = roofline_json(r, median(step_ms) / 1e3, rows);
   }

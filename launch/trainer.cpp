@@ -99,6 +99,7 @@ class StepLoop final : public Trainer {
   }
 
   size_t num_params() const override { return vae_.num_params(); }
+  Slice optimizer_slice() const override { return slice_; }
   const ParameterLayout& layout() const override { return vae_.layout(); }
 
   // Continues from a checkpoint that rank 0 read (others pass nothing): rank 0 sends the training
@@ -390,7 +391,7 @@ class StepLoop final : public Trainer {
       next_bucket_ = 0;
       vae_.forward_backward(x, eps_.data(), batch_, static_cast<float>(beta),
                             1.0f / static_cast<float>(global_batch_), between_passes_,
-                            buckets_.empty() ? grads_ready_none_ : grads_ready_);
+                            grads_ready_);
       phase_end(Phase::Backward);
       be_.accumulate_losses(vae_.recon_per_sample(), vae_.kl_per_sample(), batch_,
                             static_cast<float>(beta), health_.data());
@@ -676,8 +677,10 @@ class StepLoop final : public Trainer {
   // empty: one all-reduce after the pass.
   const std::vector<Slice> buckets_;
   size_t next_bucket_ = 0;  // the next bucket to start in this step
-  const std::function<void(size_t)> grads_ready_ = [this](size_t from) { start_buckets(from); };
-  const std::function<void(size_t)> grads_ready_none_;
+  // The backward pass's callback: start_buckets, or none without buckets.
+  const std::function<void(size_t)> grads_ready_ =
+      buckets_.empty() ? std::function<void(size_t)>{}
+                       : [this](size_t from) { start_buckets(from); };
   RngKey key_;
   HostBatch eval_batch_;       // staging for evaluation reads
   DeviceArray x_[2];           // [batch, D] each: training batches alternate between them

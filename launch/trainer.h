@@ -22,6 +22,8 @@ class Trainer {
  public:
   virtual ~Trainer() = default;
   virtual size_t num_params() const = 0;
+  // The parameters this rank's optimizer updates: its ZeRO-1 slice (slice_of), or all of them.
+  virtual Slice optimizer_slice() const = 0;
   virtual const ParameterLayout& layout() const = 0;
   // Continues from a checkpoint that rank 0 read; other ranks pass nullptr and receive it.
   virtual void restore(const CheckpointData* ck) = 0;
