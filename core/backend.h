@@ -12,6 +12,7 @@
 #include <utility>
 
 #include "core/elementwise.h"
+#include "core/error.h"
 #include "core/hd.h"
 #include "core/philox.h"
 
@@ -133,6 +134,22 @@ class Backend {
   // neither synchronises nor depends on host arguments that change per step (graph replay).
   virtual void adam_step(float* params, const float* grads, float* m, float* v, size_t n,
                          const AdamHyper& h, float* counter, float* nonfinite) = 0;
+  // adam_step with gradients that are the sum of k buffers, added in their order, in one pass
+  // (distributed.shared_memory: each rank's gradients where that rank wrote them). Host backends
+  // only; the default refuses.
+  virtual void adam_step_summed(float* params, const float* const* grads, int k, float* m,
+                                float* v, size_t n, const AdamHyper& h, float* counter,
+                                float* nonfinite) {
+    (void)params, (void)grads, (void)k, (void)m, (void)v, (void)n, (void)h, (void)counter,
+        (void)nonfinite;
+    throw_internal("adam_step_summed needs a host backend", __FILE__, __LINE__);
+  }
+  // out[i] = x[0][i] + ... + x[k - 1][i], added in that order; out may be one of the x. Host
+  // backends only, as adam_step_summed.
+  virtual void sum_buffers(const float* const* x, int k, size_t n, float* out) {
+    (void)x, (void)k, (void)n, (void)out;
+    throw_internal("sum_buffers needs a host backend", __FILE__, __LINE__);
+  }
 
   // acc[0..3] += (sum of recon, sum of kl, sum of recon + beta kl, B) over a batch's per-sample
   // terms: running loss sums kept in backend memory until the caller downloads them.
@@ -215,6 +232,13 @@ class ForwardingBackend : public Backend {
                  const AdamHyper& h, float* counter, float* nonfinite) override {
     in_.adam_step(params, grads, m, v, n, h, counter, nonfinite);
   }
+  void adam_step_summed(float* params, const float* const* grads, int k, float* m, float* v,
+                        size_t n, const AdamHyper& h, float* counter, float* nonfinite) override {
+    in_.adam_step_summed(params, grads, k, m, v, n, h, counter, nonfinite);
+  }
+  void sum_buffers(const float* const* x, int k, size_t n, float* out) override {
+    in_.sum_buffers(x, k, n, out);
+  }
   void accumulate_losses(const float* recon, const float* kl, int B, float beta,
                          float* acc) override {
     in_.accumulate_losses(recon, kl, B, beta, acc);
@@ -227,11 +251,17 @@ class ForwardingBackend : public Backend {
   Backend& in_;
 };
 
-// Owning array in a backend's memory.
+// Owning array in a backend's memory, or a view of n floats that someone else owns (view()).
 class DeviceArray {
  public:
   DeviceArray() = default;
   DeviceArray(Backend& b, size_t n) : backend_(&b), data_(n ? b.allocate(n) : nullptr), size_(n) {}
+  static DeviceArray view(float* data, size_t n) {
+    DeviceArray a;
+    a.data_ = data;
+    a.size_ = n;
+    return a;
+  }
   DeviceArray(DeviceArray&& o) noexcept { swap(o); }
   DeviceArray& operator=(DeviceArray&& o) noexcept {
     DeviceArray tmp(std::move(o));
@@ -241,7 +271,7 @@ class DeviceArray {
   DeviceArray(const DeviceArray&) = delete;
   DeviceArray& operator=(const DeviceArray&) = delete;
   ~DeviceArray() {
-    if (data_) backend_->deallocate(data_);
+    if (data_ && backend_) backend_->deallocate(data_);
   }
   float* data() { return data_; }
   const float* data() const { return data_; }

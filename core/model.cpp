@@ -175,10 +175,15 @@ std::vector<float> initial_parameters(const ParameterLayout& layout, uint64_t se
   return values;
 }
 
-Vae::Vae(Backend& backend, const ModelSpec& spec, int max_batch, uint64_t seed)
-    : backend_(backend), spec_(spec), layout_(spec), max_batch_(max_batch),
-      params_(backend, layout_.total_size()), grads_(backend, layout_.total_size()) {
+Vae::Vae(Backend& backend, const ModelSpec& spec, int max_batch, uint64_t seed,
+         ParameterStorage storage)
+    : backend_(backend), spec_(spec), layout_(spec), max_batch_(max_batch) {
   ELBO_CHECK(max_batch > 0, "batch size must be positive");
+  ELBO_CHECK((storage.params == nullptr) == (storage.grads == nullptr),
+             "parameters and gradients are both given or both owned");
+  const size_t P = layout_.total_size();
+  params_ = storage.params ? DeviceArray::view(storage.params, P) : DeviceArray(backend, P);
+  grads_ = storage.grads ? DeviceArray::view(storage.grads, P) : DeviceArray(backend, P);
   const size_t B = static_cast<size_t>(max_batch);
   const size_t L = static_cast<size_t>(spec.latent);
   for (const LinearLayer& layer : layout_.layers()) {
@@ -207,6 +212,7 @@ Vae::Vae(Backend& backend, const ModelSpec& spec, int max_batch, uint64_t seed)
   dz_ = DeviceArray(backend, B * L);
   recon_ = DeviceArray(backend, B);
   kl_ = DeviceArray(backend, B);
+  if (!storage.write_initial) return;
   const std::vector<float> init = initial_parameters(layout_, seed);
   backend_.upload(params_.data(), init.data(), init.size());
 }

@@ -116,10 +116,21 @@ struct LossSums {
   double recon = 0.0, kl = 0.0;
 };
 
+// Where a Vae keeps its parameters and gradients: its own backend memory (the default), or two
+// buffers of num_params() floats that the caller owns and keeps alive (node-shared memory, which
+// the ranks on a node read the parameters from), written with the initial parameters only when
+// write_initial (one rank writes them for all).
+struct ParameterStorage {
+  float* params = nullptr;
+  float* grads = nullptr;
+  bool write_initial = true;
+};
+
 class Vae {
  public:
   // Parameters start from initial_parameters(layout(), seed).
-  Vae(Backend& backend, const ModelSpec& spec, int max_batch, uint64_t seed);
+  Vae(Backend& backend, const ModelSpec& spec, int max_batch, uint64_t seed,
+      ParameterStorage storage = {});
 
   const ParameterLayout& layout() const { return layout_; }
   float* params() { return params_.data(); }  // [P]

@@ -17,9 +17,18 @@ Adam::Adam(Backend& backend, size_t n, const AdamConfig& config)
 }
 
 void Adam::step(float* params, const float* grads, float* nonfinite) {
-  const AdamHyper h{config_.lr, config_.beta1, config_.beta2, config_.eps, config_.weight_decay,
-                    config_.decoupled_weight_decay};
-  backend_.adam_step(params, grads, m_.data(), v_.data(), m_.size(), h, counter_.data(), nonfinite);
+  backend_.adam_step(params, grads, m_.data(), v_.data(), m_.size(), hyper(), counter_.data(),
+                     nonfinite);
+}
+
+void Adam::step_summed(float* params, const float* const* grads, int k, float* nonfinite) {
+  backend_.adam_step_summed(params, grads, k, m_.data(), v_.data(), m_.size(), hyper(),
+                            counter_.data(), nonfinite);
+}
+
+AdamHyper Adam::hyper() const {
+  return AdamHyper{config_.lr, config_.beta1, config_.beta2, config_.eps, config_.weight_decay,
+                   config_.decoupled_weight_decay};
 }
 
 void Adam::set_steps_taken(int64_t s) {

@@ -18,12 +18,15 @@ class Adam {
   // One update of params from grads; increments the step count first, as PyTorch does. Sets
   // *nonfinite (backend memory) to 1 when a gradient was not finite.
   void step(float* params, const float* grads, float* nonfinite);
+  // The same with the sum of k gradient buffers, added in their order (Backend::adam_step_summed).
+  void step_summed(float* params, const float* const* grads, int k, float* nonfinite);
   int64_t steps_taken() const;  // reads the backend's counter (replayed steps count too)
   void set_steps_taken(int64_t s);  // e.g. when resuming; also sets the backend's counter
   float* exp_avg() { return m_.data(); }
   float* exp_avg_sq() { return v_.data(); }
 
  private:
+  AdamHyper hyper() const;
   Backend& backend_;
   AdamConfig config_;
   DeviceArray m_, v_;

@@ -6,6 +6,7 @@
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 namespace elbo {
 
@@ -44,6 +45,18 @@ class Communicator {
   virtual void start_allreduce_sum_bf16(uint16_t* data, size_t n) { allreduce_sum_bf16(data, n); }
   virtual void progress() {}
   virtual void finish_allreduces() {}
+  // Node-shared memory (distributed.shared_memory), a collective: when every rank of the job runs
+  // on this node and shares its host memory, one buffer of n floats that all of them map (the
+  // parameters, first written by rank 0) and one of n floats per rank, in rank order (each rank's
+  // gradients), each 64-byte aligned and alive as long as the communicator; otherwise none
+  // (params null), on every rank alike. After shared_fence(), a barrier, every rank sees what any
+  // rank wrote to them before it. The defaults share nothing.
+  struct SharedBuffers {
+    float* params = nullptr;
+    std::vector<float*> grads;
+  };
+  virtual SharedBuffers share_memory(size_t /*n*/) { return {}; }
+  virtual void shared_fence() { barrier(); }
   // Control plane, always host memory: sums of doubles (metrics, agreement tables) and raw bytes
   // from root (e.g. an ncclUniqueId).
   virtual void allreduce_sum(double* data, size_t n) = 0;

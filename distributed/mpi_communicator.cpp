@@ -2,6 +2,7 @@
 // this communicator is chosen, so a plain single process never touches MPI.
 #include <mpi.h>
 
+#include <cstdint>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -46,6 +47,10 @@ class MpiCommunicator final : public Communicator {
     ELBO_MPI_CHECK(MPI_Op_create(&bf16_sum, 1, &bf16_sum_));
   }
   ~MpiCommunicator() override {
+    for (MPI_Win& w : windows_) {
+      MPI_Win_unlock_all(w);
+      MPI_Win_free(&w);
+    }
     if (bf16_sum_ != MPI_OP_NULL) MPI_Op_free(&bf16_sum_);
     if (node_ != MPI_COMM_NULL) MPI_Comm_free(&node_);
     if (owns_init_) MPI_Finalize();
@@ -109,6 +114,24 @@ class MpiCommunicator final : public Communicator {
     ELBO_MPI_CHECK(MPI_Allgatherv(MPI_IN_PLACE, 0, MPI_DATATYPE_NULL, data, p.counts.data(),
                                   p.offsets.data(), MPI_FLOAT, MPI_COMM_WORLD));
   }
+  // Two MPI shared-memory windows over the node: the parameters (rank 0's segment) and every
+  // rank's gradients (a segment each, apart, so each rank's pages are its own). Each is opened
+  // for passive-target access once; shared_fence() orders the direct loads and stores around its
+  // barrier with MPI_Win_sync, the unified memory model's pattern.
+  SharedBuffers share_memory(size_t n) override {
+    if (local_size_ != size_ || size_ == 1) return {};
+    ELBO_CHECK(windows_.empty(), "node-shared memory is allocated once");
+    const size_t bytes = n * sizeof(float) + kAlign;
+    SharedBuffers shared;
+    shared.params = window(rank_ == 0 ? bytes : 0)[0];
+    shared.grads = window(bytes);
+    return shared;
+  }
+  void shared_fence() override {
+    for (MPI_Win w : windows_) ELBO_MPI_CHECK(MPI_Win_sync(w));
+    ELBO_MPI_CHECK(MPI_Barrier(node_));
+    for (MPI_Win w : windows_) ELBO_MPI_CHECK(MPI_Win_sync(w));
+  }
   void broadcast_bytes(void* data, size_t n, int root) override {
     ELBO_MPI_CHECK(MPI_Bcast(data, count(n), MPI_BYTE, root, MPI_COMM_WORLD));
   }
@@ -168,6 +191,35 @@ class MpiCommunicator final : public Communicator {
       for (size_t i = 0; i < recv.count; ++i) own[i] = add(own[i], in[i]);
     }
   }
+  // A shared window in which this rank's segment has `bytes` bytes; every rank's segment, in rank
+  // order, as this process maps it, aligned to kAlign (the mappings start at page boundaries, so
+  // rounding up finds the same byte in every process).
+  static constexpr size_t kAlign = 64;
+  std::vector<float*> window(size_t bytes) {
+    MPI_Info info = MPI_INFO_NULL;
+    ELBO_MPI_CHECK(MPI_Info_create(&info));
+    ELBO_MPI_CHECK(MPI_Info_set(info, "alloc_shared_noncontig", "true"));
+    void* mine = nullptr;
+    MPI_Win win = MPI_WIN_NULL;
+    const int rc = MPI_Win_allocate_shared(static_cast<MPI_Aint>(bytes), 1, info, node_, &mine, &win);
+    MPI_Info_free(&info);
+    ELBO_MPI_CHECK(rc);
+    windows_.push_back(win);
+    ELBO_MPI_CHECK(MPI_Win_lock_all(MPI_MODE_NOCHECK, win));
+    std::vector<float*> segments;
+    for (int r = 0; r < local_size_; ++r) {
+      MPI_Aint size = 0;
+      int unit = 0;
+      void* base = nullptr;
+      ELBO_MPI_CHECK(MPI_Win_shared_query(win, r, &size, &unit, &base));
+      const auto at = reinterpret_cast<uintptr_t>(base);
+      segments.push_back(size == 0 ? nullptr
+                                   : reinterpret_cast<float*>((at + kAlign - 1) / kAlign * kAlign));
+    }
+    return segments;
+  }
+  std::vector<MPI_Win> windows_;  // node-shared memory (share_memory)
+
   std::vector<unsigned char> scratch_;
   std::vector<MPI_Request> requests_;  // started and not yet finished all-reduces
   // bfloat16_sum elementwise, as an MPI reduction over MPI_UINT16_T (commutative: float addition

@@ -404,6 +404,7 @@ DistributedConfig read_distributed(MapReader m) {
   if (auto f = m.take("grad_compression"))
     d.grad_compression = choice<GradCompression>(*f, kCompression);
   if (auto f = m.take("bucket_mb")) d.bucket_mb = non_negative(*f);
+  if (auto f = m.take("shared_memory")) d.shared_memory = boolean(*f);
   m.finish();
   return d;
 }
@@ -661,6 +662,7 @@ std::string to_yaml(const Config& c) {
   out << Key << "grad_compression" << Value
       << name_of<GradCompression>(kCompression, c.distributed.grad_compression);
   out << Key << "bucket_mb" << Value << number_text(c.distributed.bucket_mb);
+  out << Key << "shared_memory" << Value << (c.distributed.shared_memory ? "true" : "false");
   out << EndMap;
   out << Key << "checkpoint" << Value << BeginMap;
   out << Key << "every_steps" << Value << c.checkpoint.every_steps;

@@ -70,6 +70,12 @@ struct DistributedConfig {
   // backward pass has finished it (the decoder's first), under the rest of the pass; 0: one
   // all-reduce after the pass. Not with shard_optimizer, whose reduce-scatter follows the pass.
   double bucket_mb = 0;
+  // CPU ranks that all run on one node keep one copy of the parameters in memory they share, and
+  // their gradients there too: each rank sums its slice of everyone's gradients straight from
+  // their memory, updates that slice of the parameters with its own Adam moments (as ZeRO-1), and
+  // the others read the result where it is. No gradient or parameter is copied between ranks.
+  // Where that cannot be (a GPU, ranks on several nodes), training goes on without it, with a note.
+  bool shared_memory = false;
 };
 
 struct CheckpointConfig {

@@ -72,6 +72,14 @@ struct Sums {  // [recon, kl, objective, count]: one small buffer for one all-re
   double per_sample(int i) const { return v[3] > 0 ? v[i] / v[3] : 0.0; }
 };
 
+// distributed.shared_memory's buffers for a model of this spec (Communicator::share_memory): a
+// collective, asked for only with more than one rank on the CPU.
+Communicator::SharedBuffers shared_buffers(const Config& cfg, Communicator& comm, Backend& backend,
+                                           const ModelSpec& spec) {
+  if (!cfg.distributed.shared_memory || comm.size() == 1 || !backend.is_host()) return {};
+  return comm.share_memory(ParameterLayout(spec).total_size());
+}
+
 class StepLoop final : public Trainer {
  public:
   StepLoop(const Config& cfg, Communicator& comm, Backend& backend, const ShardedDataset& train,
@@ -80,12 +88,17 @@ class StepLoop final : public Trainer {
         D_(train.features()), global_batch_(cfg.train.batch_size),
         batch_(share(global_batch_, comm.rank(), comm.size()).count),
         batch_offset_(share(global_batch_, comm.rank(), comm.size()).offset),
-        vae_(backend, model_spec(cfg, train.sample_shape(), cfg.data.train), batch_, cfg.seed),
-        sharded_(cfg.distributed.shard_optimizer && comm.size() > 1),
+        shm_(shared_buffers(cfg, comm, backend, model_spec(cfg, train.sample_shape(), cfg.data.train))),
+        vae_(backend, model_spec(cfg, train.sample_shape(), cfg.data.train), batch_, cfg.seed,
+             shm_.params ? ParameterStorage{shm_.params, shm_.grads[static_cast<size_t>(comm.rank())],
+                                            comm.rank() == 0}
+                         : ParameterStorage{}),
+        sharded_((cfg.distributed.shard_optimizer || shm_.params) && comm.size() > 1),
         slice_(sharded_ ? slice_of(vae_.num_params(), comm.rank(), comm.size())
                         : Slice{0, vae_.num_params()}),
         adam_(backend, slice_.count, adam_config(cfg)),
-        compressed_(cfg.distributed.grad_compression == GradCompression::Bf16 && comm.size() > 1),
+        compressed_(cfg.distributed.grad_compression == GradCompression::Bf16 && comm.size() > 1 &&
+                    !shm_.params),
         grads_bf16_(backend, compressed_ ? (vae_.num_params() + 1) / 2 : 0),
         buckets_(comm.size() > 1 && !sharded_
                      ? gradient_buckets(vae_.layout(), cfg.distributed.bucket_mb)
@@ -96,6 +109,7 @@ class StepLoop final : public Trainer {
         x_eval_(backend, static_cast<size_t>(batch_) * static_cast<size_t>(D_)),
         eps_(backend, static_cast<size_t>(batch_) * cfg.model.latent), health_(backend, 5) {
     be_.fill_zero(health_.data(), 5);
+    for (float* g : shm_.grads) slice_grads_.push_back(g + slice_.offset);
   }
 
   size_t num_params() const override { return vae_.num_params(); }
@@ -139,12 +153,7 @@ class StepLoop final : public Trainer {
                   vae_.num_params(), static_cast<long long>(train_.size()),
                   static_cast<long long>(steps_per_epoch));
       if (step_ > 0) std::printf("elbo: resuming at step %lld\n", static_cast<long long>(step_));
-      if (!buckets_.empty())
-        std::printf("elbo: gradients all-reduced in %zu buckets under the backward pass\n",
-                    buckets_.size());
-      else if (cfg_.distributed.bucket_mb > 0 && sharded_)
-        std::printf("elbo: note: distributed.bucket_mb has no effect with "
-                    "distributed.shard_optimizer, whose reduce-scatter follows the backward pass\n");
+      print_distribution();
       start_pictures();
     }
     run_t0_ = Clock::now();
@@ -218,10 +227,35 @@ class StepLoop final : public Trainer {
 
  private:
   // Every rank starts from rank 0's parameters (fresh ones agree already, being drawn from the
-  // seed; the broadcast makes it so whatever a rank's library versions do).
+  // seed; the broadcast makes it so whatever a rank's library versions do). In node-shared
+  // memory they are rank 0's already, once the others may read them.
   void share_parameters() {
-    comm_.broadcast(vae_.params(), vae_.num_params(), 0);
+    if (shm_.params) comm_.shared_fence();
+    else comm_.broadcast(vae_.params(), vae_.num_params(), 0);
     shared_ = true;
+  }
+
+  // Rank 0 says how the gradients travel, when there is more than one way.
+  void print_distribution() const {
+    const DistributedConfig& d = cfg_.distributed;
+    if (comm_.size() == 1) return;
+    if (shm_.params) {
+      std::printf("elbo: parameters and gradients in memory shared by the %d ranks of this node\n",
+                  comm_.size());
+      if (d.bucket_mb > 0 || d.grad_compression != GradCompression::None)
+        std::printf("elbo: note: distributed.bucket_mb and grad_compression have no effect with "
+                    "distributed.shared_memory, which copies no gradient\n");
+      return;
+    }
+    if (d.shared_memory)
+      std::printf("elbo: note: distributed.shared_memory needs every rank on the CPU of one node; "
+                  "the gradients are all-reduced instead\n");
+    if (!buckets_.empty())
+      std::printf("elbo: gradients all-reduced in %zu buckets under the backward pass\n",
+                  buckets_.size());
+    else if (d.bucket_mb > 0 && sharded_)
+      std::printf("elbo: note: distributed.bucket_mb has no effect with "
+                  "distributed.shard_optimizer, whose reduce-scatter follows the backward pass\n");
   }
 
   // Phase boundaries cost a null check without a timer (training).
@@ -395,6 +429,10 @@ class StepLoop final : public Trainer {
       phase_end(Phase::Backward);
       be_.accumulate_losses(vae_.recon_per_sample(), vae_.kl_per_sample(), batch_,
                             static_cast<float>(beta), health_.data());
+      if (shm_.params) {
+        shared_update();
+        return;
+      }
       if (sharded_) {
         sharded_update();
         return;
@@ -504,6 +542,15 @@ class StepLoop final : public Trainer {
     phase_begin(Phase::AllReduce);
     sum_gradients();
     phase_end(Phase::AllReduce);
+    update_slice(g);
+    phase_begin(Phase::AllReduce);
+    comm_.allgather(vae_.params(), n);
+    phase_end(Phase::AllReduce);
+  }
+
+  // Clips this rank's slice g of the summed gradients by the norm of the whole (its square summed
+  // over ranks) and updates its slice of the parameters with its own Adam moments.
+  void update_slice(float* g) {
     phase_begin(Phase::Optimizer);
     if (cfg_.train.grad_clip > 0) {
       double squares = be_.sum_of_squares(g, slice_.count);
@@ -512,8 +559,33 @@ class StepLoop final : public Trainer {
     }
     adam_.step(vae_.params() + slice_.offset, g, health_.data() + 4);
     phase_end(Phase::Optimizer);
+  }
+
+  // distributed.shared_memory: ZeRO-1 without messages. Once every rank's gradients are written
+  // (the first fence), this rank updates its slice of the parameters, which are the node's one
+  // copy, from the sum of every rank's slice, read in rank order where each rank wrote it: in
+  // Adam's own pass, or with clipping first into this rank's buffer (whose slice no other rank
+  // reads) for the norm. After the second fence every rank reads the new parameters, and may
+  // overwrite its gradients: nobody reads them any more. `elbo bench` counts the fences as
+  // all-reduce and the sums as optimizer.
+  void shared_update() {
     phase_begin(Phase::AllReduce);
-    comm_.allgather(vae_.params(), n);
+    comm_.shared_fence();
+    phase_end(Phase::AllReduce);
+    const int k = static_cast<int>(slice_grads_.size());
+    if (cfg_.train.grad_clip > 0) {
+      float* g = vae_.grads() + slice_.offset;
+      phase_begin(Phase::Optimizer);
+      be_.sum_buffers(slice_grads_.data(), k, slice_.count, g);
+      phase_end(Phase::Optimizer);
+      update_slice(g);
+    } else {
+      phase_begin(Phase::Optimizer);
+      adam_.step_summed(vae_.params() + slice_.offset, slice_grads_.data(), k, health_.data() + 4);
+      phase_end(Phase::Optimizer);
+    }
+    phase_begin(Phase::AllReduce);
+    comm_.shared_fence();
     phase_end(Phase::AllReduce);
   }
 
@@ -664,14 +736,19 @@ class StepLoop final : public Trainer {
   int global_batch_;
   int batch_;             // this rank's rows per step
   int64_t batch_offset_;  // where they start within the global batch
+  // distributed.shared_memory, with more than one CPU rank, all on one node: the parameters and
+  // every rank's gradients, in host memory the ranks share (the Vae's own buffers); else none.
+  const Communicator::SharedBuffers shm_;
   Vae vae_;
-  const bool sharded_;  // ZeRO-1 (distributed.shard_optimizer, with more than one rank)
+  const bool sharded_;  // ZeRO-1 (shard_optimizer or shared_memory, with more than one rank)
   const Slice slice_;   // the parameters this rank's Adam updates: all of them unless sharded_
   Adam adam_;
   // distributed.grad_compression: bf16, with more than one rank: the bfloat16 gradients, two to
   // a float of backend memory.
   const bool compressed_;
   DeviceArray grads_bf16_;
+  // distributed.shared_memory: this rank's slice of every rank's gradients, in rank order.
+  std::vector<const float*> slice_grads_;
   // distributed.bucket_mb, with more than one rank and no ZeRO-1: the gradient buffer's buckets,
   // last first (gradient_buckets), each all-reduced as soon as the backward pass has finished it;
   // empty: one all-reduce after the pass.

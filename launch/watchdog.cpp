@@ -56,6 +56,12 @@ class WatchedCommunicator final : public Communicator {
     guard("an all-reduce", [&] { inner_->finish_allreduces(); });
   }
   void replayed() override { inner_->replayed(); }
+  SharedBuffers share_memory(size_t n) override {
+    SharedBuffers shared;
+    guard("sharing memory", [&] { shared = inner_->share_memory(n); });
+    return shared;
+  }
+  void shared_fence() override { guard("a barrier", [&] { inner_->shared_fence(); }); }
   void allreduce_sum(double* d, size_t n) override {
     guard("an all-reduce", [&] { inner_->allreduce_sum(d, n); });
   }

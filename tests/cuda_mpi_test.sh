@@ -2,9 +2,9 @@
 # NCCL between GPUs (real ones, or the CUDA emulator's): 2 and 3 ranks with device=cuda, CUDA
 # graphs off and on, ZeRO-1 (distributed.shard_optimizer) with graphs, and the bucketed all-reduce
 # (distributed.bucket_mb) with graphs, give the step losses of 1 CPU rank within the tolerance of
-# mpi_test.sh; a stalled NCCL peer ends the job within distributed.timeout_s + 30 s with the rank
-# named, graphs off and on. Skips (77) without a CUDA device, fails when nvidia-smi lists one that
-# is unusable.
+# mpi_test.sh (distributed.shared_memory, for CPUs only, is set aside with a note); a stalled
+# NCCL peer ends the job within distributed.timeout_s + 30 s with the rank named, graphs off and
+# on. Skips (77) without a CUDA device, fails when nvidia-smi lists one that is unusable.
 # Usage: cuda_mpi_test.sh <elbo> <work-dir>
 set -u
 # shellcheck source=tests/lib.sh
@@ -68,6 +68,15 @@ print(f"  worst step-loss relative difference {worst:.2e} (bfloat16 against floa
 sys.exit(0 if 1e-7 < worst <= 2e-3 else 1)
 PY
 done
+# distributed.shared_memory is for CPU ranks: on GPUs it is set aside with a note, and NCCL's
+# all-reduce carries the gradients.
+run gpu2_shm 2 cuda distributed.shared_memory=true
+if grep -q "note: distributed.shared_memory needs every rank on the CPU of one node" gpu2_shm.log; then
+  echo "ok - shared_memory on GPUs: $(grep -m1 'note: distributed.shared_memory' gpu2_shm.log)"
+else
+  echo "FAIL - no note that shared_memory does not apply to GPUs"; show gpu2_shm.log; failed=1
+fi
+compare_runs gpu2_shm cpu1 30
 
 # Ranks may not share a GPU; a launcher that gives each rank its own (one visible GPU each, as
 # srun --gpus-per-task=1 does) is fine. Under the emulator only, where the devices are made up.

@@ -83,6 +83,43 @@ ok() { echo "ok - $*"; }
 fail() { echo "FAIL - $*"; failed=1; }
 show() { for f in "$@"; do [ -s "$f" ] && sed "s/^/    | /" "$f"; done; return 0; }
 
+# run <name> <ranks> <overrides...>: `elbo ${common[@]} output.dir=runs/<name> <overrides>` on
+# that many ranks (under ${mpi[@]} -np when more than 1), output in <name>.log; fail when it does
+# not finish.
+run() {
+  local name=$1 np=$2 cmd=(); shift 2
+  [ "$np" -gt 1 ] && cmd=("${mpi[@]}" -np "$np")
+  if ! timeout -k 5 300 "${cmd[@]}" "$elbo" "${common[@]}" "output.dir=runs/$name" "$@" \
+      >"$name.log" 2>&1; then
+    fail "$name ($np ranks) did not finish (exit $?)"; show "$name.log"
+  fi
+}
+
+# same_params <run> <reference run> <what>: their last checkpoints' parameters are equal bit for
+# bit (their hashes).
+same_params() {
+  local h1 h2
+  h1=$(info "runs/$2/checkpoints/last.h5" params_fnv1a64) h2=$(info "runs/$1/checkpoints/last.h5" params_fnv1a64)
+  if [ -n "$h1" ] && [ "$h1" = "$h2" ]; then ok "$3 (parameters $h2)"; else fail "$3: '$h2' against '$h1'"; fi
+}
+
+# params_close <run> <reference run>: every parameter of their last checkpoints within 1e-4
+# (resume_test.sh's bound for a resume at another world size); prints the largest difference.
+params_close() {
+  timeout 30 "$elbo" info "runs/$2/checkpoints/last.h5" --params >"$2.params" 2>/dev/null &&
+    timeout 30 "$elbo" info "runs/$1/checkpoints/last.h5" --params >"$1.params" 2>/dev/null &&
+    "$PY" - "$2.params" "$1.params" <<'PY'
+import sys
+def load(p):
+    return {n: [float(v) for v in vs] for n, *vs in (l.split() for l in open(p).read().splitlines()[1:])}
+a, b = load(sys.argv[1]), load(sys.argv[2])
+assert a and a.keys() == b.keys() and all(len(a[k]) == len(b[k]) for k in a), "tensors differ"
+worst = max(abs(x - y) for k in a for x, y in zip(a[k], b[k]))
+print(f"  max |difference| from the reference {worst:.3g}")
+sys.exit(0 if worst <= 1e-4 else 1)
+PY
+}
+
 # info <checkpoint> <field>: one field of `elbo info`, empty when it fails.
 info() {
   timeout 30 "$elbo" info "$1" 2>/dev/null | head -n 1 |

@@ -308,11 +308,17 @@ class RecordingCommunicator final : public Communicator {
   void broadcast_bytes(void*, size_t n, int) override { note("broadcast_bytes", n); }
   void barrier() override { note("barrier", 0); }
   void replayed() override { note("replayed", 0); }
+  SharedBuffers share_memory(size_t n) override {
+    note("share_memory", n);
+    return SharedBuffers{shared_, {shared_ + 1, shared_ + 2}};
+  }
+  void shared_fence() override { note("shared_fence", 0); }
   [[noreturn]] void abort(int exit_code) override { std::_Exit(exit_code); }
 
  private:
   void note(const char* what, size_t n) { log_.push_back(std::string(what) + " " + std::to_string(n)); }
   std::vector<std::string>& log_;
+  float shared_[3] = {};
 };
 
 // The watchdog's decorator must hand every collective to the communicator it wraps. One it does
@@ -339,11 +345,17 @@ TEST(WatchedCommunicator, ForwardsEveryCollective) {
   comm->broadcast_bytes(d, 3, 0);
   comm->barrier();
   comm->replayed();
+  const Communicator::SharedBuffers shared = comm->share_memory(9);
+  comm->shared_fence();
+  ASSERT_NE(shared.params, nullptr);  // what the wrapped communicator returned, handed back
+  EXPECT_EQ(shared.grads.size(), 2u);
+  EXPECT_EQ(shared.grads[1], shared.params + 2);
   const std::vector<std::string> want{
       "allreduce_sum(float) 1", "broadcast 2",  "reduce_scatter_sum 3", "allgather 4",
       "allreduce_sum_bf16 5",   "reduce_scatter_sum_bf16 6", "start_allreduce_sum 7",
       "start_allreduce_sum_bf16 8", "progress 0", "finish_allreduces 0",
-      "allreduce_sum(double) 2", "broadcast_bytes 3", "barrier 0", "replayed 0"};
+      "allreduce_sum(double) 2", "broadcast_bytes 3", "barrier 0", "replayed 0",
+      "share_memory 9", "shared_fence 0"};
   EXPECT_EQ(log, want);
   EXPECT_EQ(comm->size(), 2);
   EXPECT_EQ(comm->name(), "recording");

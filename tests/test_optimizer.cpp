@@ -76,6 +76,70 @@ TEST(ClipGradNorm, ScalesOnlyWhenAboveTheLimit) {
   EXPECT_NEAR(std::hypot(g[0], g[1]), 1.0, 1e-6);
 }
 
+// distributed.shared_memory's update: Adam from the sum of several ranks' gradients, in one pass.
+// A second implementation is the sum written out (in the same order, so bit for bit) and then
+// the plain step; lengths that end mid-block and a block or more apart, 2 and 3 sources, AdamW.
+TEST(Adam, SummedStepEqualsTheStepOfTheSum) {
+  auto backend = make_cpu_backend();
+  for (size_t n : {1, 37, 2048, 2049, 6000})
+    for (int k : {2, 3}) {
+      std::vector<std::vector<float>> g(static_cast<size_t>(k), std::vector<float>(n));
+      std::vector<float> p(n), total(n);
+      for (size_t i = 0; i < n; ++i) {
+        p[i] = std::sin(0.37f * static_cast<float>(i));
+        for (int r = 0; r < k; ++r)
+          g[static_cast<size_t>(r)][i] = std::cos(0.11f * static_cast<float>(i * 3 + r)) *
+                                         (r == 1 ? 1e-3f : 1.0f);  // unequal scales: order shows
+        total[i] = g[0][i] + g[1][i];
+        if (k == 3) total[i] += g[2][i];
+      }
+      std::vector<const float*> sources;
+      for (const auto& x : g) sources.push_back(x.data());
+      AdamConfig cfg;
+      cfg.weight_decay = 0.01f;
+      cfg.decoupled_weight_decay = true;
+      Adam summed(*backend, n, cfg), plain(*backend, n, cfg);
+      std::vector<float> p_summed = p, p_plain = p;
+      float flag = 0.0f;
+      for (int step = 0; step < 3; ++step) {  // the moments carry over between steps
+        summed.step_summed(p_summed.data(), sources.data(), k, &flag);
+        plain.step(p_plain.data(), total.data(), &flag);
+      }
+      EXPECT_EQ(flag, 0.0f);
+      EXPECT_EQ(summed.steps_taken(), 3);
+      for (size_t i = 0; i < n; ++i) {
+        ASSERT_EQ(p_summed[i], p_plain[i]) << "n " << n << ", k " << k << ", element " << i;
+        ASSERT_EQ(summed.exp_avg()[i], plain.exp_avg()[i]) << i;
+        ASSERT_EQ(summed.exp_avg_sq()[i], plain.exp_avg_sq()[i]) << i;
+      }
+      g[static_cast<size_t>(k - 1)][n - 1] = NAN;  // the last source's last element, last block
+      summed.step_summed(p_summed.data(), sources.data(), k, &flag);
+      EXPECT_EQ(flag, 1.0f) << "n " << n << ", k " << k;
+    }
+}
+
+// sum_buffers adds in the sources' order, and its output may be any of them.
+TEST(SumBuffers, AddsInOrderIntoAnyOfItsSources) {
+  auto backend = make_cpu_backend();
+  const size_t n = 5000;
+  for (int out = 0; out < 3; ++out) {
+    std::vector<std::vector<float>> x(3, std::vector<float>(n));
+    std::vector<float> want(n);
+    for (size_t i = 0; i < n; ++i) {
+      // (1e8 + v) - 1e8 is 0 in float for |v| <= 3, while (1e8 - 1e8) + v is v; and a sum
+      // written into a source before that source is added counts 1e8 twice.
+      x[0][i] = 1e8f;
+      x[1][i] = static_cast<float>(i % 7) - 3.0f;
+      x[2][i] = -1e8f;
+      want[i] = (x[0][i] + x[1][i]) + x[2][i];
+    }
+    const float* sources[3] = {x[0].data(), x[1].data(), x[2].data()};
+    backend->sum_buffers(sources, 3, n, x[static_cast<size_t>(out)].data());
+    for (size_t i = 0; i < n; ++i)
+      ASSERT_EQ(x[static_cast<size_t>(out)][i], want[i]) << "into source " << out << ", element " << i;
+  }
+}
+
 }  // namespace
 }  // namespace elbo
 

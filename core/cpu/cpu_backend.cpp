@@ -2,6 +2,7 @@
 // elementwise functions of core/elementwise.h.
 #include <cblas.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
 #include <strings.h>
@@ -132,6 +133,18 @@ ELBO_CPU_CLONES void channel_backward_rows(float* dy, const float* y, float* dbi
       }
       dbias[c] += s;
     }
+}
+
+// out[i] = grads[0][at + i] + grads[1][at + i] + ... + grads[k - 1][at + i], added in that order;
+// out is none of the grads. The sums go block by block through an L1-sized buffer of kSumBlock.
+constexpr size_t kSumBlock = 2048;
+ELBO_CPU_CLONES void sum_in_order(const float* const* grads, int k, size_t at, size_t n, float* out) {
+  const float* a = grads[0] + at;
+  for (size_t i = 0; i < n; ++i) out[i] = a[i];
+  for (int r = 1; r < k; ++r) {
+    const float* b = grads[r] + at;
+    for (size_t i = 0; i < n; ++i) out[i] += b[i];
+  }
 }
 
 // g * 0 is 0 for finite g and NaN for NaN or infinite g, so one sum tells whether all were finite.
@@ -354,6 +367,32 @@ class CpuBackend final : public Backend {
     const int32_t t = counter_value(*counter) + 1;
     *counter = counter_storage(t);
     if (!adam_loop(params, grads, m, v, n, adam_constants(h, t))) *nonfinite = 1.0f;
+  }
+
+  // Blocks of kSumBlock elements: the k gradients summed into an L1-sized buffer, then that
+  // block's update; one pass over memory, as adam_step, with its arithmetic.
+  void adam_step_summed(float* params, const float* const* grads, int k, float* m, float* v,
+                        size_t n, const AdamHyper& h, float* counter, float* nonfinite) override {
+    const int32_t t = counter_value(*counter) + 1;
+    *counter = counter_storage(t);
+    const AdamConstants c = adam_constants(h, t);
+    alignas(64) float block[kSumBlock];
+    bool finite = true;
+    for (size_t i = 0; i < n; i += kSumBlock) {
+      const size_t len = std::min(kSumBlock, n - i);
+      sum_in_order(grads, k, i, len, block);
+      finite &= adam_loop(params + i, block, m + i, v + i, len, c);
+    }
+    if (!finite) *nonfinite = 1.0f;
+  }
+  // Through a block, so that `out` may be any of the x.
+  void sum_buffers(const float* const* x, int k, size_t n, float* out) override {
+    alignas(64) float block[kSumBlock];
+    for (size_t i = 0; i < n; i += kSumBlock) {
+      const size_t len = std::min(kSumBlock, n - i);
+      sum_in_order(x, k, i, len, block);
+      std::memcpy(out + i, block, len * sizeof(float));
+    }
   }
 
   void accumulate_losses(const float* recon, const float* kl, int B, float beta,
