@@ -157,6 +157,7 @@ void bench_steps(const Config& cfg, const BenchOptions& o, Communicator& comm,
       .add("parameters", static_cast<int64_t>(trainer.num_params()))
       .add("global_batch", cfg.train.batch_size).add("ranks", n)
       .add("device", setup->compute.device_name).add("communicator", setup->compute.data_comm->name())
+      .add("gradients", std::string(trainer.gradient_path()))
       .add("threads_per_rank", setup->compute.threads).add("data_cached", setup->cache)
       .add("warmup_steps", o.warmup_steps).add("windows", o.windows)
       .add("window_steps", o.window_steps)

@@ -114,6 +114,12 @@ class StepLoop final : public Trainer {
 
   size_t num_params() const override { return vae_.num_params(); }
   Slice optimizer_slice() const override { return slice_; }
+  const char* gradient_path() const override {
+    if (comm_.size() == 1) return "single";
+    if (shm_.params) return "shared_memory";
+    if (sharded_) return "zero1";
+    return buckets_.empty() ? "allreduce" : "buckets";
+  }
   const ParameterLayout& layout() const override { return vae_.layout(); }
 
   // Continues from a checkpoint that rank 0 read (others pass nothing): rank 0 sends the training

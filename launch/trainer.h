@@ -25,6 +25,9 @@ class Trainer {
   // The parameters this rank's optimizer updates: its ZeRO-1 slice (slice_of), or all of them.
   virtual Slice optimizer_slice() const = 0;
   virtual const ParameterLayout& layout() const = 0;
+  // How the ranks' gradients meet: "single" (one rank), "allreduce", "buckets" (under the backward
+  // pass), "zero1" (reduce-scatter, all-gather) or "shared_memory".
+  virtual const char* gradient_path() const = 0;
   // Continues from a checkpoint that rank 0 read; other ranks pass nullptr and receive it.
   virtual void restore(const CheckpointData* ck) = 0;
   // Trains to train.epochs (or train.max_steps, or a stop signal), writing metrics and

@@ -25,6 +25,8 @@ import json, sys
 d = json.load(open(sys.argv[1]))
 ranks, roofline = int(sys.argv[2]), sys.argv[3:] == ["roofline"]
 assert d["ranks"] == ranks and d["global_batch"] == 128 and d["threads_per_rank"] == 1, d
+path = "single" if ranks == 1 else "buckets" if sys.argv[3:] == ["buckets"] else "allreduce"
+assert d["gradients"] == path, (d["gradients"], path)
 assert d["windows"] == 3 and d["window_steps"] == 4 and d["warmup_steps"] == 2
 s, st = d["samples_per_s"], d["step_ms"]
 assert len(s["windows"]) == 3 and s["min"] <= s["median"] <= s["max"] and s["min"] > 0

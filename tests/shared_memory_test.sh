@@ -121,7 +121,7 @@ if timeout 300 "${mpi[@]}" -np 2 "$elbo" bench "$configs/smoke.yaml" data.train=
     "$PY" - bench.json <<'PY'; then
 import json, sys
 d = json.load(open(sys.argv[1]))
-assert d["ranks"] == 2, d["ranks"]
+assert d["ranks"] == 2 and d["gradients"] == "shared_memory", (d["ranks"], d["gradients"])
 for b in d["breakdown_ms_by_rank"]:
     parts = sum(b[k] for k in ("data_wait", "input", "forward", "backward", "allreduce", "optimizer"))
     print(f"  step {b['step']:.3f} ms, phases {parts + b['other']:.3f} ms, "
