@@ -159,6 +159,20 @@ ELBO_CPU_CLONES bool adam_loop(float* params, const float* grads, float* m, floa
   return probe == 0.0f;
 }
 
+// adam_loop on the sum a[i] + b[i], in one pass (a loop over any number of sources does not
+// vectorise: 4x slower).
+ELBO_CPU_CLONES bool adam_loop_of_sum(float* params, const float* a, const float* b, float* m,
+                                      float* v, size_t n, const AdamConstants& c) {
+  float probe = 0.0f;
+#pragma omp simd reduction(+ : probe)
+  for (size_t i = 0; i < n; ++i) {
+    const float g = a[i] + b[i];
+    probe += g * 0.0f;
+    adam_update(params[i], g, m[i], v[i], c);
+  }
+  return probe == 0.0f;
+}
+
 
 class CpuBackend final : public Backend {
  public:
@@ -369,13 +383,18 @@ class CpuBackend final : public Backend {
     if (!adam_loop(params, grads, m, v, n, adam_constants(h, t))) *nonfinite = 1.0f;
   }
 
-  // Blocks of kSumBlock elements: the k gradients summed into an L1-sized buffer, then that
-  // block's update; one pass over memory, as adam_step, with its arithmetic.
+  // One pass over memory, with adam_step's arithmetic: for two sources one loop; for more, blocks
+  // of kSumBlock elements, the k gradients summed into an L1-sized buffer, then that block's
+  // update.
   void adam_step_summed(float* params, const float* const* grads, int k, float* m, float* v,
                         size_t n, const AdamHyper& h, float* counter, float* nonfinite) override {
     const int32_t t = counter_value(*counter) + 1;
     *counter = counter_storage(t);
     const AdamConstants c = adam_constants(h, t);
+    if (k == 2) {  // two ranks: one loop, 20% faster than through the block
+      if (!adam_loop_of_sum(params, grads[0], grads[1], m, v, n, c)) *nonfinite = 1.0f;
+      return;
+    }
     alignas(64) float block[kSumBlock];
     bool finite = true;
     for (size_t i = 0; i < n; i += kSumBlock) {
