@@ -47,10 +47,7 @@ class MpiCommunicator final : public Communicator {
     ELBO_MPI_CHECK(MPI_Op_create(&bf16_sum, 1, &bf16_sum_));
   }
   ~MpiCommunicator() override {
-    for (MPI_Win& w : windows_) {
-      MPI_Win_unlock_all(w);
-      MPI_Win_free(&w);
-    }
+    free_windows();
     if (bf16_sum_ != MPI_OP_NULL) MPI_Op_free(&bf16_sum_);
     if (node_ != MPI_COMM_NULL) MPI_Comm_free(&node_);
     if (owns_init_) MPI_Finalize();
@@ -118,13 +115,21 @@ class MpiCommunicator final : public Communicator {
   // rank's gradients (a segment each, apart, so each rank's pages are its own). Each is opened
   // for passive-target access once; shared_fence() orders the direct loads and stores around its
   // barrier with MPI_Win_sync, the unified memory model's pattern.
+  // A window that cannot be allocated (a small /dev/shm) gives none, on every rank alike.
   SharedBuffers share_memory(size_t n) override {
     if (local_size_ != size_ || size_ == 1) return {};
     ELBO_CHECK(windows_.empty(), "node-shared memory is allocated once");
     const size_t bytes = n * sizeof(float) + kAlign;
     SharedBuffers shared;
-    shared.params = window(rank_ == 0 ? bytes : 0)[0];
+    const std::vector<float*> params = window(rank_ == 0 ? bytes : 0);
     shared.grads = window(bytes);
+    int ok = !params.empty() && !shared.grads.empty() ? 1 : 0;
+    ELBO_MPI_CHECK(MPI_Allreduce(MPI_IN_PLACE, &ok, 1, MPI_INT, MPI_MIN, node_));
+    if (!ok) {
+      free_windows();
+      return {};
+    }
+    shared.params = params[0];
     return shared;
   }
   void shared_fence() override {
@@ -193,7 +198,7 @@ class MpiCommunicator final : public Communicator {
   }
   // A shared window in which this rank's segment has `bytes` bytes; every rank's segment, in rank
   // order, as this process maps it, aligned to kAlign (the mappings start at page boundaries, so
-  // rounding up finds the same byte in every process).
+  // rounding up finds the same byte in every process). Empty when MPI cannot allocate it.
   static constexpr size_t kAlign = 64;
   std::vector<float*> window(size_t bytes) {
     MPI_Info info = MPI_INFO_NULL;
@@ -203,8 +208,10 @@ class MpiCommunicator final : public Communicator {
     MPI_Win win = MPI_WIN_NULL;
     const int rc = MPI_Win_allocate_shared(static_cast<MPI_Aint>(bytes), 1, info, node_, &mine, &win);
     MPI_Info_free(&info);
-    ELBO_MPI_CHECK(rc);
+    if (rc != MPI_SUCCESS) return {};
     windows_.push_back(win);
+    // Errors come back as codes here too (a window's own handler is fatal by default).
+    ELBO_MPI_CHECK(MPI_Win_set_errhandler(win, MPI_ERRORS_RETURN));
     ELBO_MPI_CHECK(MPI_Win_lock_all(MPI_MODE_NOCHECK, win));
     std::vector<float*> segments;
     for (int r = 0; r < local_size_; ++r) {
@@ -217,6 +224,13 @@ class MpiCommunicator final : public Communicator {
                                    : reinterpret_cast<float*>((at + kAlign - 1) / kAlign * kAlign));
     }
     return segments;
+  }
+  void free_windows() {  // a collective over the node, in the same order on every rank
+    for (MPI_Win& w : windows_) {
+      MPI_Win_unlock_all(w);
+      MPI_Win_free(&w);
+    }
+    windows_.clear();
   }
   std::vector<MPI_Win> windows_;  // node-shared memory (share_memory)
 

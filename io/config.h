@@ -74,7 +74,8 @@ struct DistributedConfig {
   // their gradients there too: each rank sums its slice of everyone's gradients straight from
   // their memory, updates that slice of the parameters with its own Adam moments (as ZeRO-1), and
   // the others read the result where it is. No gradient or parameter is copied between ranks.
-  // Where that cannot be (a GPU, ranks on several nodes), training goes on without it, with a note.
+  // Where that cannot be (a GPU, ranks on several nodes, no room for MPI's shared windows),
+  // training goes on without it, with a note.
   bool shared_memory = false;
 };
 

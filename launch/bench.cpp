@@ -134,8 +134,10 @@ void bench_steps(const Config& cfg, const BenchOptions& o, Communicator& comm,
     const int rows = cfg.train.batch_size / comm.size() +
                      (comm.rank() < cfg.train.batch_size % comm.size() ? 1 : 0);
     const ModelSpec spec = model_spec(cfg, setup->train->sample_shape(), cfg.data.train);
+    const int sources =
+        std::string(trainer.gradient_path()) == "shared_memory" ? comm.size() : 1;
     const StepWork work = record_step_work(backend, spec, rows, adam_config(cfg),
-                                           cfg.train.grad_clip, trainer.optimizer_slice());
+                                           cfg.train.grad_clip, trainer.optimizer_slice(), sources);
     const Roofline r = measure_roofline(backend, !setup->compute.device.cuda, work);
     roofline = roofline_json(r, median(step_ms) / 1e3, rows);
   }

@@ -7,6 +7,7 @@
 #include <cstdio>
 #include <limits>
 #include <numeric>
+#include <vector>
 
 #include "io/metrics.h"
 
@@ -104,6 +105,15 @@ class RecordingBackend final : public ForwardingBackend {
     note(7.0 * static_cast<double>(n));  // params, grads, m, v in; params, m, v out
     inner().adam_step(params, grads, m, v, n, h, counter, nonfinite);
   }
+  void adam_step_summed(float* params, const float* const* grads, int k, float* m, float* v,
+                        size_t n, const AdamHyper& h, float* counter, float* nonfinite) override {
+    note((6.0 + k) * static_cast<double>(n));  // as adam_step, with k gradients in
+    inner().adam_step_summed(params, grads, k, m, v, n, h, counter, nonfinite);
+  }
+  void sum_buffers(const float* const* x, int k, size_t n, float* out) override {
+    note((1.0 + k) * static_cast<double>(n));
+    inner().sum_buffers(x, k, n, out);
+  }
   void accumulate_losses(const float* recon, const float* kl, int B, float beta,
                          float* acc) override {
     note(2.0 * B + 8);
@@ -183,7 +193,8 @@ std::string trans(Trans t) { return t == Trans::Yes ? "T" : "N"; }
 }  // namespace
 
 StepWork record_step_work(Backend& inner, const ModelSpec& spec, int rows, const AdamConfig& adam,
-                          double grad_clip, std::optional<Slice> optimizer_share) {
+                          double grad_clip, std::optional<Slice> optimizer_share,
+                          int gradient_sources) {
   RecordingBackend rec(inner);
   Vae vae(rec, spec, rows, 1);
   const Slice s = optimizer_share.value_or(Slice{0, vae.num_params()});
@@ -200,8 +211,20 @@ StepWork record_step_work(Backend& inner, const ModelSpec& spec, int rows, const
   vae.forward_backward(x.data(), eps.data(), rows, 1.0f, 1.0f / static_cast<float>(rows));
   rec.accumulate_losses(vae.recon_per_sample(), vae.kl_per_sample(), rows, 1.0f, health.data());
   rec.optimizer = true;
-  if (grad_clip > 0) clip_grad_norm(rec, vae.grads() + s.offset, s.count, grad_clip);
-  opt.step(vae.params() + s.offset, vae.grads() + s.offset, health.data() + 4);
+  float* g = vae.grads() + s.offset;
+  if (gradient_sources > 1) {  // the other ranks' gradients stand in as this rank's, k times
+    const std::vector<const float*> sources(static_cast<size_t>(gradient_sources), g);
+    if (grad_clip > 0) {
+      rec.sum_buffers(sources.data(), gradient_sources, s.count, g);
+      clip_grad_norm(rec, g, s.count, grad_clip);
+      opt.step(vae.params() + s.offset, g, health.data() + 4);
+    } else {
+      opt.step_summed(vae.params() + s.offset, sources.data(), gradient_sources, health.data() + 4);
+    }
+    return rec.work;
+  }
+  if (grad_clip > 0) clip_grad_norm(rec, g, s.count, grad_clip);
+  opt.step(vae.params() + s.offset, g, health.data() + 4);
   return rec.work;
 }
 

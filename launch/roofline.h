@@ -32,9 +32,11 @@ struct StepWork {
 // with `rows` rows, by running it once through a wrapper over `inner` that notes each GEMM's
 // shape and each other call's bytes (its inputs read and outputs written once, in float32).
 // `optimizer_share` is this rank's slice of the parameters under ZeRO-1 (slice_of), which it
-// clips and updates; all of them otherwise.
+// clips and updates; all of them otherwise. With gradient_sources k > 1 (distributed.shared_memory
+// over k ranks) the update reads k ranks' gradients for that slice, as the trainer's does.
 StepWork record_step_work(Backend& inner, const ModelSpec& spec, int rows, const AdamConfig& adam,
-                          double grad_clip, std::optional<Slice> optimizer_share = std::nullopt);
+                          double grad_clip, std::optional<Slice> optimizer_share = std::nullopt,
+                          int gradient_sources = 1);
 
 struct GemmRate {
   GemmShape shape;

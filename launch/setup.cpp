@@ -337,8 +337,9 @@ std::unique_ptr<TrainingSetup> set_up_training(const Config& cfg, const std::str
     train.cache_in_memory();
     if (test) test->cache_in_memory();
   }
+  // The ranks agree before the trainer's first collective (distributed.shared_memory's windows).
+  check_ranks_agree(comm, cfg, train, test, ParameterLayout(spec).total_size());
   s->trainer = make_trainer(cfg, *s->compute.data_comm, *s->compute.backend, train, test);
-  check_ranks_agree(comm, cfg, train, test, s->trainer->num_params());
   return s;
 }
 

@@ -254,8 +254,9 @@ class StepLoop final : public Trainer {
       return;
     }
     if (d.shared_memory)
-      std::printf("elbo: note: distributed.shared_memory needs every rank on the CPU of one node; "
-                  "the gradients are all-reduced instead\n");
+      std::printf("elbo: note: distributed.shared_memory needs every rank on the CPU of one node, "
+                  "and room in its shared memory (/dev/shm); the gradients go through %s instead\n",
+                  sharded_ ? "a reduce-scatter" : "an all-reduce");
     if (!buckets_.empty())
       std::printf("elbo: gradients all-reduced in %zu buckets under the backward pass\n",
                   buckets_.size());

@@ -89,7 +89,7 @@ TEST(Adam, SummedStepEqualsTheStepOfTheSum) {
         p[i] = std::sin(0.37f * static_cast<float>(i));
         for (int r = 0; r < k; ++r)
           g[static_cast<size_t>(r)][i] = std::cos(0.11f * static_cast<float>(i * 3 + r)) *
-                                         (r == 1 ? 1e-3f : 1.0f);  // unequal scales: order shows
+                                         (r == 1 ? 1e-3f : 1.0f);  // unequal scales: at k = 3 order shows
         total[i] = g[0][i] + g[1][i];
         if (k == 3) total[i] += g[2][i];
       }
