@@ -238,6 +238,17 @@ class ThreadWorld {
     return result_;
   }
   int flag_sums() const { return flag_sums_ / size_; }  // one-double sums made by every rank
+  // The world's node-shared buffers (distributed.shared_memory on threads, which share memory).
+  Communicator::SharedBuffers shared(size_t n) {
+    std::lock_guard<std::mutex> lock(mu_);
+    if (shared_grads_.empty()) {
+      shared_params_.assign(n, 0.0f);
+      shared_grads_.assign(static_cast<size_t>(size_), std::vector<float>(n, 0.0f));
+    }
+    Communicator::SharedBuffers b{shared_params_.data(), {}};
+    for (auto& g : shared_grads_) b.grads.push_back(g.data());
+    return b;
+  }
 
  private:
   const int size_;
@@ -248,6 +259,8 @@ class ThreadWorld {
   std::string what_;
   std::vector<double> total_, result_;
   int flag_sums_ = 0;
+  std::vector<float> shared_params_;
+  std::vector<std::vector<float>> shared_grads_;
 };
 
 class ThreadRank final : public Communicator {
@@ -276,6 +289,10 @@ class ThreadRank final : public Communicator {
   }
   void broadcast_bytes(void*, size_t, int) override { ADD_FAILURE() << "unexpected collective"; }
   void barrier() override { world_.sum("barrier", {}); }
+  SharedBuffers share_memory(size_t n) override {
+    world_.sum("share_memory", {});
+    return world_.shared(n);
+  }
   [[noreturn]] void abort(int exit_code) override { std::_Exit(exit_code); }
 
  private:
@@ -596,6 +613,65 @@ TEST_F(GraphAgreement, OneRankFailingTurnsGraphsOffOnEveryRank) {
     EXPECT_EQ(o.flag_sums, stop_checks() + 1);
     EXPECT_EQ(count(o.out, "elbo: note: this step cannot be captured as a CUDA graph on 1 of 2 "
                            "ranks"), 1u) << o.out;
+  }
+}
+
+// distributed.shared_memory on thread ranks, whose shared buffers are plain memory of the process:
+// the trainer's shared path (fences, the summing Adam, checkpoints) without MPI. At 2 ranks it
+// gives ZeRO-1's parameters bit for bit (the sum of two is the same in either order), and those
+// differ from the start (training moved them).
+class SharedMemoryTraining : public GraphAgreement {
+ protected:
+  std::vector<float> train_params(bool shared, std::string* out = nullptr) {
+    cfg_.train.cuda_graphs = false;
+    cfg_.distributed.shard_optimizer = !shared;
+    cfg_.distributed.shared_memory = shared;
+    ShardedDataset data = ShardedDataset::open(cfg_.data.train);
+    data.cache_in_memory();
+    ThreadWorld world(kRanks);
+    std::filesystem::remove_all(dir_ / "run");
+    std::filesystem::create_directories(dir_ / "run" / "checkpoints");
+    const CheckpointDirectory checkpoints(dir_ / "run" / "checkpoints", 1);
+    std::unique_ptr<ParameterLayout> layout;
+    ::testing::internal::CaptureStdout();
+    std::vector<std::thread> ranks;
+    for (int r = 0; r < kRanks; ++r)
+      ranks.emplace_back([&, r] {
+        const std::unique_ptr<Backend> cpu = make_cpu_backend();
+        ThreadRank comm(world, r);
+        auto trainer = make_trainer(cfg_, comm, *cpu, data, nullptr);
+        if (r == 0) layout = std::make_unique<ParameterLayout>(trainer->layout());
+        trainer->restore(nullptr);
+        MetricsWriter metrics;
+        trainer->run(checkpoints, metrics);
+      });
+    for (std::thread& t : ranks) t.join();
+    const std::string printed = ::testing::internal::GetCapturedStdout();
+    if (out) *out = printed;
+    const std::optional<CheckpointData> ck = checkpoints.load_newest(*layout);
+    if (!ck) {
+      ADD_FAILURE() << "no checkpoint";
+      return {};
+    }
+    EXPECT_EQ(ck->state.step, kSteps);
+    initial_ = initial_parameters(*layout, cfg_.seed);
+    return ck->params;
+  }
+  std::vector<float> initial_;
+};
+
+TEST_F(SharedMemoryTraining, TwoRanksEqualZeroOneBitForBit) {
+  std::string out;
+  const std::vector<float> shared = train_params(true, &out);
+  EXPECT_EQ(count(out, "parameters and gradients in memory shared by the 2 ranks"), 1u) << out;
+  for (const double clip : {0.0, 0.5}) {  // the summing Adam, and the sum then clipping
+    cfg_.train.grad_clip = clip;
+    const std::vector<float> s = clip > 0 ? train_params(true) : shared;
+    const std::vector<float> z = train_params(false);
+    ASSERT_EQ(s.size(), z.size());
+    ASSERT_FALSE(s.empty());
+    for (size_t i = 0; i < s.size(); ++i) ASSERT_EQ(s[i], z[i]) << "clip " << clip << ", " << i;
+    EXPECT_NE(s, initial_) << "clip " << clip;
   }
 }
 
