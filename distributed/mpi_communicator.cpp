@@ -206,7 +206,8 @@ class MpiCommunicator final : public Communicator {
     ELBO_MPI_CHECK(MPI_Info_set(info, "alloc_shared_noncontig", "true"));
     void* mine = nullptr;
     MPI_Win win = MPI_WIN_NULL;
-    const int rc = MPI_Win_allocate_shared(static_cast<MPI_Aint>(bytes), 1, info, node_, &mine, &win);
+    const int rc =
+        MPI_Win_allocate_shared(static_cast<MPI_Aint>(bytes), 1, info, node_, &mine, &win);
     MPI_Info_free(&info);
     if (rc != MPI_SUCCESS) return {};
     windows_.push_back(win);

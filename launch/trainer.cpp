@@ -88,9 +88,11 @@ class StepLoop final : public Trainer {
         D_(train.features()), global_batch_(cfg.train.batch_size),
         batch_(share(global_batch_, comm.rank(), comm.size()).count),
         batch_offset_(share(global_batch_, comm.rank(), comm.size()).offset),
-        shm_(shared_buffers(cfg, comm, backend, model_spec(cfg, train.sample_shape(), cfg.data.train))),
+        shm_(shared_buffers(cfg, comm, backend,
+                            model_spec(cfg, train.sample_shape(), cfg.data.train))),
         vae_(backend, model_spec(cfg, train.sample_shape(), cfg.data.train), batch_, cfg.seed,
-             shm_.params ? ParameterStorage{shm_.params, shm_.grads[static_cast<size_t>(comm.rank())],
+             shm_.params ? ParameterStorage{shm_.params,
+                                            shm_.grads[static_cast<size_t>(comm.rank())],
                                             comm.rank() == 0}
                          : ParameterStorage{}),
         sharded_((cfg.distributed.shard_optimizer || shm_.params) && comm.size() > 1),

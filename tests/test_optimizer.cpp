@@ -88,8 +88,9 @@ TEST(Adam, SummedStepEqualsTheStepOfTheSum) {
       for (size_t i = 0; i < n; ++i) {
         p[i] = std::sin(0.37f * static_cast<float>(i));
         for (int r = 0; r < k; ++r)
+          // Unequal scales: at k = 3 the order of the additions shows.
           g[static_cast<size_t>(r)][i] = std::cos(0.11f * static_cast<float>(i * 3 + r)) *
-                                         (r == 1 ? 1e-3f : 1.0f);  // unequal scales: at k = 3 order shows
+                                         (r == 1 ? 1e-3f : 1.0f);
         total[i] = g[0][i] + g[1][i];
         if (k == 3) total[i] += g[2][i];
       }
@@ -136,7 +137,7 @@ TEST(SumBuffers, AddsInOrderIntoAnyOfItsSources) {
     const float* sources[3] = {x[0].data(), x[1].data(), x[2].data()};
     backend->sum_buffers(sources, 3, n, x[static_cast<size_t>(out)].data());
     for (size_t i = 0; i < n; ++i)
-      ASSERT_EQ(x[static_cast<size_t>(out)][i], want[i]) << "into source " << out << ", element " << i;
+      ASSERT_EQ(x[static_cast<size_t>(out)][i], want[i]) << "into source " << out << ", at " << i;
   }
 }
 

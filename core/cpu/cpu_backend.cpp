@@ -138,7 +138,8 @@ ELBO_CPU_CLONES void channel_backward_rows(float* dy, const float* y, float* dbi
 // out[i] = grads[0][at + i] + grads[1][at + i] + ... + grads[k - 1][at + i], added in that order;
 // out is none of the grads. The sums go block by block through an L1-sized buffer of kSumBlock.
 constexpr size_t kSumBlock = 2048;
-ELBO_CPU_CLONES void sum_in_order(const float* const* grads, int k, size_t at, size_t n, float* out) {
+ELBO_CPU_CLONES void sum_in_order(const float* const* grads, int k, size_t at, size_t n,
+                                  float* out) {
   const float* a = grads[0] + at;
   for (size_t i = 0; i < n; ++i) out[i] = a[i];
   for (int r = 1; r < k; ++r) {
