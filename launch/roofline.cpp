@@ -212,17 +212,14 @@ StepWork record_step_work(Backend& inner, const ModelSpec& spec, int rows, const
   rec.accumulate_losses(vae.recon_per_sample(), vae.kl_per_sample(), rows, 1.0f, health.data());
   rec.optimizer = true;
   float* g = vae.grads() + s.offset;
-  if (gradient_sources > 1) {  // the other ranks' gradients stand in as this rank's, k times
-    const std::vector<const float*> sources(static_cast<size_t>(gradient_sources), g);
-    if (grad_clip > 0) {
-      rec.sum_buffers(sources.data(), gradient_sources, s.count, g);
-      clip_grad_norm(rec, g, s.count, grad_clip);
-      opt.step(vae.params() + s.offset, g, health.data() + 4);
-    } else {
-      opt.step_summed(vae.params() + s.offset, sources.data(), gradient_sources, health.data() + 4);
-    }
+  // The other ranks' gradients stand in as this rank's, k times: summed in Adam's pass, or first
+  // on their own when clipping needs the sum's norm (the trainer's shared_update).
+  const std::vector<const float*> sources(static_cast<size_t>(gradient_sources), g);
+  if (gradient_sources > 1 && grad_clip == 0) {
+    opt.step_summed(vae.params() + s.offset, sources.data(), gradient_sources, health.data() + 4);
     return rec.work;
   }
+  if (gradient_sources > 1) rec.sum_buffers(sources.data(), gradient_sources, s.count, g);
   if (grad_clip > 0) clip_grad_norm(rec, g, s.count, grad_clip);
   opt.step(vae.params() + s.offset, g, health.data() + 4);
   return rec.work;
