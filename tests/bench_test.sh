@@ -9,7 +9,6 @@ set -u
 # shellcheck source=tests/lib.sh
 . "$(dirname "$0")/lib.sh"
 setup_integration_test "$1" "$2" 2 mpi
-mpi=(mpirun --oversubscribe --mca mpi_yield_when_idle 1)
 data=(data.train=data/train data.test=data/test train.threads=1)
 short=(--warmup-steps 2 --windows 3 --window-steps 4 --breakdown-steps 5)
 

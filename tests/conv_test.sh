@@ -22,17 +22,6 @@ PY
 common=(train "$configs/fashion_mnist_conv.yaml" data.train=data/train data.test=data/test500
         "model.conv.channels=[8, 16]" "model.encoder=[32]" "model.decoder=[32]" model.latent=6
         train.batch_size=64 train.threads=1 output.log_every=1 device=cpu)
-run() {  # run <name> <ranks> <args...>
-  local name=$1 np=$2 cmd=(); shift 2
-  [ "$np" -gt 1 ] && cmd=(mpirun -np "$np" --oversubscribe --mca mpi_yield_when_idle 1)
-  if ! timeout -k 5 300 "${cmd[@]}" "$elbo" "${common[@]}" "output.dir=runs/$name" "$@" \
-      >"$name.log" 2>&1; then
-    fail "$name ($np ranks) did not finish:"; show "$name.log"
-  fi
-}
-info() {  # info <checkpoint> <field>: a field of elbo info's JSON line
-  "$elbo" info "$1" 2>/dev/null | "$PY" -c "import json, sys; print(json.loads(sys.stdin.readline())['$2'])"
-}
 run one 1 train.max_steps=30
 run two 2 train.max_steps=30
 run three 3 train.max_steps=30

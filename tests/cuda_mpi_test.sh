@@ -10,7 +10,6 @@ set -u
 # shellcheck source=tests/lib.sh
 . "$(dirname "$0")/lib.sh"
 setup_integration_test "$1" "$2" 3 mpi
-mpi=(mpirun --oversubscribe --mca mpi_yield_when_idle 1)
 # Under the emulator each rank needs a device of its own (ranks may not share a GPU); a real
 # machine ignores this.
 export ELBO_EMU_DEVICES=${ELBO_EMU_DEVICES:-3}

@@ -1,7 +1,8 @@
 # Shared by the integration scripts (sourced): arguments, skips, a fresh work directory with
 # Fashion-MNIST shards, and the ok/fail reporting. After `setup_integration_test <elbo> <work>
 # <train shards> [mpi]`: $elbo, $work (absolute, the current directory), $configs, $PY,
-# data/train and data/test, and failed=0. Exits 77 (skip) when a requirement is missing.
+# data/train and data/test, failed=0, and with mpi the launcher ${mpi[@]} (add -np N). Exits 77
+# (skip) when a requirement is missing.
 
 setup_integration_test() {
   elbo=$(realpath "$1")
@@ -11,6 +12,7 @@ setup_integration_test() {
   if [ "${4:-}" = mpi ]; then
     command -v mpirun >/dev/null || { echo "skip - no mpirun"; exit 77; }
     export OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1
+    mpi=(mpirun --oversubscribe --mca mpi_yield_when_idle 1)
   fi
   [ -f "$src/train-images-idx3-ubyte.gz" ] || { echo "skip - no $src"; exit 77; }
   if [ -x /usr/bin/python3 ]; then PY=/usr/bin/python3; else PY=python3; fi

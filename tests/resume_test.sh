@@ -14,7 +14,6 @@ set -u
 setup_integration_test "$1" "$2" 3 mpi
 
 common=(train "$configs/smoke.yaml" data.train=data/train data.test=data/test train.threads=1)
-mpi=(mpirun --oversubscribe --mca mpi_yield_when_idle 1)
 train() {  # train <log> <args...>: one process, in the foreground
   local log=$1; shift
   timeout -k 5 120 "$elbo" "${common[@]}" "$@" >"$log" 2>&1

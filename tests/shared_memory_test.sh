@@ -20,7 +20,6 @@ set -u
 # shellcheck source=tests/lib.sh
 . "$(dirname "$0")/lib.sh"
 setup_integration_test "$1" "$2" 3 mpi
-mpi=(mpirun --oversubscribe --mca mpi_yield_when_idle 1)
 common=(train "$configs/smoke.yaml" data.train=data/train data.test=data/test train.threads=1
         output.log_every=1)
 shm=(distributed.shared_memory=true)
