@@ -1,10 +1,11 @@
 // The CPU backend's primitives against independent sums: gemm against double-precision sums
 // (every transpose case, ragged and blocked sizes, strides wider than the rows, alpha and beta,
 // one BLAS thread and two); im2col against its definition and col2im against the sum that defines
-// it, on geometries that take the narrow AVX-512 path and on some too wide for it.
+// it, on geometries that take the narrow AVX-512 path, the strided AVX2 path, both or neither.
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
 #include <limits>
 #include <vector>
 
@@ -109,22 +110,45 @@ ConvShape conv(int c, int h, int w, int k, int s, int p) {
 }
 
 TEST(CpuBackend, Im2colAndCol2imByDefinition) {
-  const std::vector<ConvShape> shapes{
-      conv(32, 14, 14, 4, 2, 1), conv(1, 28, 28, 4, 2, 1), conv(3, 9, 7, 3, 2, 1),
-      conv(2, 5, 8, 3, 3, 2),    conv(2, 6, 5, 2, 1, 0),   conv(1, 30, 30, 5, 2, 2),  // narrow
-      conv(2, 9, 40, 3, 2, 1),   conv(1, 6, 33, 1, 1, 0),  conv(1, 5, 20, 3, 1, 1)};  // wide
-  int narrow = 0;
+  struct Geometry {
+    ConvShape g;
+    bool narrow, strided;  // the fast paths that take it, on a CPU that has them
+  };
+  const std::vector<Geometry> cases{
+      {conv(32, 14, 14, 4, 2, 1), true, true}, {conv(1, 28, 28, 4, 2, 1), true, true},
+      {conv(3, 9, 7, 3, 2, 1), true, true},    {conv(2, 5, 8, 3, 3, 2), true, false},
+      {conv(2, 6, 5, 2, 1, 0), true, true},    {conv(1, 30, 30, 5, 2, 2), true, true},
+      {conv(2, 9, 40, 3, 2, 1), false, true},  {conv(1, 6, 33, 1, 1, 0), false, false},
+      {conv(1, 5, 20, 3, 1, 1), true, true},   {conv(2, 4, 30, 3, 1, 1), true, true},
+      {conv(2, 3, 62, 4, 2, 1), false, true},  {conv(1, 7, 3, 5, 1, 2), true, true}};
+  using Im2col = std::function<void(const float*, float*, int, const ConvShape&)>;
+  struct Path {
+    const char* name;
+    bool (*available)(const ConvShape&);
+    Im2col im2col, col2im;
+  };
   auto be = make_cpu_backend();
+  const std::vector<Path> paths{
+      {"backend", [](const ConvShape&) { return true; },
+       [&](const float* a, float* b, int B, const ConvShape& g) { be->im2col(a, b, B, g); },
+       [&](const float* a, float* b, int B, const ConvShape& g) { be->col2im(a, b, B, g); }},
+      {"narrow", narrow_conv_available, narrow_im2col, narrow_col2im},
+      {"strided", strided_conv_available, strided_im2col, strided_col2im}};
   const int B = 3;
-  for (const ConvShape& g : shapes) {
-    narrow += narrow_conv_available(g);
+  for (const Geometry& cs : cases) {
+    const ConvShape& g = cs.g;
+    if (__builtin_cpu_supports("avx512f")) {
+      EXPECT_EQ(narrow_conv_available(g), cs.narrow);
+    }
+    if (__builtin_cpu_supports("avx2")) {
+      EXPECT_EQ(strided_conv_available(g), cs.strided);
+    }
     const size_t image = static_cast<size_t>(B) * g.channels * g.image();
     const size_t cols = static_cast<size_t>(B) * g.grid(), col = g.col_rows() * cols;
     const std::vector<float> img = values(image, 4), dcol = values(col, 5);
-    std::vector<float> c(col, 9.0f), dimg(image, 9.0f);  // every element overwritten
-    be->im2col(img.data(), c.data(), B, g);
-    be->col2im(dcol.data(), dimg.data(), B, g);
-    std::vector<double> want_dimg(image, 0.0);
+    // The definitions: col entry by entry, and each pixel's sum of the col entries that read it,
+    // added in float in (i, j) order, the order every path promises.
+    std::vector<float> want_col(col), want_dimg(image, 0.0f);
     for (int ch = 0; ch < g.channels; ++ch)
       for (int i = 0; i < g.kernel; ++i)
         for (int j = 0; j < g.kernel; ++j)
@@ -137,15 +161,24 @@ TEST(CpuBackend, Im2colAndCol2imByDefinition) {
                 const bool inside = y >= 0 && y < g.height && x >= 0 && x < g.width;
                 const size_t pixel =
                     ((static_cast<size_t>(b) * g.channels + ch) * g.height + y) * g.width + x;
-                ASSERT_EQ(c[at], inside ? img[pixel] : 0.0f)
-                    << "C " << g.channels << " " << g.height << "x" << g.width << " k " << g.kernel;
+                want_col[at] = inside ? img[pixel] : 0.0f;
                 if (inside) want_dimg[pixel] += dcol[at];
               }
-    for (size_t i = 0; i < image; ++i)
-      ASSERT_NEAR(dimg[i], want_dimg[i], 1e-5) << "col2im, pixel " << i;  // float sums of <= 25
-  }
-  if (__builtin_cpu_supports("avx512f")) {
-    EXPECT_EQ(narrow, 6) << "the narrow path was not taken where expected";
+    for (const Path& path : paths) {
+      if (!path.available(g)) continue;
+      // Exactly sized buffers (ASan sees a read or write past them) that start out as garbage.
+      std::vector<float> c(col, 9.0f), dimg(image, 9.0f);
+      path.im2col(img.data(), c.data(), B, g);
+      path.col2im(dcol.data(), dimg.data(), B, g);
+      for (size_t i = 0; i < col; ++i)
+        ASSERT_EQ(c[i], want_col[i]) << path.name << " im2col, C " << g.channels << " "
+                                     << g.height << "x" << g.width << " k " << g.kernel << " s "
+                                     << g.stride << ", entry " << i;
+      for (size_t i = 0; i < image; ++i)
+        ASSERT_EQ(dimg[i], want_dimg[i]) << path.name << " col2im, C " << g.channels << " "
+                                         << g.height << "x" << g.width << " k " << g.kernel
+                                         << " s " << g.stride << ", pixel " << i;
+    }
   }
 }
 

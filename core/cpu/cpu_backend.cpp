@@ -229,6 +229,7 @@ class CpuBackend final : public Backend {
 
   void im2col(const float* image, float* col, int B, const ConvShape& g) override {
     if (narrow_conv_available(g)) return narrow_im2col(image, col, B, g);
+    if (strided_conv_available(g)) return strided_im2col(image, col, B, g);
     const size_t cols = static_cast<size_t>(B) * g.grid();
     for (int c = 0; c < g.channels; ++c)
       for (int i = 0; i < g.kernel; ++i)
@@ -242,6 +243,7 @@ class CpuBackend final : public Backend {
 
   void col2im(const float* col, float* image, int B, const ConvShape& g) override {
     if (narrow_conv_available(g)) return narrow_col2im(col, image, B, g);
+    if (strided_conv_available(g)) return strided_col2im(col, image, B, g);
     std::memset(image, 0, static_cast<size_t>(B) * g.channels * g.image() * sizeof(float));
     const size_t cols = static_cast<size_t>(B) * g.grid();
     for (int c = 0; c < g.channels; ++c)
