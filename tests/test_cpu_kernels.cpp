@@ -171,13 +171,13 @@ TEST(CpuBackend, Im2colAndCol2imByDefinition) {
       path.im2col(img.data(), c.data(), B, g);
       path.col2im(dcol.data(), dimg.data(), B, g);
       for (size_t i = 0; i < col; ++i)
-        ASSERT_EQ(c[i], want_col[i]) << path.name << " im2col, C " << g.channels << " "
-                                     << g.height << "x" << g.width << " k " << g.kernel << " s "
-                                     << g.stride << ", entry " << i;
+        ASSERT_EQ(c[i], want_col[i])
+            << path.name << " im2col, C " << g.channels << " " << g.height << "x" << g.width
+            << " k " << g.kernel << " s " << g.stride << ", entry " << i;
       for (size_t i = 0; i < image; ++i)
-        ASSERT_EQ(dimg[i], want_dimg[i]) << path.name << " col2im, C " << g.channels << " "
-                                         << g.height << "x" << g.width << " k " << g.kernel
-                                         << " s " << g.stride << ", pixel " << i;
+        ASSERT_EQ(dimg[i], want_dimg[i])
+            << path.name << " col2im, C " << g.channels << " " << g.height << "x" << g.width
+            << " k " << g.kernel << " s " << g.stride << ", pixel " << i;
     }
   }
 }
