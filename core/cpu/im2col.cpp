@@ -161,8 +161,7 @@ __attribute__((target("avx2"))) __m256 lane_mask(int q, int shift, int out_w) {
   return _mm256_castsi256_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(bits)));
 }
 
-// One col row segment of im2col: grid rows of ow columns, the padded row of grid row oy at src +
-// oy stride pw, read from its column 0 on (the window column is in src already).
+// 8 window entries of consecutive grid columns, from a padded row that starts at src.
 template <int stride>
 __attribute__((target("avx2"))) inline __m256 window_vector(const float* src) {
   if (stride == 1) return _mm256_loadu_ps(src);
@@ -171,6 +170,10 @@ __attribute__((target("avx2"))) inline __m256 window_vector(const float* src) {
   return _mm256_castpd_ps(_mm256_permute4x64_pd(_mm256_castps_pd(pairs), 0xd8));
 }
 
+// One sample's segment of a col row: out_h grid rows of ow columns; grid row oy reads the padded
+// row at src + oy stride pw (the window's offset is in src already). Rows go in order: a
+// whole-vector store that runs past a grid row's end writes into the next rows of the segment,
+// which overwrite it; a store that would leave the segment is cut to size.
 template <int stride>
 __attribute__((target("avx2"))) void window_rows(const float* src, int pw, float* dst, int out_h,
                                                  int ow, int chunks, int last) {
@@ -199,42 +202,36 @@ __attribute__((target("avx2"))) void strided_im2col(const float* image, float* c
                                                     const ConvShape& g) {
   const int k = g.kernel, s = g.stride, ow = g.out_w, grid = g.grid();
   const int chunks = (ow + 7) / 8;
-  // The zero-bordered plane: every read below, 8 (stride 1) or 16 (stride 2) floats from column
-  // j + 8 s q of a padded row, lies inside it. Only its interior changes from plane to plane.
+  // The zero-bordered planes of one channel, one per sample: every read below, 8 (stride 1) or
+  // 16 (stride 2) floats from column j + 8 s q of a padded row, lies inside one. Only their
+  // interiors change from channel to channel.
   const int pw = 8 * s * chunks + k, ph = g.height + 2 * g.padding;
-  // Two of them, filled one plane ahead: a vector load from floats that were stored a moment
-  // before, in other widths, would wait for those stores to retire.
   const size_t size = static_cast<size_t>(pw) * ph;
   thread_local std::vector<float> buffers;
-  buffers.assign(2 * size, 0.0f);
-  const int out_h = g.out_h, planes = g.channels * B;
-  auto fill = [&](int r) {  // plane r = c B + b, in the order the loop below takes them
-    const int c = r / B, b = r % B;
-    const float* plane = image + (static_cast<size_t>(b) * g.channels + c) * g.image();
-    float* padded = buffers.data() + (r % 2) * size;
-    for (int y = 0; y < g.height; ++y) {
-      float* row = padded + static_cast<size_t>(y + g.padding) * pw + g.padding;
-      for (int x = 0; x < g.width; ++x) row[x] = plane[static_cast<size_t>(y) * g.width + x];
-    }
-  };
+  buffers.assign(static_cast<size_t>(B) * size, 0.0f);
+  const int out_h = g.out_h;
   const size_t cols = static_cast<size_t>(B) * grid;
   const int last = ow - 8 * (chunks - 1);  // columns in the last chunk of a grid row
-  fill(0);
-  for (int r = 0; r < planes; ++r) {
-    if (r + 1 < planes) fill(r + 1);
-    const int c = r / B, b = r % B;
-    const float* padded = buffers.data() + (r % 2) * size;
+  for (int c = 0; c < g.channels; ++c) {
+    for (int b = 0; b < B; ++b) {
+      const float* plane = image + (static_cast<size_t>(b) * g.channels + c) * g.image();
+      float* padded = buffers.data() + b * size;
+      for (int y = 0; y < g.height; ++y) {
+        float* row = padded + static_cast<size_t>(y + g.padding) * pw + g.padding;
+        for (int x = 0; x < g.width; ++x) row[x] = plane[static_cast<size_t>(y) * g.width + x];
+      }
+    }
+    // Each col row is written start to end, one stream at a time.
     for (int i = 0; i < k; ++i)
       for (int j = 0; j < k; ++j) {
-        float* dst =
-            col + static_cast<size_t>((c * k + i) * k + j) * cols + static_cast<size_t>(b) * grid;
-        // Rows in order: a whole-vector store that runs past a grid row's end writes into the
-        // next rows of the segment, which overwrite it; stores that would leave it are cut.
-        const float* src = padded + static_cast<size_t>(i) * pw + j;
-        if (s == 1)
-          window_rows<1>(src, pw, dst, out_h, ow, chunks, last);
-        else
-          window_rows<2>(src, pw, dst, out_h, ow, chunks, last);
+        float* dst = col + static_cast<size_t>((c * k + i) * k + j) * cols;
+        for (int b = 0; b < B; ++b, dst += grid) {
+          const float* src = buffers.data() + b * size + static_cast<size_t>(i) * pw + j;
+          if (s == 1)
+            window_rows<1>(src, pw, dst, out_h, ow, chunks, last);
+          else
+            window_rows<2>(src, pw, dst, out_h, ow, chunks, last);
+        }
       }
   }
 }
