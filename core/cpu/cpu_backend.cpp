@@ -2,10 +2,13 @@
 // elementwise functions of core/elementwise.h.
 #include <cblas.h>
 
+#include <strings.h>
+#include <sys/mman.h>
+
 #include <algorithm>
 #include <cmath>
+#include <cstdlib>
 #include <cstring>
-#include <strings.h>
 #if defined(__SSE__)
 #include <xmmintrin.h>
 #endif
@@ -183,10 +186,22 @@ class CpuBackend final : public Backend {
   size_t conv_col_floats() const override { return conv_col_floats_; }
 
   float* allocate(size_t n) override {
-    // 64-byte alignment keeps rows friendly to vector loads and BLAS packing.
-    return static_cast<float*>(::operator new[](n * sizeof(float), std::align_val_t{64}));
+    // 64-byte alignment keeps rows friendly to vector loads and BLAS packing. Arrays of 1 MiB or
+    // more (activations, col, parameters, gradients, moments) take whole 2 MiB pages and ask for
+    // transparent huge pages: the conv layers stream through them, and with 4 KiB pages the
+    // TLB misses cost about 2% of a conv step (paired runs of conv_step_bench).
+    constexpr size_t kHuge = size_t{2} << 20;
+    size_t bytes = std::max<size_t>(n * sizeof(float), 64);
+    const size_t align = bytes >= kHuge / 2 ? kHuge : 64;
+    bytes = (bytes + align - 1) / align * align;  // aligned_alloc's size is a multiple of align
+    void* p = std::aligned_alloc(align, bytes);
+    if (!p) throw std::bad_alloc();
+#ifdef MADV_HUGEPAGE
+    if (align == kHuge) madvise(p, bytes, MADV_HUGEPAGE);  // advice only: no huge pages is fine
+#endif
+    return static_cast<float*>(p);
   }
-  void deallocate(float* p) noexcept override { ::operator delete[](p, std::align_val_t{64}); }
+  void deallocate(float* p) noexcept override { std::free(p); }
   void upload(float* dst, const float* src, size_t n) override { copy(dst, src, n); }
   void upload_input(float* dst, const float* src, size_t n) override { copy(dst, src, n); }
   void download(float* dst, const float* src, size_t n) override { copy(dst, src, n); }
