@@ -220,6 +220,9 @@ __attribute__((target("avx2"))) void strided_im2col(const float* image, float* c
         float* row = padded + static_cast<size_t>(y + g.padding) * pw + g.padding;
         for (int x = 0; x < g.width; ++x) row[x] = plane[static_cast<size_t>(y) * g.width + x];
       }
+      if (c + 1 < g.channels)  // the next channel's plane, while this channel's rows are written
+        for (int at = 0; at < g.image(); at += 16)
+          _mm_prefetch(reinterpret_cast<const char*>(plane + g.image() + at), _MM_HINT_T0);
     }
     // Each col row is written start to end, one stream at a time.
     for (int i = 0; i < k; ++i)
