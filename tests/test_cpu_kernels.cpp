@@ -120,7 +120,9 @@ TEST(CpuBackend, Im2colAndCol2imByDefinition) {
       {conv(2, 6, 5, 2, 1, 0), true, true},    {conv(1, 30, 30, 5, 2, 2), true, true},
       {conv(2, 9, 40, 3, 2, 1), false, true},  {conv(1, 6, 33, 1, 1, 0), false, false},
       {conv(1, 5, 20, 3, 1, 1), true, true},   {conv(2, 4, 30, 3, 1, 1), true, true},
-      {conv(2, 3, 62, 4, 2, 1), false, true},  {conv(1, 7, 3, 5, 1, 2), true, true}};
+      {conv(2, 3, 62, 4, 2, 1), false, true},  {conv(1, 7, 3, 5, 1, 2), true, true},
+      // Grids smaller than a vector: reads around a sample's rows reach past the buffer's ends.
+      {conv(2, 3, 3, 2, 2, 0), true, true},    {conv(2, 1, 1, 5, 1, 2), true, true}};
   using Im2col = std::function<void(const float*, float*, int, const ConvShape&)>;
   struct Path {
     const char* name;

@@ -244,7 +244,7 @@ namespace {
 // One image plane of col2im: each image row summed over the window entries that land on it, as
 // `stride` x `chunks` vectors of padded columns m stride + phase, then interleaved and stored.
 // col + from is grid row oy of window entry (i, j) of this plane; `edge` loads check the bounds
-// of col's [0, end) (the first and the last plane of the buffer read past them otherwise).
+// of col's [0, end) (planes near either end of the buffer read past it otherwise).
 template <int stride, int chunks, bool edge>
 __attribute__((target("avx2"))) void col2im_plane(const float* col, ptrdiff_t base, ptrdiff_t end,
                                                   ptrdiff_t cols, float* plane, const ConvShape& g,
@@ -302,11 +302,16 @@ __attribute__((target("avx2"))) void col2im_planes(const float* col, float* imag
   __m256 mask[chunks][kMaxKernel];
   for (int q = 0; q < chunks; ++q)
     for (int t = 0; t * stride < k; ++t) mask[q][t] = lane_mask(q, t, g.out_w);
+  // A plane's loads start up to (k - 1) / stride floats before its first grid row and end up to
+  // 8 chunks floats after its last row starts: near the buffer's ends (and, for grids smaller
+  // than a vector, in more planes than the first and the last) they are checked.
+  const ptrdiff_t before = (k - 1) / stride, after = ptrdiff_t{k * k - 1} * cols +
+                                                     ptrdiff_t{g.out_h - 1} * g.out_w + 8 * chunks;
   for (int c = 0; c < g.channels; ++c)
     for (int b = 0; b < B; ++b) {
       float* plane = image + (static_cast<size_t>(b) * g.channels + c) * g.image();
       const ptrdiff_t base = ptrdiff_t{c} * k * k * cols + ptrdiff_t{b} * grid;
-      const bool edge = (c == 0 && b == 0) || (c == g.channels - 1 && b == B - 1);
+      const bool edge = base < before || base + after > end;
       if (edge)
         col2im_plane<stride, chunks, true>(col, base, end, cols, plane, g, mask);
       else
