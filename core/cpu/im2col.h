@@ -20,8 +20,8 @@ void narrow_col2im(const float* col, float* image, int B, const ConvShape& g);
 // window row is 8 output columns per unconditional load (stride 1) or pair of loads and one
 // deinterleave (stride 2), stored whole. col2im sums each image row in registers, split by column
 // parity for stride 2, over the window entries that land on it, in the general loops' (i, j)
-// order (same results), and stores it once. Grids up to 32 columns (stride 1: images up to 32
-// padded columns; stride 2: 64).
+// order (same results), and stores it once. Padded image rows of up to 32 columns for stride 1
+// and 64 for stride 2.
 bool strided_conv_available(const ConvShape& g);
 void strided_im2col(const float* image, float* col, int B, const ConvShape& g);
 void strided_col2im(const float* col, float* image, int B, const ConvShape& g);
